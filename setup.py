@@ -1,0 +1,43 @@
+"""tb_gradflow: per-layer gradient flow for Keras, as TensorBoard events and a TensorBoard plugin."""
+
+import pathlib
+
+import setuptools
+
+ROOT = pathlib.Path(__file__).parent
+
+setuptools.setup(
+    name="tb_gradflow",
+    version="0.1.0",
+    description="Per-layer gradient flow for Keras in TensorBoard: a fit callback, a dashboard, a CI check",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["tb_gradflow", "tb_gradflow.*"]),
+    package_data={
+        "tb_gradflow": ["proto/*.proto"],
+        "tb_gradflow.plugin": ["static/*", "static/**/*"],
+    },
+    # The reading side (plugin, reader, CLI) needs no TensorFlow: a team
+    # TensorBoard server installs only this and tensorboard.
+    install_requires=[
+        "tensorboard>=2.16",
+        "numpy>=1.23",
+        # plugin_data_pb2.py is protoc 31 gencode (as TensorBoard 2.21's own).
+        "protobuf>=6.31.1",
+    ],
+    extras_require={
+        # The training side: the Keras callback and the custom-loop writer.
+        "tensorflow": ["tensorflow>=2.16", "keras>=3.0"],
+        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2"],
+    },
+    entry_points={
+        "tensorboard_plugins": ["gradflow = tb_gradflow.plugin.loader:GradFlowLoader"],
+        "console_scripts": ["tb-gradflow = tb_gradflow.cli:main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: TensorFlow",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

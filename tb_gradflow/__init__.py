@@ -1,0 +1,30 @@
+"""tb_gradflow: per-layer gradient flow for Keras, in TensorBoard.
+
+    import tb_gradflow
+    model.fit(x, y, callbacks=[tb_gradflow.GradFlow("logs/run1")])
+
+Training side (needs TensorFlow): `GradFlow` (Keras callback) and
+`GradientWriter` (custom training loops). Reading side (TensorFlow-free):
+`tb_gradflow.reader`, the TensorBoard plugin and the `tb-gradflow` CLI.
+Importing this package imports no TensorFlow; the training-side names load
+it on first use.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "GradFlow": ("tb_gradflow.keras.callback", "GradFlow"),
+    "GradientWriter": ("tb_gradflow.loop", "GradientWriter"),
+    "Thresholds": ("tb_gradflow.rules", "Thresholds"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'tb_gradflow' has no attribute {name!r}")

@@ -1,0 +1,125 @@
+"""Host side: raw on-device sums (one read per write) -> named statistics.
+
+    >>> import numpy as np
+    >>> from tb_gradflow.aggregate import RawSnapshot, per_variable, per_layer
+    >>> raw = RawSnapshot(
+    ...     moments=np.array([[25.0, 7.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0]]),
+    ...     sizes=np.array([2, 1]), has_gradient=np.array([True, True]),
+    ...     nonfinite_interval=np.zeros(2),
+    ...     variable_interval_max=np.array([25.0, 0.0]), variable_interval_min=np.array([25.0, 0.0]),
+    ...     layer_interval_max=np.array([25.0]), layer_interval_min=np.array([25.0]),
+    ...     weight_sum_squares=np.array([4.0, 0.0]), update_sum_squares=np.array([0.04, 0.0]))
+    >>> per_variable(raw)["grad_norm"].tolist()
+    [5.0, 0.0]
+    >>> per_layer(raw, layer_of_variable=np.array([0, 0]), n_layers=1)["grad_rms"].round(4).tolist()
+    [2.8868]
+
+The device keeps sums (of squares, of |g|, counts) because they add up
+exactly across the variables of a layer; norms, RMS and ratios are derived
+here, once per write, in float64.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tb_gradflow import metadata
+
+# Column order of RawSnapshot.moments (matches stats.gradient_moments).
+SUM_SQUARES, SUM_ABS, MAX_ABS, ZERO_COUNT, NONFINITE_COUNT = range(5)
+NUM_MOMENTS = 5
+
+
+@dataclasses.dataclass
+class RawSnapshot:
+    """What the device accumulated, read back in one go. Arrays are per variable
+    ([n_variables]) unless named layer_*."""
+
+    moments: np.ndarray  # [V, 5] at the logged step
+    sizes: np.ndarray  # [V] element counts
+    has_gradient: np.ndarray  # [V] bool
+    nonfinite_interval: np.ndarray  # [V] summed over the interval
+    variable_interval_max: np.ndarray  # [V] max sum of squares over the interval
+    variable_interval_min: np.ndarray  # [V]
+    layer_interval_max: np.ndarray  # [L] max layer sum of squares over the interval
+    layer_interval_min: np.ndarray  # [L]
+    weight_sum_squares: np.ndarray  # [V] after the update at the logged step
+    update_sum_squares: np.ndarray  # [V] ||w_after - w_before||^2 (NaN if not measured)
+
+
+def _ratio(numerator, denominator):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _statistics(moments, sizes, nonfinite, interval_max, interval_min, weight_sq, update_sq, has_gradient):
+    moments = np.asarray(moments, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    finite_count = sizes - moments[:, NONFINITE_COUNT]
+    out = {
+        metadata.GRAD_NORM: np.sqrt(moments[:, SUM_SQUARES]),
+        metadata.GRAD_RMS: np.sqrt(_ratio(moments[:, SUM_SQUARES], finite_count)),
+        metadata.GRAD_MEAN_ABS: _ratio(moments[:, SUM_ABS], finite_count),
+        metadata.GRAD_MAX_ABS: moments[:, MAX_ABS],
+        metadata.GRAD_NORM_INTERVAL_MAX: np.sqrt(np.asarray(interval_max, np.float64)),
+        metadata.GRAD_NORM_INTERVAL_MIN: np.sqrt(np.asarray(interval_min, np.float64)),
+        metadata.NONFINITE_COUNT: np.asarray(nonfinite, np.float64),
+        metadata.ZERO_FRACTION: _ratio(moments[:, ZERO_COUNT], sizes),
+        metadata.WEIGHT_NORM: np.sqrt(np.asarray(weight_sq, np.float64)),
+        metadata.UPDATE_RATIO: _ratio(np.sqrt(np.asarray(update_sq, np.float64)), np.sqrt(np.asarray(weight_sq, np.float64))),
+    }
+    missing = ~np.asarray(has_gradient, bool)
+    for name, values in out.items():
+        if name not in (metadata.WEIGHT_NORM, metadata.UPDATE_RATIO):
+            values[missing] = np.nan
+    return out
+
+
+def per_variable(raw):
+    """{statistic: float64 [n_variables]}; NaN where a variable has no gradient."""
+    return _statistics(
+        raw.moments,
+        raw.sizes,
+        raw.nonfinite_interval,
+        raw.variable_interval_max,
+        raw.variable_interval_min,
+        raw.weight_sum_squares,
+        raw.update_sum_squares,
+        raw.has_gradient,
+    )
+
+
+def per_layer(raw, *, layer_of_variable, n_layers):
+    """{statistic: float64 [n_layers]}; sums of a layer's variables, then derived.
+
+    Layers none of whose variables had a gradient get NaN (weight statistics
+    stay, they exist without a gradient).
+    """
+    layer_of_variable = np.asarray(layer_of_variable)
+
+    def segment(values, reduce=np.add):
+        out = np.zeros((n_layers,) + np.shape(values)[1:], np.float64)
+        if reduce is np.maximum:
+            out[:] = -np.inf
+        reduce.at(out, layer_of_variable, np.asarray(values, np.float64))
+        return out
+
+    moments = segment(np.where(raw.has_gradient[:, None], raw.moments, 0.0))
+    moments[:, MAX_ABS] = np.maximum(segment(np.where(raw.has_gradient, raw.moments[:, MAX_ABS], 0.0), np.maximum), 0.0)
+    has_gradient = segment(raw.has_gradient.astype(np.float64)) > 0
+    sizes = segment(np.where(raw.has_gradient, raw.sizes, 0))
+    out = _statistics(
+        moments,
+        sizes,
+        segment(np.where(raw.has_gradient, raw.nonfinite_interval, 0.0)),
+        raw.layer_interval_max,
+        raw.layer_interval_min,
+        segment(raw.weight_sum_squares),
+        segment(raw.update_sum_squares),
+        has_gradient,
+    )
+    # Layers with no trainable variable at all (frozen) have no statistic.
+    without_variables = segment(np.ones(layer_of_variable.shape)) == 0
+    for values in out.values():
+        values[without_variables] = np.nan
+    return out

@@ -1,0 +1,273 @@
+"""The Keras callback: per-layer gradient telemetry from an unmodified `fit`."""
+
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tb_gradflow import rules
+from tb_gradflow.keras import model_layers
+from tb_gradflow.recorder import GradientRecorder
+from tb_gradflow.run_logger import RunLogger
+
+
+def _innermost_optimizer(optimizer):
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def _check_positive_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"GradFlow argument {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _raw(variable):
+    """The backend tf.Variable behind a Keras variable (tf ops need it)."""
+    return getattr(variable, "value", variable)
+
+
+class GradFlow(keras.callbacks.Callback):
+    """Logs per-layer gradient statistics, histograms and alerts to TensorBoard.
+
+    ```python
+    import tb_gradflow
+    model.fit(x, y, epochs=10, callbacks=[tb_gradflow.GradFlow("logs/run1")])
+    # then: tensorboard --logdir logs   (Gradient Flow tab), or
+    #       tb-gradflow check logs       (CI gate)
+    ```
+
+    The callback captures the exact gradients the optimizer receives, inside
+    the compiled train step (it wraps `model.optimizer.apply` for the duration
+    of `fit` and retraces the step), computes statistics on the device and
+    reads them back every `update_freq` steps. No extra forward or backward
+    pass, no per-step host sync, no change to the training math: with op
+    determinism the weights are bit-identical with and without the callback.
+    When `fit` ends, the optimizer and the model are restored exactly.
+
+    Events go to `log_dir/train`, the run Keras' own TensorBoard callback uses
+    for training data, so both show up as one run.
+
+    Args:
+      log_dir: the log directory, as for `keras.callbacks.TensorBoard`.
+      update_freq: write statistics every this many optimizer steps
+        (an integer >= 1). Norm extremes and non-finite counts are aggregated
+        over every step in between, so a short spike is never missed.
+      histogram_freq: write per-layer gradient histograms every this many
+        steps; 0 disables them. Histograms cost more than the statistics.
+      thresholds: `tb_gradflow.rules.Thresholds` for the alerts.
+      update_ratio: measure the update-to-weight ratio (copies the weights on
+        logged steps).
+
+    Raises (at `on_train_begin`, before the first step):
+      ValueError: an argument is out of range, the model has no trainable
+        weights, or the model is not compiled with an optimizer.
+      tb_gradflow.writer.LogDirError: `log_dir` cannot be written.
+    """
+
+    def __init__(
+        self,
+        log_dir="logs",
+        update_freq=100,
+        histogram_freq=1000,
+        thresholds=None,
+        update_ratio=True,
+        run_name="train",
+    ):
+        super().__init__()
+        import os
+
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = _check_positive_int("update_freq", update_freq, 1)
+        self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
+        if thresholds is None:
+            thresholds = rules.DEFAULT_THRESHOLDS
+        if not isinstance(thresholds, rules.Thresholds):
+            raise ValueError(
+                f"GradFlow argument thresholds must be a tb_gradflow.rules.Thresholds, got {type(thresholds).__name__}"
+            )
+        self.thresholds = thresholds
+        self.update_ratio = bool(update_ratio)
+        self.run_dir = os.path.join(self.log_dir, run_name) if run_name else self.log_dir
+        self._installed = None
+
+    # ----------------------------------------------------------------- setup
+    def on_train_begin(self, logs=None):
+        model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("GradFlow needs a compiled model: call model.compile(optimizer=...) before fit.")
+        variables = list(model.trainable_variables)
+        if not variables:
+            raise ValueError(
+                f"GradFlow: model {model.name!r} has no trainable weights, so there are no gradients to "
+                "monitor (is every layer frozen with trainable=False?)."
+            )
+        self._logger = RunLogger(self.run_dir, self.thresholds)
+        self._variables = variables
+        self._owners, self._layer_of_variable = model_layers.variable_owners(model)
+        self._strategy = model.distribute_strategy
+        self._replicas = self._strategy.num_replicas_in_sync
+        self._recorder = GradientRecorder(
+            sizes=[int(np.prod(v.shape)) for v in variables],
+            layer_of_variable=self._layer_of_variable,
+            n_layers=len(self._owners),
+            update_freq=self.update_freq,
+            histogram_freq=self.histogram_freq,
+            strategy=self._strategy,
+        )
+        self._has_gradient = None
+        self._call_order = model_layers.CallOrderRecorder(self._owners)
+        self._install(optimizer)
+        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        if self._steps_per_execution > 1 and self.update_freq % self._steps_per_execution:
+            warnings.warn(
+                f"GradFlow: update_freq={self.update_freq} is not a multiple of steps_per_execution="
+                f"{self._steps_per_execution}; statistics are read after each execution, so some "
+                "intervals are written one execution late.",
+                stacklevel=2,
+            )
+        self._host_step = int(optimizer.iterations.numpy())
+        self._table_written = False
+
+    def _install(self, optimizer):
+        """Wraps the optimizer for this fit and retraces the train step."""
+        recorder = self._recorder
+        position = {id(_raw(v)): i for i, v in enumerate(self._variables)}
+        position.update({id(v): i for i, v in enumerate(self._variables)})
+        callback = self
+        original_apply = optimizer.apply
+        distributed = self._replicas > 1
+        scaled = hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "dynamic_scale")
+
+        def align(grads, trainable_variables):
+            if trainable_variables is None:
+                return list(grads)
+            aligned = [None] * len(self._variables)
+            for g, v in zip(grads, trainable_variables):
+                i = position.get(id(v), position.get(id(_raw(v))))
+                if i is not None:
+                    aligned[i] = g
+            return aligned
+
+        def apply(grads, trainable_variables=None):
+            grads = list(grads)
+            step = tf.cast(optimizer.iterations, tf.int64) + 1
+            aligned = align(grads, trainable_variables)
+            callback._note_gradients(aligned)
+            if not distributed:
+                unscaled = aligned
+                if scaled:
+                    # LossScaleOptimizer.apply sees scaled gradients; report the
+                    # ones the inner optimizer applies (the same division).
+                    scale = tf.cast(optimizer.dynamic_scale, tf.float32)
+                    unscaled = [None if g is None else tf.cast(g, tf.float32) / scale for g in aligned]
+                recorder.record_gradients(step, unscaled)
+            weights = [_raw(v) for v in self._variables]
+            before = recorder.snapshot_weights(step, weights) if self.update_ratio else None
+            result = original_apply(grads, trainable_variables)
+            recorder.record_weights(step, weights, before)
+            return result
+
+        installed = {"optimizer": optimizer, "apply": optimizer.__dict__.get("apply")}
+        optimizer.apply = apply
+        if distributed:
+            # Under a strategy `apply` sees each replica's share; the global
+            # gradient exists only after the optimizer's own all-reduce.
+            inner = _innermost_optimizer(optimizer)
+            original_reduce = inner._all_reduce_sum_gradients
+
+            def all_reduce_sum_gradients(grads_and_vars):
+                reduced = original_reduce(grads_and_vars)
+                grads = [g for g, _ in reduced]
+                step = tf.cast(inner.iterations, tf.int64) + 1
+                recorder.record_gradients(step, callback._align_reduced(grads))
+                return reduced
+
+            installed["inner"] = inner
+            installed["reduce"] = inner.__dict__.get("_all_reduce_sum_gradients")
+            inner._all_reduce_sum_gradients = all_reduce_sum_gradients
+        self._installed = installed
+        self._capture_point = (
+            "optimizer._all_reduce_sum_gradients (global gradient after the all-reduce)"
+            if distributed
+            else "optimizer.apply" + (" (unscaled by the loss scale)" if scaled else "")
+        )
+        self.model.make_train_function(force=True)
+
+    def _note_gradients(self, aligned):
+        # Trace time: which variables get a gradient is static in the graph.
+        self._has_gradient = [g is not None for g in aligned]
+        self._trace_order = [i for i, g in enumerate(aligned)]
+
+    def _align_reduced(self, grads):
+        # The optimizer passes gradients in the order `apply` received them,
+        # which for fit is model.trainable_variables order.
+        if len(grads) != len(self._variables):
+            raise ValueError(
+                f"GradFlow: optimizer all-reduced {len(grads)} gradients for {len(self._variables)} variables"
+            )
+        return list(grads)
+
+    def restore_model(self):
+        """Undoes the wrapping; called by `on_train_end`. Safe to call twice.
+
+        If `fit` raises, Keras calls no `on_train_end`: call this to drop the
+        instrumented train step (a later fit would otherwise keep running it,
+        harmlessly but at its cost).
+        """
+        installed, self._installed = self._installed, None
+        if installed is None:
+            return
+        optimizer = installed["optimizer"]
+        if installed["apply"] is None:
+            optimizer.__dict__.pop("apply", None)
+        else:
+            optimizer.apply = installed["apply"]
+        if "inner" in installed:
+            if installed["reduce"] is None:
+                installed["inner"].__dict__.pop("_all_reduce_sum_gradients", None)
+            else:
+                installed["inner"]._all_reduce_sum_gradients = installed["reduce"]
+        self._call_order.restore()
+        self.model.train_function = None
+
+    # ------------------------------------------------------------- per batch
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_begin = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = batch - getattr(self, "_batch_begin", batch) + 1
+        previous, self._host_step = self._host_step, self._host_step + steps
+        if not self._table_written:
+            self._write_layer_table()
+        if self._host_step // self.update_freq > previous // self.update_freq:
+            self._logger.log(self._recorder.read())
+
+    def _write_layer_table(self):
+        self._call_order.restore()  # The step is traced; stop recording.
+        has_gradient = self._has_gradient or [True] * len(self._variables)
+        table, order = model_layers.build_layer_table(
+            self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order
+        )
+        table.update_freq = self.update_freq
+        table.histogram_freq = self.histogram_freq
+        table.source = f"keras {keras.__version__} / tensorflow {tf.__version__}"
+        table.capture_point = self._capture_point
+        self._logger.set_layer_table(step=max(self._host_step - 1, 0), table=table, device_layer_order=order)
+        self._table_written = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._table_written:
+            self._logger.flush()
+
+    def on_train_end(self, logs=None):
+        try:
+            if self._table_written:
+                # The last, partial interval (a no-op if it was just written).
+                self._logger.log(self._recorder.read())
+            self._logger.close()
+        finally:
+            self.restore_model()

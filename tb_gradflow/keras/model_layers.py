@@ -1,0 +1,135 @@
+"""Which layer owns which variable, and in what order the forward pass calls them.
+
+    >>> import keras
+    >>> from tb_gradflow.keras import model_layers
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="a"),
+    ...                           keras.layers.Dense(1, name="b")])
+    >>> owners, layer_of_variable = model_layers.variable_owners(model)
+    >>> [layer.name for layer in owners], layer_of_variable
+    (['a', 'b'], [0, 0, 1, 1])
+
+Depth comes from the real call order, recorded while the train step is being
+traced (`CallOrderRecorder`): subclassed models list layers in attribute
+assignment order, which says nothing about depth.
+"""
+
+import numpy as np
+
+from tb_gradflow.proto import plugin_data_pb2
+
+
+def _own_variables(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(getattr(layer, "_non_trainable_variables", []))
+
+
+def variable_owners(model):
+    """(owners, layer_of_variable) for `model.trainable_variables`.
+
+    owners: the layers that own variables, in `model.trainable_variables`
+    order of first appearance, followed by layers that own only non-trainable
+    variables (frozen). layer_of_variable[i] indexes owners for the i-th
+    trainable variable.
+    """
+    owner_of = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for v in _own_variables(layer):
+            owner_of.setdefault(id(v), layer)
+    owners, index_of, layer_of_variable = [], {}, []
+    for v in model.trainable_variables:
+        layer = owner_of.get(id(v), model)
+        if id(layer) not in index_of:
+            index_of[id(layer)] = len(owners)
+            owners.append(layer)
+        layer_of_variable.append(index_of[id(layer)])
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if _own_variables(layer) and id(layer) not in index_of:
+            index_of[id(layer)] = len(owners)
+            owners.append(layer)
+    return owners, layer_of_variable
+
+
+class CallOrderRecorder:
+    """Records the order in which layers are first called while a step traces.
+
+    Patches `call` on the given layer instances (Keras' `__call__` looks it up
+    on the instance) and restores them exactly with `restore()`.
+    """
+
+    def __init__(self, layers):
+        self._saved = []
+        self._seen = set()
+        self.order = []
+        for layer in layers:
+            self._saved.append((layer, "call" in layer.__dict__, layer.__dict__.get("call")))
+            layer.call = self._recording(layer, layer.call)
+
+    def _recording(self, layer, original):
+        def recording_call(*args, **kwargs):
+            if id(layer) not in self._seen:
+                self._seen.add(id(layer))
+                self.order.append(layer)
+            return original(*args, **kwargs)
+
+        return recording_call
+
+    def restore(self):
+        for layer, had_own, own in self._saved:
+            if had_own:
+                layer.call = own
+            else:
+                layer.__dict__.pop("call", None)
+        self._saved = []
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return ""
+    name = getattr(activation, "__name__", None) or type(activation).__name__
+    return "" if name == "linear" else name
+
+
+def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradient, call_order):
+    """LayerTable in depth order, and device_layer_order (table row -> owners index).
+
+    Args:
+      owners, layer_of_variable: from `variable_owners`.
+      trainable_variables: the variables, aligned with layer_of_variable.
+      has_gradient: bool per trainable variable (False for a None gradient).
+      call_order: layers in first-call order (from CallOrderRecorder); owners
+        never called keep their relative order after the called ones.
+    """
+    position = {id(layer): i for i, layer in enumerate(call_order)}
+    ranked = sorted(
+        range(len(owners)),
+        key=lambda i: (position.get(id(owners[i]), len(call_order)), i),
+    )
+    depth_of_owner = {owner_index: depth for depth, owner_index in enumerate(ranked)}
+    layers = []
+    for depth, owner_index in enumerate(ranked):
+        layer = owners[owner_index]
+        own = _own_variables(layer)
+        path = getattr(layer, "path", None) or layer.name
+        layers.append(
+            plugin_data_pb2.Layer(
+                name=path,
+                class_name=type(layer).__name__,
+                activation=_activation_name(layer),
+                depth=depth,
+                parameter_count=int(sum(int(np.prod(v.shape)) for v in own)),
+                has_gradient=any(
+                    has_gradient[i] for i, o in enumerate(layer_of_variable) if o == owner_index
+                ),
+            )
+        )
+    variables = [
+        plugin_data_pb2.Variable(
+            name=v.path,
+            layer_index=depth_of_owner[layer_of_variable[i]],
+            shape=[int(d) for d in v.shape],
+            has_gradient=bool(has_gradient[i]),
+        )
+        for i, v in enumerate(trainable_variables)
+    ]
+    table = plugin_data_pb2.LayerTable(layers=layers, variables=variables)
+    return table, ranked

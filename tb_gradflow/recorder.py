@@ -1,0 +1,209 @@
+"""Device-side state: statistics computed inside the train step, kept in variables.
+
+    >>> import tensorflow as tf
+    >>> from tb_gradflow.recorder import GradientRecorder
+    >>> v = tf.Variable([1.0, 2.0])
+    >>> rec = GradientRecorder(sizes=[2], layer_of_variable=[0], n_layers=1,
+    ...                        update_freq=1, histogram_freq=1)
+    >>> rec.record_gradients(tf.constant(1, tf.int64), [tf.constant([3.0, 4.0])])
+    >>> float(rec.read().moments[0, 0])   # sum of squares at step 1
+    25.0
+
+The recorder never syncs with the host: every statistic is written into a
+non-trainable variable by ops of the compiled step, and the host reads them
+all at once every `update_freq` steps (`read`). Steps in between pay only for
+a few fused reductions per variable; histograms and the weight snapshot for
+the update ratio run under a `tf.cond` that is false on those steps.
+
+Under a `tf.distribute` strategy the variables are ON_READ with
+ONLY_FIRST_REPLICA aggregation: the recorder is fed the all-reduced gradient,
+identical on every replica, so the first replica's copy is the global value.
+"""
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+from tb_gradflow import aggregate
+from tb_gradflow import metadata
+from tb_gradflow import stats
+
+
+class GradientRecorder:
+    """Owns the device variables and the in-step ops that fill them.
+
+    Args:
+      sizes: element count of each recorded variable, in the order gradients
+        will be passed to `record_gradients`.
+      layer_of_variable: layer index of each variable.
+      n_layers: number of layers (rows of the per-layer arrays).
+      update_freq: weight statistics, and the start of each aggregation
+        interval, every this many steps.
+      histogram_freq: histograms every this many steps; 0 disables them.
+      strategy: the `tf.distribute.Strategy` whose scope the variables need.
+    """
+
+    def __init__(self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None):
+        self.sizes = np.asarray(sizes, np.int64)
+        self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
+        self.n_layers = int(n_layers)
+        self.update_freq = int(update_freq)
+        self.histogram_freq = int(histogram_freq)
+        self._variables_of_layer = [
+            [i for i, layer in enumerate(self.layer_of_variable) if layer == li] for li in range(self.n_layers)
+        ]
+        n_vars = len(self.sizes)
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+
+        def state(name, shape, dtype=tf.float32, init=0):
+            kwargs = dict(trainable=False, name=f"tb_gradflow_{name}")
+            if distributed:
+                kwargs.update(
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            return tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+
+        with scope:
+            self.moments = state("moments", [n_vars, aggregate.NUM_MOMENTS])
+            self.has_gradient = state("has_gradient", [n_vars], tf.bool, False)
+            self.nonfinite_interval = state("nonfinite_interval", [n_vars])
+            self.variable_interval_max = state("variable_interval_max", [n_vars])
+            self.variable_interval_min = state("variable_interval_min", [n_vars])
+            self.layer_interval_max = state("layer_interval_max", [self.n_layers])
+            self.layer_interval_min = state("layer_interval_min", [self.n_layers])
+            self.weight_sum_squares = state("weight_sum_squares", [n_vars])
+            self.update_sum_squares = state("update_sum_squares", [n_vars], init=float("nan"))
+            self.snapshot_step = state("snapshot_step", [], tf.int64, -1)
+            self.weight_step = state("weight_step", [], tf.int64, -1)
+            self.histogram_range = state("histogram_range", [self.n_layers, 2])
+            self.histogram_counts = state("histogram_counts", [self.n_layers, metadata.HISTOGRAM_BUCKETS], tf.int32)
+            self.log10_counts = state("log10_counts", [self.n_layers, metadata.LOG10_BUCKETS], tf.int32)
+            self.histogram_step = state("histogram_step", [], tf.int64, -1)
+
+    # Gates. `step` is the 1-based optimizer step the gradients belong to.
+    def is_write_step(self, step):
+        return tf.equal(step % self.update_freq, 0)
+
+    def is_histogram_step(self, step):
+        if self.histogram_freq <= 0:
+            return tf.constant(False)
+        return tf.equal(step % self.histogram_freq, 0)
+
+    def record_gradients(self, step, grads):
+        """In-step: statistics of `grads` (aligned with `sizes`; None allowed)."""
+        step = tf.cast(step, tf.int64)
+        present = [g is not None for g in grads]
+        moments = tf.stack(
+            [stats.gradient_moments(g) if g is not None else tf.zeros([aggregate.NUM_MOMENTS]) for g in grads]
+        )
+        var_sq = moments[:, aggregate.SUM_SQUARES]
+        layer_sq = tf.stack(
+            [
+                tf.add_n([var_sq[i] for i in members]) if members else tf.constant(0.0)
+                for members in self._variables_of_layer
+            ]
+        )
+        # The interval starts on the step after a write.
+        reset = tf.equal((step - 1) % self.update_freq, 0)
+
+        def interval(var, new, reduce):
+            var.assign(tf.where(reset, new, reduce(var, new)))
+
+        interval(self.variable_interval_max, var_sq, tf.maximum)
+        interval(self.variable_interval_min, var_sq, tf.minimum)
+        interval(self.layer_interval_max, layer_sq, tf.maximum)
+        interval(self.layer_interval_min, layer_sq, tf.minimum)
+        interval(self.nonfinite_interval, moments[:, aggregate.NONFINITE_COUNT], tf.add)
+        # The latest step is always kept, so the final, partial interval of a
+        # run can still be written when training ends.
+        self.moments.assign(moments)
+        self.has_gradient.assign(tf.constant(present))
+        self.snapshot_step.assign(step)
+
+        hist = self.is_histogram_step(step)
+
+        def histograms():
+            ranges, counts, log_counts = [], [], []
+            for members in self._variables_of_layer:
+                tensors = [grads[i] for i in members if grads[i] is not None]
+                if not tensors:
+                    ranges.append(tf.zeros([2]))
+                    counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
+                    log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+                    continue
+                low, high = stats.finite_range(tensors)
+                ranges.append(tf.stack([low, high]))
+                counts.append(stats.equal_width_counts(tensors, low, high))
+                log_counts.append(stats.log10_magnitude_counts(tensors))
+            return tf.stack(ranges), tf.stack(counts), tf.stack(log_counts)
+
+        def keep():
+            return self.histogram_range.read_value(), self.histogram_counts.read_value(), self.log10_counts.read_value()
+
+        if self.histogram_freq > 0:
+            ranges, counts, log_counts = tf.cond(hist, histograms, keep)
+            self.histogram_range.assign(ranges)
+            self.histogram_counts.assign(counts)
+            self.log10_counts.assign(log_counts)
+            self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
+
+    def snapshot_weights(self, step, variables):
+        """In-step, before the update: copies of the weights on write steps only.
+
+        Off write steps the copy is a zero fill under a false `tf.cond`; that is
+        the price of an exact update-to-weight ratio without a permanent second
+        copy of the model.
+        """
+        write = self.is_write_step(tf.cast(step, tf.int64))
+        return [tf.cond(write, lambda v=v: tf.identity(v), lambda v=v: tf.zeros_like(v)) for v in variables]
+
+    def record_weights(self, step, variables, before):
+        """In-step, after the update: weight norms and update sizes on write steps."""
+        write = self.is_write_step(tf.cast(step, tf.int64))
+
+        def measure():
+            weight = tf.stack([stats.sum_squares(v) for v in variables])
+            if before is None:
+                update = tf.fill([len(variables)], float("nan"))
+            else:
+                update = tf.stack([stats.sum_squares(tf.cast(v, tf.float32) - tf.cast(b, tf.float32)) for v, b in zip(variables, before)])
+            return weight, update
+
+        def keep():
+            return self.weight_sum_squares.read_value(), self.update_sum_squares.read_value()
+
+        weight, update = tf.cond(write, measure, keep)
+        self.weight_sum_squares.assign(weight)
+        self.update_sum_squares.assign(update)
+        self.weight_step.assign(tf.where(write, tf.cast(step, tf.int64), self.weight_step))
+
+    def read(self):
+        """Host: one read of everything. Returns an `aggregate.RawSnapshot` with
+        `.step`, `.histogram_step` and histogram arrays attached."""
+        raw = aggregate.RawSnapshot(
+            moments=self.moments.numpy(),
+            sizes=self.sizes,
+            has_gradient=self.has_gradient.numpy(),
+            nonfinite_interval=self.nonfinite_interval.numpy(),
+            variable_interval_max=self.variable_interval_max.numpy(),
+            variable_interval_min=self.variable_interval_min.numpy(),
+            layer_interval_max=self.layer_interval_max.numpy(),
+            layer_interval_min=self.layer_interval_min.numpy(),
+            weight_sum_squares=self.weight_sum_squares.numpy(),
+            update_sum_squares=self.update_sum_squares.numpy(),
+        )
+        raw.step = int(self.snapshot_step.numpy())
+        if int(self.weight_step.numpy()) != raw.step:
+            # Weights are measured on write steps only; a final partial
+            # interval has none of its own.
+            raw.weight_sum_squares = np.full_like(raw.weight_sum_squares, np.nan)
+            raw.update_sum_squares = np.full_like(raw.update_sum_squares, np.nan)
+        raw.histogram_step = int(self.histogram_step.numpy())
+        if raw.histogram_step >= 0:
+            raw.histogram_range = self.histogram_range.numpy()
+            raw.histogram_counts = self.histogram_counts.numpy()
+            raw.log10_counts = self.log10_counts.numpy()
+        return raw

@@ -1,0 +1,274 @@
+"""Alert rules: the one place that decides vanishing, exploding and non-finite.
+
+    >>> import numpy as np
+    >>> from tb_gradflow import rules
+    >>> stats = {"grad_rms": np.array([1e-5, 1e-2, 1e-1]),
+    ...          "grad_mean_abs": np.array([1e-5, 1e-2, 1e-1]),
+    ...          "grad_norm": np.array([1e-4, 1e-1, 1.0]),
+    ...          "grad_norm_interval_max": np.array([1e-4, 1e-1, 1.0]),
+    ...          "nonfinite_count": np.array([0.0, 0.0, 0.0])}
+    >>> row = rules.evaluate_step(stats, has_gradient=np.ones(3, bool), history=[])
+    >>> row["vanishing"].fired.tolist()
+    [True, False, False]
+
+Every function here is pure (numpy in, numpy out). The training hook runs
+`evaluate_step` as it writes; the plugin and `tb-gradflow check` run
+`evaluate_series` over what they read back, with the thresholds the hook
+recorded in the layer table. Same code, same inputs: they cannot disagree.
+
+Where each default comes from:
+
+* `vanishing_relative_rms = 1e-2`: a layer whose gradient RMS is 100x below the
+  layer with the largest RMS at the same step. Nielsen, "Neural Networks and Deep
+  Learning", ch. 5: in a sigmoid MNIST net the first hidden layer learns
+  "roughly 100 times slower" than the last; that is the textbook symptom.
+* `vanishing_mean_abs = 1e-7`: mean |g| below 1e-7, the default threshold of
+  SageMaker Debugger's VanishingGradient rule. Catches a whole net gone quiet,
+  which the relative rule cannot see.
+* `exploding_growth = 100`: the largest gradient norm a layer had since the last
+  write is 100x the median of its own last `exploding_window` (20) logged norms,
+  once `exploding_min_history` (5) norms exist. Relative to the layer's own
+  history because healthy absolute norms differ by orders of magnitude between
+  models; 100x mirrors the vanishing factor.
+* non-finite: any NaN or Inf gradient element (SageMaker ExplodingTensor with
+  only_nan=False). Counted, never stripped: a hook that drops them hides the bug.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+VANISHING = "vanishing"
+EXPLODING = "exploding"
+NONFINITE = "nonfinite"
+KINDS = (VANISHING, EXPLODING, NONFINITE)
+
+# For each kind, whether a larger value is worse (exploding growth, NaN count)
+# or a smaller one (vanishing: relative RMS).
+LARGER_IS_WORSE = {VANISHING: False, EXPLODING: True, NONFINITE: True}
+
+# What each kind's value means, for tables and docs.
+VALUE_MEANING = {
+    VANISHING: "gradient RMS relative to the largest layer's at that step",
+    EXPLODING: "interval-max gradient norm over the median of the layer's recent norms",
+    NONFINITE: "NaN/Inf gradient elements since the previous write",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds; every field is documented in this module's docstring.
+
+    >>> Thresholds(vanishing_relative_rms=1e-3).vanishing_relative_rms
+    0.001
+    """
+
+    vanishing_relative_rms: float = 1e-2
+    vanishing_mean_abs: float = 1e-7
+    exploding_growth: float = 100.0
+    exploding_window: int = 20
+    exploding_min_history: int = 5
+
+    def __post_init__(self):
+        def positive(name):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"threshold {name} must be a finite number > 0, got {value!r}")
+
+        for name in ("vanishing_relative_rms", "vanishing_mean_abs", "exploding_growth"):
+            positive(name)
+        if not self.vanishing_relative_rms < 1:
+            raise ValueError(
+                f"threshold vanishing_relative_rms must be < 1, got {self.vanishing_relative_rms!r}"
+            )
+        for name in ("exploding_window", "exploding_min_history"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"threshold {name} must be an integer >= 1, got {value!r}")
+        if self.exploding_min_history > self.exploding_window:
+            raise ValueError(
+                "threshold exploding_min_history must be <= exploding_window, got "
+                f"{self.exploding_min_history} > {self.exploding_window}"
+            )
+
+    def to_dict(self):
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds thresholds from a (possibly partial) mapping; unknown keys are ignored
+        so that data from a newer writer with more rules still reads."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                value = values[f.name]
+                kwargs[f.name] = int(value) if f.type in (int, "int") else float(value)
+        return cls(**kwargs)
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclasses.dataclass
+class StepVerdict:
+    """One kind's verdict for every layer at one logged step."""
+
+    fired: np.ndarray  # bool [n_layers]
+    value: np.ndarray  # float [n_layers], NaN where the rule has no value
+
+
+def _vanishing(stats, has_gradient, thresholds):
+    rms = np.asarray(stats["grad_rms"], dtype=np.float64)
+    mean_abs = np.asarray(stats["grad_mean_abs"], dtype=np.float64)
+    usable = has_gradient & np.isfinite(rms)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        largest = np.max(rms[usable]) if usable.any() else np.nan
+        relative = np.where(usable, rms / largest, np.nan) if largest > 0 else np.full_like(rms, np.nan)
+    fired = usable & (
+        (np.nan_to_num(relative, nan=np.inf) < thresholds.vanishing_relative_rms)
+        | (mean_abs < thresholds.vanishing_mean_abs)
+    )
+    # A layer caught only by the absolute rule still gets a relative value,
+    # or 0 when every layer is silent.
+    value = np.where(np.isnan(relative) & usable, 0.0, relative)
+    return StepVerdict(fired=fired, value=value)
+
+
+def _exploding(stats, has_gradient, history, thresholds):
+    interval_max = np.asarray(stats["grad_norm_interval_max"], dtype=np.float64)
+    n = interval_max.shape[0]
+    recent = [np.asarray(h, dtype=np.float64) for h in history[-thresholds.exploding_window :]]
+    if len(recent) < thresholds.exploding_min_history:
+        return StepVerdict(fired=np.zeros(n, bool), value=np.full(n, np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_warnings():
+        stacked = np.stack(recent)
+        stacked = np.where(np.isfinite(stacked), stacked, np.nan)
+        baseline = np.nanmedian(stacked, axis=0)
+        growth = np.where(baseline > 0, interval_max / baseline, np.nan)
+    fired = has_gradient & np.isfinite(growth) & (growth > thresholds.exploding_growth)
+    return StepVerdict(fired=fired, value=growth)
+
+
+def _nonfinite(stats, has_gradient):
+    count = np.asarray(stats["nonfinite_count"], dtype=np.float64)
+    return StepVerdict(fired=has_gradient & (count > 0), value=count)
+
+
+class _quiet_nan_warnings:
+    """nanmedian warns on all-NaN columns (a layer that was NaN throughout)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+# The per-layer statistics the rules read. Writers must log them all.
+REQUIRED_STATISTICS = ("grad_rms", "grad_mean_abs", "grad_norm", "grad_norm_interval_max", "nonfinite_count")
+
+
+def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS):
+    """Verdicts of every rule at one logged step.
+
+    Args:
+      stats: mapping statistic name -> float array [n_layers] at this step.
+      has_gradient: bool array [n_layers]; layers without one never alert.
+      history: the `grad_norm` arrays of the previous logged steps, oldest first
+        (only the last `thresholds.exploding_window` are used).
+      thresholds: a `Thresholds`.
+
+    Returns:
+      dict kind -> StepVerdict.
+    """
+    has_gradient = np.asarray(has_gradient, dtype=bool)
+    return {
+        VANISHING: _vanishing(stats, has_gradient, thresholds),
+        EXPLODING: _exploding(stats, has_gradient, history, thresholds),
+        NONFINITE: _nonfinite(stats, has_gradient),
+    }
+
+
+def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS):
+    """Verdicts for a whole run.
+
+    Args:
+      series: mapping statistic name -> float array [n_steps, n_layers], rows in
+        step order (as written).
+      has_gradient: bool array [n_layers].
+
+    Returns:
+      dict kind -> (fired bool [n_steps, n_layers], value float [n_steps, n_layers]).
+    """
+    n_steps, n_layers = np.asarray(series["grad_norm"]).shape
+    fired = {k: np.zeros((n_steps, n_layers), bool) for k in KINDS}
+    values = {k: np.full((n_steps, n_layers), np.nan) for k in KINDS}
+    history = []
+    for i in range(n_steps):
+        row = {name: np.asarray(series[name])[i] for name in REQUIRED_STATISTICS}
+        verdicts = evaluate_step(row, has_gradient=has_gradient, history=history, thresholds=thresholds)
+        for kind, verdict in verdicts.items():
+            fired[kind][i] = verdict.fired
+            values[kind][i] = verdict.value
+        history.append(row["grad_norm"])
+        if len(history) > thresholds.exploding_window:
+            history.pop(0)
+    return {k: (fired[k], values[k]) for k in KINDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """One (layer, kind) that fired at least once in a run."""
+
+    layer: str
+    layer_index: int
+    kind: str
+    first_step: int
+    last_step: int
+    worst_step: int
+    worst_value: float
+    steps_fired: int  # how many logged steps it held at
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def summarize(steps, verdicts, layer_names):
+    """Collapses per-step verdicts into one `Alert` per (layer, kind) that fired.
+
+    Args:
+      steps: int array [n_steps].
+      verdicts: the result of `evaluate_series`.
+      layer_names: list of n_layers names.
+
+    Returns:
+      list of Alert, ordered by first step, then depth, then kind.
+    """
+    steps = np.asarray(steps)
+    alerts = []
+    for kind in KINDS:
+        fired, values = verdicts[kind]
+        for layer_index in np.flatnonzero(fired.any(axis=0)):
+            rows = np.flatnonzero(fired[:, layer_index])
+            candidates = values[rows, layer_index]
+            finite = np.where(np.isnan(candidates), -np.inf if LARGER_IS_WORSE[kind] else np.inf, candidates)
+            pick = int(np.argmax(finite) if LARGER_IS_WORSE[kind] else np.argmin(finite))
+            alerts.append(
+                Alert(
+                    layer=layer_names[layer_index],
+                    layer_index=int(layer_index),
+                    kind=kind,
+                    first_step=int(steps[rows[0]]),
+                    last_step=int(steps[rows[-1]]),
+                    worst_step=int(steps[rows[pick]]),
+                    worst_value=float(candidates[pick]),
+                    steps_fired=int(rows.size),
+                )
+            )
+    alerts.sort(key=lambda a: (a.first_step, a.layer_index, KINDS.index(a.kind)))
+    return alerts

@@ -1,0 +1,119 @@
+"""Host side of one run: raw snapshot -> statistics -> alerts -> events.
+
+    >>> import tempfile, numpy as np
+    >>> from tb_gradflow.run_logger import RunLogger
+    >>> from tb_gradflow.proto import plugin_data_pb2
+    >>> table = plugin_data_pb2.LayerTable(layers=[plugin_data_pb2.Layer(name="dense")],
+    ...     variables=[plugin_data_pb2.Variable(name="dense/kernel", shape=[2])])
+    >>> logger = RunLogger(tempfile.mkdtemp())
+    >>> logger.set_layer_table(step=0, table=table)
+    >>> logger.close()
+
+Shared by the Keras callback and the custom-loop writer, so both write the
+same events. It imports no TensorFlow.
+"""
+
+import numpy as np
+
+from tb_gradflow import aggregate
+from tb_gradflow import metadata
+from tb_gradflow import rules
+from tb_gradflow.writer import EventWriter
+
+
+class RunLogger:
+    """Writes one run's tb_gradflow events.
+
+    Args:
+      log_dir: the run directory.
+      thresholds: `rules.Thresholds` used for the alert scalars (and recorded
+        in the layer table so readers use the same).
+    """
+
+    def __init__(self, log_dir, thresholds=rules.DEFAULT_THRESHOLDS):
+        self.writer = EventWriter(log_dir)
+        self.thresholds = thresholds
+        self.table = None
+        self._history = []
+        self._layers_alerted = {kind: set() for kind in rules.KINDS}
+        self.last_step = -1
+        self.last_histogram_step = -1
+
+    @property
+    def log_dir(self):
+        return self.writer.log_dir
+
+    def set_layer_table(self, *, step, table, device_layer_order=None):
+        """Records the layer table (thresholds filled in) and writes it.
+
+        Args:
+          device_layer_order: when the recorder's per-layer rows are not in
+            the table's depth order, `device_layer_order[i]` is the recorder row
+            of table layer i.
+        """
+        self._device_layer_order = None if device_layer_order is None else np.asarray(device_layer_order)
+        table.thresholds.clear()
+        table.thresholds.update(self.thresholds.to_dict())
+        self.table = table
+        self._layer_of_variable = np.array([v.layer_index for v in table.variables], np.int64)
+        self._has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
+        self._layer_names = [layer.name for layer in table.layers]
+        self.writer.write_layer_table(step, table)
+
+    def log(self, raw):
+        """Writes whatever in `raw` (a recorder read) is newer than the last write."""
+        if self.table is None:
+            raise RuntimeError("set_layer_table must be called before log")
+        if self._device_layer_order is not None:
+            order = self._device_layer_order
+            raw.layer_interval_max = raw.layer_interval_max[order]
+            raw.layer_interval_min = raw.layer_interval_min[order]
+            if raw.histogram_step >= 0:
+                raw.histogram_range = raw.histogram_range[order]
+                raw.histogram_counts = raw.histogram_counts[order]
+                raw.log10_counts = raw.log10_counts[order]
+        if raw.step > self.last_step:
+            self._log_statistics(raw)
+            self.last_step = raw.step
+        if raw.histogram_step > self.last_histogram_step:
+            self._log_histograms(raw)
+            self.last_histogram_step = raw.histogram_step
+
+    def _log_statistics(self, raw):
+        variable_stats = aggregate.per_variable(raw)
+        layer_stats = aggregate.per_layer(
+            raw, layer_of_variable=self._layer_of_variable, n_layers=len(self._layer_names)
+        )
+        self.writer.write_layer_statistics(raw.step, layer_stats, variable_stats)
+        verdicts = rules.evaluate_step(
+            layer_stats, has_gradient=self._has_gradient, history=self._history, thresholds=self.thresholds
+        )
+        self._history.append(layer_stats[metadata.GRAD_NORM])
+        del self._history[: -self.thresholds.exploding_window]
+        scalars = {}
+        for kind, verdict in verdicts.items():
+            scalars[metadata.alert_count_tag(kind)] = float(verdict.fired.sum())
+            self._layers_alerted[kind].update(np.flatnonzero(verdict.fired).tolist())
+            # A layer gets its own alert series from the first time it fires,
+            # so a healthy 300-layer model adds no charts to the Scalars tab.
+            for index in sorted(self._layers_alerted[kind]):
+                scalars[metadata.layer_alert_tag(kind, self._layer_names[index])] = float(verdict.fired[index])
+        self.writer.write_scalars(raw.step, scalars)
+
+    def _log_histograms(self, raw):
+        layers = [(layer.depth, layer.name) for layer in self.table.layers]
+        rows = [i for i, has in enumerate(self._has_gradient) if has]
+        self.writer.write_histograms(
+            raw.histogram_step,
+            [layers[i] for i in rows],
+            raw.histogram_range[rows, 0],
+            raw.histogram_range[rows, 1],
+            raw.histogram_counts[rows],
+            raw.log10_counts[rows],
+        )
+
+    def flush(self):
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()

@@ -1,0 +1,95 @@
+"""On-device gradient statistics: pure TensorFlow ops, no I/O, XLA-compatible.
+
+    >>> import tensorflow as tf
+    >>> from tb_gradflow import stats
+    >>> m = stats.gradient_moments(tf.constant([3.0, -4.0, 0.0, float("nan")]))
+    >>> [float(x) for x in m]   # sum g^2, sum |g|, max |g|, zeros, non-finite
+    [25.0, 7.0, 4.0, 1.0, 1.0]
+
+Everything here runs inside the compiled train step, so it avoids ops without
+an XLA kernel (`tf.histogram_fixed_width`, `tf.math.bincount`, summary ops)
+and never builds an N x buckets intermediate (what makes `tf.summary.histogram`
+run out of memory on large layers): bucket indices are computed elementwise and
+counted with `unsorted_segment_sum`.
+
+Statistics cover finite elements; NaN and Inf are counted, not summed, so one
+bad element does not erase a layer's norm.
+"""
+
+import tensorflow as tf
+
+from tb_gradflow.aggregate import NUM_MOMENTS  # noqa: F401  (column layout lives there)
+from tb_gradflow.metadata import HISTOGRAM_BUCKETS, LOG10_BUCKETS, LOG10_LOW
+
+
+
+def gradient_moments(grad):
+    """[5] float32: sum g^2, sum |g|, max |g|, #zeros, #non-finite (finite-only sums)."""
+    g = tf.reshape(tf.cast(grad, tf.float32), [-1])
+    finite = tf.math.is_finite(g)
+    absolute = tf.where(finite, tf.abs(g), tf.zeros_like(g))
+    return tf.stack(
+        [
+            tf.reduce_sum(tf.square(absolute)),
+            tf.reduce_sum(absolute),
+            tf.reduce_max(tf.concat([absolute, tf.zeros([1])], 0)),
+            tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32)),
+            tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float32)),
+        ]
+    )
+
+
+def sum_squares(tensor):
+    """Sum of squares of the finite elements, as float32."""
+    t = tf.cast(tf.reshape(tensor, [-1]), tf.float32)
+    t = tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))
+    return tf.reduce_sum(tf.square(t))
+
+
+def finite_range(tensors):
+    """(min, max) over the finite elements of several tensors; (0, 0) if none."""
+    lows, highs = [], []
+    for t in tensors:
+        t = tf.cast(tf.reshape(t, [-1]), tf.float32)
+        finite = tf.math.is_finite(t)
+        lows.append(tf.reduce_min(tf.where(finite, t, tf.fill(tf.shape(t), float("inf")))))
+        highs.append(tf.reduce_max(tf.where(finite, t, tf.fill(tf.shape(t), float("-inf")))))
+    low = tf.reduce_min(tf.stack(lows))
+    high = tf.reduce_max(tf.stack(highs))
+    empty = tf.logical_not(tf.math.is_finite(low))
+    return tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
+
+
+def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
+    """int32 [buckets] counts of the finite elements of `tensors` over [low, high].
+
+    The same bucketing as TensorBoard's histogram summary (closed-open buckets,
+    last one closed) but counted with a scatter-add, so memory stays O(N).
+    """
+    counts = tf.zeros([buckets], tf.int32)
+    width = (high - low) / buckets
+    for t in tensors:
+        t = tf.cast(tf.reshape(t, [-1]), tf.float32)
+        finite = tf.math.is_finite(t)
+        # Single-valued data: TensorBoard puts everything in the last bucket.
+        index = tf.where(
+            width > 0,
+            tf.cast(tf.floor((t - low) / tf.where(width > 0, width, 1.0)), tf.int32),
+            buckets - 1,
+        )
+        index = tf.clip_by_value(tf.where(finite, index, 0), 0, buckets - 1)
+        counts += tf.math.unsorted_segment_sum(tf.cast(finite, tf.int32), index, buckets)
+    return counts
+
+
+def log10_magnitude_counts(tensors):
+    """int32 [LOG10_BUCKETS] counts of floor(log10 |g|) for finite non-zero g."""
+    counts = tf.zeros([LOG10_BUCKETS], tf.int32)
+    for t in tensors:
+        t = tf.abs(tf.cast(tf.reshape(t, [-1]), tf.float32))
+        keep = tf.logical_and(tf.math.is_finite(t), t > 0)
+        safe = tf.where(keep, t, tf.ones_like(t))
+        decade = tf.floor(tf.math.log(safe) / tf.math.log(10.0))
+        index = tf.clip_by_value(tf.cast(decade, tf.int32) - LOG10_LOW, 0, LOG10_BUCKETS - 1)
+        counts += tf.math.unsorted_segment_sum(tf.cast(keep, tf.int32), index, LOG10_BUCKETS)
+    return counts

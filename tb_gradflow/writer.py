@@ -1,0 +1,181 @@
+"""Turns statistic arrays into TensorBoard summary events (no TensorFlow needed).
+
+    >>> import tempfile, numpy as np
+    >>> from tb_gradflow.writer import EventWriter
+    >>> w = EventWriter(tempfile.mkdtemp())
+    >>> w.write_layer_statistics(10, {"grad_norm": np.array([0.1, 2.0])})
+    >>> w.close()
+
+Events go through TensorBoard's own `EventFileWriter` (background thread,
+standard record format). A writer that fails mid-run warns once and then drops
+further events: a monitoring tool must never kill the training it watches.
+"""
+
+import os
+import warnings
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+
+from tb_gradflow import metadata
+
+
+class LogDirError(ValueError):
+    """The log directory cannot be created or written."""
+
+
+def histogram_buckets(low, high, counts):
+    """[k, 3] float64 (left, right, count) in TensorBoard's histogram layout.
+
+    >>> histogram_buckets(0.0, 3.0, [1, 0, 2]).tolist()
+    [[0.0, 1.0, 1.0], [1.0, 2.0, 0.0], [2.0, 3.0, 2.0]]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    k = counts.shape[0]
+    if counts.sum() == 0:
+        return np.zeros((k, 3))
+    edges = np.linspace(low, high, k + 1)
+    edges[-1] = high
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def log10_histogram_buckets(counts):
+    """[k, 3] buckets with decade edges [LOG10_LOW, LOG10_HIGH] (values are log10 |g|)."""
+    return histogram_buckets(float(metadata.LOG10_LOW), float(metadata.LOG10_HIGH), counts)
+
+
+class EventWriter:
+    """Writes tb_gradflow summaries for one run directory.
+
+    Args:
+      log_dir: the run's directory; created if missing.
+      filename_suffix: appended to the event file name.
+
+    Raises:
+      LogDirError: at construction, if `log_dir` cannot be created or written.
+    """
+
+    def __init__(self, log_dir, filename_suffix=".gradflow"):
+        log_dir = os.fspath(log_dir)
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            probe = os.path.join(log_dir, ".tb_gradflow_write_probe")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.remove(probe)
+            self._writer = EventFileWriter(log_dir, filename_suffix=filename_suffix)
+        except OSError as e:
+            raise LogDirError(f"tb_gradflow cannot write to log_dir {log_dir!r}: {e}") from e
+        self.log_dir = log_dir
+        self._tags_with_metadata = set()
+        self._failed = None
+
+    @property
+    def failed(self):
+        """The error that stopped this writer, or None."""
+        return self._failed
+
+    def _summary_value(self, tag, array, summary_metadata):
+        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor_util.make_tensor_proto(array))
+        # TensorBoard keeps the first metadata per (run, tag); repeating it
+        # only costs bytes.
+        if tag not in self._tags_with_metadata:
+            value.metadata.CopyFrom(summary_metadata)
+            self._tags_with_metadata.add(tag)
+        return value
+
+    def _emit(self, step, values):
+        if self._failed is not None or not values:
+            return
+        try:
+            event = event_pb2.Event(step=int(step))
+            import time
+
+            event.wall_time = time.time()
+            event.summary.value.extend(values)
+            self._writer.add_event(event)
+        except Exception as e:  # Disk full, directory removed, ...: never fatal.
+            self._fail(e)
+
+    def _fail(self, error):
+        self._failed = error
+        warnings.warn(
+            f"tb_gradflow could not write events to {self.log_dir!r} ({error}); "
+            "training continues, further tb_gradflow events for this run are dropped.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def write_layer_table(self, step, layer_table):
+        """Writes the LayerTable proto (once per fit)."""
+        array = np.array(layer_table.SerializeToString(), dtype=object)
+        self._emit(
+            step,
+            [self._summary_value(metadata.LAYER_TABLE_TAG, array, metadata.create_layer_table_metadata())],
+        )
+
+    def write_layer_statistics(self, step, layer_stats, variable_stats=None):
+        """Writes float32 vectors: {statistic: [n_layers]} and {statistic: [n_variables]}."""
+        values = []
+        for per, tag_fn, group in (
+            ("layer", metadata.layer_statistic_tag, layer_stats),
+            ("variable", metadata.variable_statistic_tag, variable_stats or {}),
+        ):
+            for name, array in group.items():
+                values.append(
+                    self._summary_value(
+                        tag_fn(name),
+                        np.asarray(array, dtype=np.float32),
+                        metadata.create_statistic_metadata(name, per=per),
+                    )
+                )
+        self._emit(step, values)
+
+    def write_histograms(self, step, layers, low, high, counts, log10_counts):
+        """Per-layer gradient and log10-magnitude histograms (histograms plugin).
+
+        Args:
+          layers: sequence of (depth, name), one per row of the arrays.
+          low, high: float [n_layers] finite gradient range per layer.
+          counts: [n_layers, HISTOGRAM_BUCKETS]; log10_counts: [n_layers, LOG10_BUCKETS].
+        """
+        values = []
+        for i, (depth, name) in enumerate(layers):
+            for kind, buckets in (
+                (metadata.HISTOGRAM_KIND_GRADIENT, histogram_buckets(low[i], high[i], counts[i])),
+                (metadata.HISTOGRAM_KIND_LOG10_MAGNITUDE, log10_histogram_buckets(log10_counts[i])),
+            ):
+                md = histogram_metadata.create_summary_metadata(
+                    display_name=f"{name} {kind}",
+                    description=f"tb_gradflow {kind.replace('_', ' ')} histogram of layer {name}",
+                )
+                md.data_class = summary_pb2.DATA_CLASS_TENSOR
+                values.append(self._summary_value(metadata.histogram_tag(depth, name, kind), buckets, md))
+        self._emit(step, values)
+
+    def write_scalars(self, step, scalars):
+        """{tag: float} as float32 scalars of the standard scalars plugin."""
+        values = []
+        for tag, value in scalars.items():
+            md = scalar_metadata.create_summary_metadata(display_name=tag, description="tb_gradflow alert")
+            md.data_class = summary_pb2.DATA_CLASS_SCALAR
+            values.append(self._summary_value(tag, np.float32(value), md))
+        self._emit(step, values)
+
+    def flush(self):
+        if self._failed is None:
+            try:
+                self._writer.flush()
+            except Exception as e:
+                self._fail(e)
+
+    def close(self):
+        try:
+            self._writer.close()
+        except Exception as e:
+            if self._failed is None:
+                self._fail(e)
