@@ -88,8 +88,8 @@ class RunLogger:
         verdicts = rules.evaluate_step(
             layer_stats, has_gradient=self._has_gradient, history=self._history, thresholds=self.thresholds
         )
-        self._history.append(layer_stats[metadata.GRAD_NORM])
-        del self._history[: -self.thresholds.exploding_window]
+        self._history.append({name: layer_stats[name] for name in rules.REQUIRED_STATISTICS})
+        del self._history[: -self.thresholds.history_length]
         scalars = {}
         for kind, verdict in verdicts.items():
             scalars[metadata.alert_count_tag(kind)] = float(verdict.fired.sum())
