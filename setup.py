@@ -33,7 +33,7 @@ setuptools.setup(
     },
     entry_points={
         "tensorboard_plugins": ["gradflow = tb_gradflow.plugin.loader:GradFlowLoader"],
-        "console_scripts": ["tb-gradflow = tb_gradflow.cli:main"],
+        "console_scripts": ["tb-gradflow = tb_gradflow.cli:console_main"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GradFlow": ("tb_gradflow.keras.callback", "GradFlow"),
     "GradientWriter": ("tb_gradflow.loop", "GradientWriter"),
-    "Thresholds": ("tb_gradflow.rules", "Thresholds"),
+    "Thresholds": ("tb_gradflow.rules", "Thresholds"),  # TF-free, here for convenience
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -26,5 +26,11 @@ def __getattr__(name):
         import importlib
 
         module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(module), attribute)
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as e:
+            raise ImportError(
+                f"tb_gradflow.{name} is the training side and needs TensorFlow and Keras "
+                f"(pip install 'tb_gradflow[tensorflow]'): {e}"
+            ) from e
     raise AttributeError(f"module 'tb_gradflow' has no attribute {name!r}")

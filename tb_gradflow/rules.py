@@ -110,7 +110,7 @@ class Thresholds:
         return max(self.exploding_window, self.vanishing_patience - 1)
 
     def to_dict(self):
-        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, values):

@@ -1,0 +1,125 @@
+"""The alert rules, as pure functions (no TensorFlow)."""
+
+import numpy as np
+import pytest
+
+from tb_gradflow import rules
+
+
+def row(rms, norm=None, interval_max=None, nonfinite=None, mean_abs=None):
+    rms = np.asarray(rms, float)
+    norm = rms if norm is None else np.asarray(norm, float)
+    return {
+        "grad_rms": rms,
+        "grad_mean_abs": rms if mean_abs is None else np.asarray(mean_abs, float),
+        "grad_norm": norm,
+        "grad_norm_interval_max": norm if interval_max is None else np.asarray(interval_max, float),
+        "nonfinite_count": np.zeros_like(rms) if nonfinite is None else np.asarray(nonfinite, float),
+    }
+
+
+def series(rows):
+    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+ALL = np.ones(3, bool)
+
+
+def test_vanishing_is_directional():
+    # First layer large, output small: a healthy ReLU profile, no alert.
+    healthy = [row([1.0, 0.5, 0.01])] * 5
+    fired, _ = rules.evaluate_series(series(healthy), has_gradient=ALL)[rules.VANISHING]
+    assert not fired.any()
+    # Early layer 100x below a later one: vanishing.
+    sick = [row([0.001, 0.05, 0.1])] * 5
+    fired, value = rules.evaluate_series(series(sick), has_gradient=ALL)[rules.VANISHING]
+    assert fired[-1].tolist() == [True, False, False]
+    assert value[-1, 0] == pytest.approx(0.001 / 0.1)
+
+
+def test_vanishing_needs_patience():
+    t = rules.Thresholds(vanishing_patience=3)
+    quiet_once = [row([1.0, 1.0, 1.0]), row([1e-3, 1.0, 1.0]), row([1.0, 1.0, 1.0])] * 3
+    fired, _ = rules.evaluate_series(series(quiet_once), has_gradient=ALL, thresholds=t)[rules.VANISHING]
+    assert not fired.any()
+    sustained = [row([1e-3, 1.0, 1.0])] * 3
+    fired, _ = rules.evaluate_series(series(sustained), has_gradient=ALL, thresholds=t)[rules.VANISHING]
+    assert fired[:, 0].tolist() == [False, False, True]
+
+
+def test_vanishing_absolute_floor_catches_a_silent_net():
+    silent = [row([1e-9, 1e-9, 1e-9])] * 3
+    fired, value = rules.evaluate_series(series(silent), has_gradient=ALL)[rules.VANISHING]
+    assert fired[-1].all()
+    assert value[-1, 2] == 0.0  # last layer has no relative value: reported as silent
+
+
+def test_layers_without_gradient_never_alert():
+    sick = [row([1e-3, np.nan, 1.0], nonfinite=[0, 5, 0])] * 6
+    has = np.array([True, False, True])
+    verdicts = rules.evaluate_series(series(sick), has_gradient=has)
+    for kind in rules.KINDS:
+        assert not verdicts[kind][0][:, 1].any(), kind
+
+
+def test_exploding_relative_to_own_history():
+    calm = [row([1.0, 1.0, 1.0])] * 6
+    spike = row([1.0, 1.0, 1.0], interval_max=[1.0, 500.0, 50.0])
+    fired, growth = rules.evaluate_series(series(calm + [spike]), has_gradient=ALL)[rules.EXPLODING]
+    assert fired[-1].tolist() == [False, True, False]
+    assert growth[-1, 1] == pytest.approx(500.0)
+    # Not before min_history rows exist.
+    early = rules.evaluate_series(series([row([1.0] * 3)] * 2 + [spike]), has_gradient=ALL)[rules.EXPLODING][0]
+    assert not early.any()
+
+
+def test_nonfinite_counts():
+    rows = [row([1.0, 1.0, 1.0]), row([1.0, 1.0, 1.0], nonfinite=[0, 3, 0])]
+    fired, count = rules.evaluate_series(series(rows), has_gradient=ALL)[rules.NONFINITE]
+    assert fired.tolist() == [[False] * 3, [False, True, False]]
+    assert count[1, 1] == 3
+
+
+def test_step_and_series_agree():
+    rng = np.random.default_rng(0)
+    rows = [row(10 ** rng.uniform(-4, 0, 3), interval_max=10 ** rng.uniform(-1, 3, 3)) for _ in range(40)]
+    whole = rules.evaluate_series(series(rows), has_gradient=ALL)
+    history = []
+    for i, r in enumerate(rows):
+        verdicts = rules.evaluate_step(r, has_gradient=ALL, history=history)
+        for kind in rules.KINDS:
+            np.testing.assert_array_equal(verdicts[kind].fired, whole[kind][0][i])
+        history.append(r)
+
+
+def test_summarize_reports_first_and_worst():
+    rows = [row([1.0, 1.0, 1.0])] * 6 + [row([1.0, 1.0, 1.0], interval_max=[1.0, 300.0, 1.0]),
+                                          row([1.0, 1.0, 1.0], interval_max=[1.0, 900.0, 1.0])]
+    steps = np.arange(len(rows)) * 10
+    verdicts = rules.evaluate_series(series(rows), has_gradient=ALL)
+    (alert,) = rules.summarize(steps, verdicts, ["a", "b", "c"])
+    assert (alert.layer, alert.kind, alert.first_step, alert.worst_step, alert.steps_fired) == ("b", "exploding", 60, 70, 2)
+    assert alert.worst_value == pytest.approx(900.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"vanishing_relative_rms": 0}, "vanishing_relative_rms must be a finite number > 0"),
+        ({"vanishing_relative_rms": 2.0}, "vanishing_relative_rms must be < 1"),
+        ({"exploding_growth": float("nan")}, "exploding_growth"),
+        ({"exploding_window": 0}, "exploding_window must be an integer >= 1"),
+        ({"vanishing_patience": 1.5}, "vanishing_patience must be an integer"),
+        ({"exploding_min_history": 30}, "exploding_min_history must be <= exploding_window"),
+    ],
+)
+def test_thresholds_reject_out_of_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rules.Thresholds(**kwargs)
+
+
+def test_thresholds_round_trip_through_the_layer_table_map():
+    t = rules.Thresholds(vanishing_relative_rms=0.05, exploding_window=7, exploding_min_history=3)
+    as_doubles = {k: float(v) for k, v in t.to_dict().items()}  # what map<string, double> stores
+    assert rules.Thresholds.from_dict(as_doubles) == t
+    assert rules.Thresholds.from_dict({**as_doubles, "a_future_rule": 1.0}) == t
