@@ -1,0 +1,26 @@
+"""Every module docstring opens with an example; these run them."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "tb_gradflow.metadata",
+    "tb_gradflow.rules",
+    "tb_gradflow.aggregate",
+    "tb_gradflow.writer",
+    "tb_gradflow.run_logger",
+    "tb_gradflow.stats",
+    "tb_gradflow.recorder",
+    "tb_gradflow.keras.model_layers",
+    "tb_gradflow.loop",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{name} has no runnable example"
