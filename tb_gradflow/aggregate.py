@@ -45,6 +45,9 @@ class RawSnapshot:
     layer_interval_min: np.ndarray  # [L]
     weight_sum_squares: np.ndarray  # [V] after the update at the logged step
     update_sum_squares: np.ndarray  # [V] ||w_after - w_before||^2 (NaN if not measured)
+    # [V] ||w_before||^2, the update ratio's denominator (metadata.UPDATE_RATIO);
+    # None: fall back to weight_sum_squares (weights after the update).
+    weight_before_sum_squares: np.ndarray = None
 
 
 def _ratio(numerator, denominator):
@@ -52,7 +55,7 @@ def _ratio(numerator, denominator):
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
 
-def _statistics(moments, sizes, nonfinite, interval_max, interval_min, weight_sq, update_sq, has_gradient):
+def _statistics(moments, sizes, nonfinite, interval_max, interval_min, weight_sq, update_sq, has_gradient, before_sq=None):
     moments = np.asarray(moments, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
     finite_count = sizes - moments[:, NONFINITE_COUNT]
@@ -66,7 +69,11 @@ def _statistics(moments, sizes, nonfinite, interval_max, interval_min, weight_sq
         metadata.NONFINITE_COUNT: np.asarray(nonfinite, np.float64),
         metadata.ZERO_FRACTION: _ratio(moments[:, ZERO_COUNT], sizes),
         metadata.WEIGHT_NORM: np.sqrt(np.asarray(weight_sq, np.float64)),
-        metadata.UPDATE_RATIO: _ratio(np.sqrt(np.asarray(update_sq, np.float64)), np.sqrt(np.asarray(weight_sq, np.float64))),
+        # ||w_after - w_before|| / ||w_before|| (NaN where the weights were 0).
+        metadata.UPDATE_RATIO: _ratio(
+            np.sqrt(np.asarray(update_sq, np.float64)),
+            np.sqrt(np.asarray(weight_sq if before_sq is None else before_sq, np.float64)),
+        ),
     }
     missing = ~np.asarray(has_gradient, bool)
     for name, values in out.items():
@@ -86,6 +93,7 @@ def per_variable(raw):
         raw.weight_sum_squares,
         raw.update_sum_squares,
         raw.has_gradient,
+        raw.weight_before_sum_squares,
     )
 
 
@@ -101,7 +109,8 @@ def per_layer(raw, *, layer_of_variable, n_layers):
         out = np.zeros((n_layers,) + np.shape(values)[1:], np.float64)
         if reduce is np.maximum:
             out[:] = -np.inf
-        reduce.at(out, layer_of_variable, np.asarray(values, np.float64))
+        with np.errstate(invalid="ignore"):  # NaN marks "not measured"; let it propagate.
+            reduce.at(out, layer_of_variable, np.asarray(values, np.float64))
         return out
 
     moments = segment(np.where(raw.has_gradient[:, None], raw.moments, 0.0))
@@ -117,6 +126,7 @@ def per_layer(raw, *, layer_of_variable, n_layers):
         segment(raw.weight_sum_squares),
         segment(raw.update_sum_squares),
         has_gradient,
+        None if raw.weight_before_sum_squares is None else segment(raw.weight_before_sum_squares),
     )
     # Layers with no trainable variable at all (frozen) have no statistic.
     without_variables = segment(np.ones(layer_of_variable.shape)) == 0

@@ -42,9 +42,13 @@ class GradientRecorder:
         interval, every this many steps.
       histogram_freq: histograms every this many steps; 0 disables them.
       strategy: the `tf.distribute.Strategy` whose scope the variables need.
+      initial_step: train steps already taken (the first `advance_step`
+        returns initial_step + 1).
     """
 
-    def __init__(self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None):
+    def __init__(
+        self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0
+    ):
         self.sizes = np.asarray(sizes, np.int64)
         self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
         self.n_layers = int(n_layers)
@@ -76,14 +80,32 @@ class GradientRecorder:
             self.layer_interval_min = state("layer_interval_min", [self.n_layers])
             self.weight_sum_squares = state("weight_sum_squares", [n_vars])
             self.update_sum_squares = state("update_sum_squares", [n_vars], init=float("nan"))
+            self.weight_before_sum_squares = state("weight_before_sum_squares", [n_vars], init=float("nan"))
             self.snapshot_step = state("snapshot_step", [], tf.int64, -1)
             self.weight_step = state("weight_step", [], tf.int64, -1)
             self.histogram_range = state("histogram_range", [self.n_layers, 2])
             self.histogram_counts = state("histogram_counts", [self.n_layers, metadata.HISTOGRAM_BUCKETS], tf.int32)
             self.log10_counts = state("log10_counts", [self.n_layers, metadata.LOG10_BUCKETS], tf.int32)
             self.histogram_step = state("histogram_step", [], tf.int64, -1)
+            self.train_step = state("train_step", [], tf.int64, int(initial_step))
 
-    # Gates. `step` is the 1-based optimizer step the gradients belong to.
+    def advance_step(self):
+        """In-step, once per train step: the 1-based number of this step.
+
+        The recorder counts train steps itself rather than reading the
+        optimizer's `iterations`: a LossScaleOptimizer does not advance
+        `iterations` on a step it skips for non-finite gradients, and the
+        next step would then reuse the number (and restart or overwrite the
+        interval that holds the non-finite count).
+        """
+        self.train_step.assign_add(1)
+        return self.train_step.read_value()
+
+    def current_step(self):
+        """In-step, after `advance_step`: the number of this step."""
+        return self.train_step.read_value()
+
+    # Gates. `step` is the 1-based train step the gradients belong to.
     def is_write_step(self, step):
         return tf.equal(step % self.update_freq, 0)
 
@@ -96,9 +118,28 @@ class GradientRecorder:
         """In-step: statistics of `grads` (aligned with `sizes`; None allowed)."""
         step = tf.cast(step, tf.int64)
         present = [g is not None for g in grads]
-        moments = tf.stack(
-            [stats.gradient_moments(g) if g is not None else tf.zeros([aggregate.NUM_MOMENTS]) for g in grads]
+        n_vars = len(grads)
+        # Every step pays for one fused reduction per variable (l2_loss): the
+        # interval extremes need the norm of every step. Its raw sum also
+        # tells whether any element is non-finite (NaN/Inf propagate), so the
+        # detailed, finite-masked moments run only on write steps and on
+        # steps with a non-finite gradient, under a tf.cond.
+        raw_sq = tf.stack(
+            [2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32)) if g is not None else tf.constant(0.0) for g in grads]
         )
+        detail = tf.logical_or(self.is_write_step(step), tf.logical_not(tf.reduce_all(tf.math.is_finite(raw_sq))))
+
+        def full_moments():
+            return tf.stack(
+                [stats.gradient_moments(g) if g is not None else tf.zeros([aggregate.NUM_MOMENTS]) for g in grads]
+            )
+
+        def norm_only():
+            # Sum |g|, max |g| and the zero count are not measured: NaN says so.
+            unknown = tf.fill([n_vars, 3], float("nan"))
+            return tf.concat([raw_sq[:, None], unknown, tf.zeros([n_vars, 1])], axis=1)
+
+        moments = tf.cond(detail, full_moments, norm_only)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.stack(
             [
@@ -150,15 +191,22 @@ class GradientRecorder:
             self.log10_counts.assign(log_counts)
             self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
 
-    def snapshot_weights(self, step, variables):
-        """In-step, before the update: copies of the weights on write steps only.
+    def snapshot_weights(self, step, variables, xla=False):
+        """In-step, before the update: the weights, for the update ratio.
 
-        Off write steps the copy is a zero fill under a false `tf.cond`; that is
-        the price of an exact update-to-weight ratio without a permanent second
-        copy of the model.
+        Without XLA, a tensor read before an in-place update makes TensorFlow
+        copy the variable on write, every step; so the copy is taken under a
+        `tf.cond` on write steps only, and other steps return an empty tensor.
+        XLA needs equal branch shapes, but it keeps the old value simply by
+        writing the update to a fresh buffer, so a plain read costs nothing.
         """
+        if xla:
+            return [tf.convert_to_tensor(v) for v in variables]
         write = self.is_write_step(tf.cast(step, tf.int64))
-        return [tf.cond(write, lambda v=v: tf.identity(v), lambda v=v: tf.zeros_like(v)) for v in variables]
+        return [
+            tf.cond(write, lambda v=v: tf.reshape(tf.identity(v), [-1]), lambda v=v: tf.zeros([0], v.dtype))
+            for v in variables
+        ]
 
     def record_weights(self, step, variables, before):
         """In-step, after the update: weight norms and update sizes on write steps."""
@@ -168,42 +216,62 @@ class GradientRecorder:
             weight = tf.stack([stats.sum_squares(v) for v in variables])
             if before is None:
                 update = tf.fill([len(variables)], float("nan"))
+                weight_before = tf.fill([len(variables)], float("nan"))
             else:
-                update = tf.stack([stats.sum_squares(tf.cast(v, tf.float32) - tf.cast(b, tf.float32)) for v, b in zip(variables, before)])
-            return weight, update
+                update = tf.stack(
+                    [
+                        stats.sum_squares(tf.reshape(tf.cast(v, tf.float32), [-1]) - tf.reshape(tf.cast(b, tf.float32), [-1]))
+                        for v, b in zip(variables, before)
+                    ]
+                )
+                weight_before = tf.stack([stats.sum_squares(b) for b in before])
+            return weight, update, weight_before
 
         def keep():
-            return self.weight_sum_squares.read_value(), self.update_sum_squares.read_value()
+            return (
+                self.weight_sum_squares.read_value(),
+                self.update_sum_squares.read_value(),
+                self.weight_before_sum_squares.read_value(),
+            )
 
-        weight, update = tf.cond(write, measure, keep)
+        weight, update, weight_before = tf.cond(write, measure, keep)
         self.weight_sum_squares.assign(weight)
         self.update_sum_squares.assign(update)
+        self.weight_before_sum_squares.assign(weight_before)
         self.weight_step.assign(tf.where(write, tf.cast(step, tf.int64), self.weight_step))
 
+    def state(self):
+        """{name: variable} of everything `snapshot` needs."""
+        names = ["moments", "has_gradient", "nonfinite_interval", "variable_interval_max",
+                 "variable_interval_min", "layer_interval_max", "layer_interval_min",
+                 "weight_sum_squares", "update_sum_squares", "snapshot_step", "weight_step",
+                 "histogram_step", "histogram_range", "histogram_counts", "log10_counts"]
+        names.append("weight_before_sum_squares")
+        return {name: getattr(self, name) for name in names}
+
     def read(self):
-        """Host: one read of everything. Returns an `aggregate.RawSnapshot` with
-        `.step`, `.histogram_step` and histogram arrays attached."""
-        raw = aggregate.RawSnapshot(
-            moments=self.moments.numpy(),
-            sizes=self.sizes,
-            has_gradient=self.has_gradient.numpy(),
-            nonfinite_interval=self.nonfinite_interval.numpy(),
-            variable_interval_max=self.variable_interval_max.numpy(),
-            variable_interval_min=self.variable_interval_min.numpy(),
-            layer_interval_max=self.layer_interval_max.numpy(),
-            layer_interval_min=self.layer_interval_min.numpy(),
-            weight_sum_squares=self.weight_sum_squares.numpy(),
-            update_sum_squares=self.update_sum_squares.numpy(),
-        )
-        raw.step = int(self.snapshot_step.numpy())
-        if int(self.weight_step.numpy()) != raw.step:
+        """Host: one read of everything, as an `aggregate.RawSnapshot` (see `snapshot`)."""
+        return self.snapshot({name: v.numpy() for name, v in self.state().items()})
+
+    def snapshot(self, values):
+        """RawSnapshot from {name: numpy array} of `state()`, with `.step`,
+        `.histogram_step` and the histogram arrays attached.
+
+        Inside a tf.function, read `state()` in the graph (ordered after the
+        assignments) and call this from a py_function with the values.
+        """
+        values = {name: np.asarray(value) for name, value in values.items()}
+        fields = {f for f in aggregate.RawSnapshot.__dataclass_fields__}
+        raw = aggregate.RawSnapshot(sizes=self.sizes, **{k: v for k, v in values.items() if k in fields})
+        raw.step = int(values["snapshot_step"])
+        if int(values["weight_step"]) != raw.step:
             # Weights are measured on write steps only; a final partial
             # interval has none of its own.
-            raw.weight_sum_squares = np.full_like(raw.weight_sum_squares, np.nan)
-            raw.update_sum_squares = np.full_like(raw.update_sum_squares, np.nan)
-        raw.histogram_step = int(self.histogram_step.numpy())
+            for name in ("weight_sum_squares", "update_sum_squares", "weight_before_sum_squares"):
+                setattr(raw, name, np.full_like(getattr(raw, name), np.nan))
+        raw.histogram_step = int(values["histogram_step"])
         if raw.histogram_step >= 0:
-            raw.histogram_range = self.histogram_range.numpy()
-            raw.histogram_counts = self.histogram_counts.numpy()
-            raw.log10_counts = self.log10_counts.numpy()
+            raw.histogram_range = values["histogram_range"]
+            raw.histogram_counts = values["histogram_counts"]
+            raw.log10_counts = values["log10_counts"]
         return raw

@@ -52,14 +52,17 @@ class GradFlow(keras.callbacks.Callback):
 
     Args:
       log_dir: the log directory, as for `keras.callbacks.TensorBoard`.
-      update_freq: write statistics every this many optimizer steps
-        (an integer >= 1). Norm extremes and non-finite counts are aggregated
-        over every step in between, so a short spike is never missed.
+      update_freq: write statistics every this many train steps (batches;
+        an integer >= 1). Norm extremes and non-finite counts are aggregated
+        over every step in between, so a short spike is never missed. With
+        `steps_per_execution` > 1 it is rounded up to a multiple of it (the
+        host can read only between executions), with a warning.
       histogram_freq: write per-layer gradient histograms every this many
         steps; 0 disables them. Histograms cost more than the statistics.
       thresholds: `tb_gradflow.rules.Thresholds` for the alerts.
-      update_ratio: measure the update-to-weight ratio (copies the weights on
-        logged steps).
+      update_ratio: measure the update-to-weight ratio
+        ||w_after - w_before|| / ||w_before|| (copies the weights on logged
+        steps).
 
     Raises (at `on_train_begin`, before the first step):
       ValueError: an argument is out of range, the model has no trainable
@@ -105,6 +108,20 @@ class GradFlow(keras.callbacks.Callback):
                 f"GradFlow: model {model.name!r} has no trainable weights, so there are no gradients to "
                 "monitor (is every layer frozen with trainable=False?)."
             )
+        # The host reads the statistics only between executions. A write step
+        # inside an execution would be overwritten before it is read (and its
+        # aggregation interval cut short), so writes fall on execution ends.
+        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._update_freq = self.update_freq
+        if self.update_freq % self._steps_per_execution:
+            spe = self._steps_per_execution
+            self._update_freq = -(-self.update_freq // spe) * spe
+            warnings.warn(
+                f"GradFlow: update_freq={self.update_freq} is not a multiple of steps_per_execution={spe}; "
+                f"statistics are read between executions only, so they are written every "
+                f"{self._update_freq} steps.",
+                stacklevel=2,
+            )
         self._logger = RunLogger(self.run_dir, self.thresholds)
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
@@ -114,21 +131,20 @@ class GradFlow(keras.callbacks.Callback):
             sizes=[int(np.prod(v.shape)) for v in variables],
             layer_of_variable=self._layer_of_variable,
             n_layers=len(self._owners),
-            update_freq=self.update_freq,
+            update_freq=self._update_freq,
             histogram_freq=self.histogram_freq,
             strategy=self._strategy,
+            initial_step=int(optimizer.iterations.numpy()),
         )
         self._has_gradient = None
         self._call_order = model_layers.CallOrderRecorder(self._owners)
-        self._install(optimizer)
-        self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
-        if self._steps_per_execution > 1 and self.update_freq % self._steps_per_execution:
-            warnings.warn(
-                f"GradFlow: update_freq={self.update_freq} is not a multiple of steps_per_execution="
-                f"{self._steps_per_execution}; statistics are read after each execution, so some "
-                "intervals are written one execution late.",
-                stacklevel=2,
-            )
+        try:
+            self._install(optimizer)
+        except BaseException:
+            # Leave the model as it was; the error is the user's to see.
+            self.restore_model()
+            self._logger.close()
+            raise
         self._host_step = int(optimizer.iterations.numpy())
         self._table_written = False
 
@@ -140,7 +156,9 @@ class GradFlow(keras.callbacks.Callback):
         callback = self
         original_apply = optimizer.apply
         distributed = self._replicas > 1
-        scaled = hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "dynamic_scale")
+        # `dynamic_scale` exists only once the optimizer is built, which
+        # without a strategy happens while the step traces: test the type.
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def align(grads, trainable_variables):
             if trainable_variables is None:
@@ -154,7 +172,13 @@ class GradFlow(keras.callbacks.Callback):
 
         def apply(grads, trainable_variables=None):
             grads = list(grads)
-            step = tf.cast(optimizer.iterations, tf.int64) + 1
+            if not optimizer.built and trainable_variables is not None:
+                # What the optimizer's own `apply` does first; the loss scale
+                # read below needs it built.
+                with keras.name_scope(optimizer.name, caller=optimizer):
+                    optimizer.build(list(trainable_variables))
+                optimizer.built = True
+            step = recorder.advance_step()
             aligned = align(grads, trainable_variables)
             callback._note_gradients(aligned)
             if not distributed:
@@ -166,13 +190,14 @@ class GradFlow(keras.callbacks.Callback):
                     unscaled = [None if g is None else tf.cast(g, tf.float32) / scale for g in aligned]
                 recorder.record_gradients(step, unscaled)
             weights = [_raw(v) for v in self._variables]
-            before = recorder.snapshot_weights(step, weights) if self.update_ratio else None
+            before = recorder.snapshot_weights(step, weights, xla=bool(self.model.jit_compile)) if self.update_ratio else None
             result = original_apply(grads, trainable_variables)
             recorder.record_weights(step, weights, before)
             return result
 
         installed = {"optimizer": optimizer, "apply": optimizer.__dict__.get("apply")}
         optimizer.apply = apply
+        self._installed = installed
         if distributed:
             # Under a strategy `apply` sees each replica's share; the global
             # gradient exists only after the optimizer's own all-reduce.
@@ -181,9 +206,13 @@ class GradFlow(keras.callbacks.Callback):
 
             def all_reduce_sum_gradients(grads_and_vars):
                 reduced = original_reduce(grads_and_vars)
-                grads = [g for g, _ in reduced]
-                step = tf.cast(inner.iterations, tf.int64) + 1
-                recorder.record_gradients(step, callback._align_reduced(grads))
+                reduced = list(reduced)
+                step = recorder.current_step()
+                # Aligned by variable: the optimizer has already dropped the
+                # variables without a gradient (frozen, unused branch).
+                recorder.record_gradients(
+                    step, align([g for g, _ in reduced], [v for _, v in reduced])
+                )
                 return reduced
 
             installed["inner"] = inner
@@ -202,15 +231,6 @@ class GradFlow(keras.callbacks.Callback):
         self._has_gradient = [g is not None for g in aligned]
         self._trace_order = [i for i, g in enumerate(aligned)]
 
-    def _align_reduced(self, grads):
-        # The optimizer passes gradients in the order `apply` received them,
-        # which for fit is model.trainable_variables order.
-        if len(grads) != len(self._variables):
-            raise ValueError(
-                f"GradFlow: optimizer all-reduced {len(grads)} gradients for {len(self._variables)} variables"
-            )
-        return list(grads)
-
     def restore_model(self):
         """Undoes the wrapping; called by `on_train_end`. Safe to call twice.
 
@@ -219,6 +239,9 @@ class GradFlow(keras.callbacks.Callback):
         harmlessly but at its cost).
         """
         installed, self._installed = self._installed, None
+        call_order = getattr(self, "_call_order", None)
+        if call_order is not None:
+            call_order.restore()
         if installed is None:
             return
         optimizer = installed["optimizer"]
@@ -231,7 +254,6 @@ class GradFlow(keras.callbacks.Callback):
                 installed["inner"].__dict__.pop("_all_reduce_sum_gradients", None)
             else:
                 installed["inner"]._all_reduce_sum_gradients = installed["reduce"]
-        self._call_order.restore()
         self.model.train_function = None
 
     # ------------------------------------------------------------- per batch
@@ -243,7 +265,7 @@ class GradFlow(keras.callbacks.Callback):
         previous, self._host_step = self._host_step, self._host_step + steps
         if not self._table_written:
             self._write_layer_table()
-        if self._host_step // self.update_freq > previous // self.update_freq:
+        if self._host_step // self._update_freq > previous // self._update_freq:
             self._logger.log(self._recorder.read())
 
     def _write_layer_table(self):
@@ -252,7 +274,7 @@ class GradFlow(keras.callbacks.Callback):
         table, order = model_layers.build_layer_table(
             self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order
         )
-        table.update_freq = self.update_freq
+        table.update_freq = self._update_freq
         table.histogram_freq = self.histogram_freq
         table.source = f"keras {keras.__version__} / tensorflow {tf.__version__}"
         table.capture_point = self._capture_point

@@ -1,0 +1,45 @@
+"""A small thread-safe cache of decoded series, invalidated by a stamp.
+
+TensorBoard serves requests on several threads and reloads the logdir in the
+background. Each entry is stored with a stamp (the series' `max_step` and
+`max_wall_time` from a cheap `list_tensors`): a reload that appended data
+changes the stamp, and the next request recomputes. Entries are evicted
+least-recently-used once their total size passes `max_bytes`.
+"""
+
+import collections
+import threading
+
+
+class SeriesCache:
+    def __init__(self, max_bytes=512 * 2**20):
+        self._max_bytes = max_bytes
+        self._entries = collections.OrderedDict()  # key -> (stamp, value, size)
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key, stamp, compute, size=lambda value: 0):
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == stamp:
+                self._entries.move_to_end(key)
+                return entry[1]
+        # Computed outside the lock: two threads may both compute on a miss,
+        # which is harmless and keeps slow reads from serialising requests.
+        value = compute()
+        nbytes = int(size(value))
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+            self._entries[key] = (stamp, value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self._max_bytes and len(self._entries) > 1:
+                _, (_, _, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
+        return value
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

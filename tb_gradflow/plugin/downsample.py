@@ -1,0 +1,152 @@
+"""Server-side downsampling of a [steps x layers] matrix for the heatmap.
+
+    >>> import numpy as np
+    >>> values = np.ones((8, 1)); values[5, 0] = 1e3          # one spike
+    >>> d = downsample_columns(values, max_columns=2)
+    >>> d.starts.tolist(), d.index[:, 0].tolist(), d.pick(values)[:, 0].tolist()
+    ([0, 4], [0, 5], [1.0, 1000.0])
+
+The heatmap is drawn one pixel column or more per column, so a run with
+10,000 logged steps is cut into at most `max_columns` buckets of consecutive
+samples (equal counts, they differ by at most one). Every cell then shows ONE
+REAL SAMPLE of its bucket, never an average, so its hover value is exact and
+its step is known. Which sample (per layer, per bucket):
+
+1. the first non-finite value (NaN or +-Inf) in the bucket, if any: a blow-up
+   must survive any zoom level;
+2. otherwise the bucket's maximum or minimum, whichever lies farther, in
+   log10 space, from the layer's median over the whole run (ties go to the
+   maximum). A one-step spike survives, and so does a one-step dip (a layer
+   that went silent), since both are extremes of their bucket. Exact zeros
+   count as the lowest possible value.
+
+Alert flags are OR-ed over the bucket (`reduce_flags`), so a cell is marked
+when the alert fired at any step it covers.
+
+Pure numpy; no TensorBoard, no TensorFlow.
+"""
+
+import dataclasses
+
+import numpy as np
+
+# log10 used for exact zeros: lower than any float64 (smallest subnormal ~1e-324).
+_LOG10_ZERO = -400.0
+
+
+@dataclasses.dataclass
+class Downsampled:
+    """Where each column comes from.
+
+    starts: int64 [n_columns], index of the first sample of each bucket.
+    ends: int64 [n_columns], one past the last sample of each bucket.
+    index: int64 [n_columns, n_layers], the sample shown in each cell.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    index: np.ndarray
+
+    @property
+    def identity(self):
+        """True when every sample is its own column (nothing was dropped)."""
+        return bool(np.all(self.ends - self.starts == 1))
+
+    def pick(self, values):
+        """values[index] per layer: the [n_columns, n_layers] matrix to draw."""
+        values = np.asarray(values)
+        if values.shape[0] == 0:
+            return values[:0]
+        return np.take_along_axis(values, self.index, axis=0)
+
+
+def bucket_bounds(n_samples, max_columns):
+    """(starts, ends) of min(n_samples, max_columns) buckets of consecutive samples."""
+    if max_columns < 1:
+        raise ValueError(f"max_columns must be >= 1, got {max_columns!r}")
+    n_columns = min(int(n_samples), int(max_columns))
+    edges = np.linspace(0, n_samples, n_columns + 1).round().astype(np.int64)
+    return edges[:-1], edges[1:]
+
+
+def _log10_magnitude(values):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.abs(values))
+    out[np.abs(values) == 0] = _LOG10_ZERO
+    return out
+
+
+def downsample_columns(values, max_columns):
+    """Chooses one sample per (bucket, layer); see the module docstring.
+
+    Args:
+      values: float array [n_samples, n_layers], rows in step order.
+      max_columns: int >= 1.
+
+    Returns:
+      Downsampled.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"values must be 2-D [steps, layers], got shape {values.shape}")
+    n, n_layers = values.shape
+    starts, ends = bucket_bounds(n, max_columns)
+    if n <= max_columns:
+        index = np.repeat(np.arange(n, dtype=np.int64)[:, None], n_layers, axis=1)
+        return Downsampled(starts=starts, ends=ends, index=index)
+
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    finite = np.isfinite(values)
+    logs = _log10_magnitude(np.where(finite, values, 0.0))
+    # The layer's typical magnitude over the run (finite samples, zeros aside).
+    usable = finite & (values != 0)
+    with np.errstate(invalid="ignore"), _quiet():
+        median = np.nanmedian(np.where(usable, logs, np.nan), axis=0)
+    median = np.where(np.isnan(median), 0.0, median)
+
+    big = np.int64(n)
+    lo_key = np.where(finite, logs, np.inf)
+    hi_key = np.where(finite, logs, -np.inf)
+    bucket_min = np.minimum.reduceat(lo_key, starts, axis=0)
+    bucket_max = np.maximum.reduceat(hi_key, starts, axis=0)
+    sizes = ends - starts
+    bucket_of_row = np.repeat(np.arange(len(starts)), sizes)
+
+    def first_where(mask):
+        # First row index in each bucket where mask holds, else `big`.
+        candidates = np.where(mask, rows, big)
+        return np.minimum.reduceat(candidates, starts, axis=0)
+
+    first_min = first_where(finite & (logs == bucket_min[bucket_of_row]))
+    first_max = first_where(finite & (logs == bucket_max[bucket_of_row]))
+    first_nonfinite = first_where(~finite)
+
+    take_max = (bucket_max - median) >= (median - bucket_min)
+    index = np.where(take_max, first_max, first_min)
+    index = np.where(first_nonfinite < big, first_nonfinite, index)
+    # A bucket with neither finite nor non-finite values cannot exist (buckets
+    # are non-empty), but stay in range regardless.
+    index = np.minimum(index, n - 1)
+    return Downsampled(starts=starts, ends=ends, index=index)
+
+
+def reduce_flags(flags, downsampled):
+    """Bitwise OR of integer flags [n_samples, n_layers] over each bucket."""
+    flags = np.asarray(flags)
+    if flags.shape[0] == 0:
+        return flags[:0]
+    return np.bitwise_or.reduceat(flags, downsampled.starts, axis=0)
+
+
+class _quiet:
+    """nanmedian warns on all-NaN columns (a layer that never had a value)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

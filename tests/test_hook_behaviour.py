@@ -1,0 +1,426 @@
+"""GradFlow's behaviour around training: no change to the math, exact
+restore, layers without gradient, non-finite gradients, bad input, failing
+event writes.
+
+Two checks need process-wide settings and run this file as a script in a
+subprocess: bit-identical weights (`tf.config.experimental.
+enable_op_determinism()` cannot be turned off again) and the write failure
+(`resource.setrlimit(RLIMIT_FSIZE)` with SIGXFSZ ignored, so event writes fail
+with EFBIG, a real I/O error, no mock).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tb_gradflow import metadata  # noqa: E402
+from tb_gradflow import rules  # noqa: E402
+from tb_gradflow.keras.callback import GradFlow  # noqa: E402
+from tb_gradflow.reader import Reader  # noqa: E402
+from tb_gradflow.writer import LogDirError  # noqa: E402
+
+Dense = keras.layers.Dense
+FEATURES, TARGETS, BATCH = 6, 3, 8
+
+
+def data(n_samples, seed=0, nan_at=None):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_samples, FEATURES)).astype("float32")
+    y = rng.normal(size=(n_samples, TARGETS)).astype("float32")
+    if nan_at is not None:
+        x[nan_at, 0] = np.nan
+    return x, y
+
+
+def sequential(seed=3, jit_compile=False, optimizer="adam"):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            Dense(16, activation="tanh", name="a"),
+            keras.layers.Dropout(0.2, name="drop"),  # RNG in the step: must not be disturbed
+            Dense(8, activation="relu", name="b"),
+            Dense(TARGETS, name="out"),
+        ],
+        name="seq",
+    )
+    opt = keras.optimizers.Adam(0.01) if optimizer == "adam" else keras.optimizers.SGD(0.05, momentum=0.9)
+    model.compile(optimizer=opt, loss="mse", jit_compile=jit_compile)
+    return model
+
+
+def train(model, x, y, callbacks=(), epochs=1):
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=list(callbacks))
+    return [w.copy() for w in model.get_weights()]
+
+
+def event_files(log_dir):
+    out = {}
+    for root, _, files in os.walk(log_dir):
+        for f in files:
+            if "tfevents" in f:
+                path = os.path.join(root, f)
+                out[path] = os.path.getsize(path)
+    return out
+
+
+def run_script(mode, out_dir):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), mode, out_dir],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------ bit-identical (subprocess)
+def _determinism_main(out_dir):
+    tf.config.experimental.enable_op_determinism()
+    result = {}
+    x, y = data(5 * BATCH)
+    for name, kwargs in (("plain", {}), ("jit_compile", {"jit_compile": True}), ("sgd", {"optimizer": "sgd"})):
+        without = train(sequential(**kwargs), x, y, epochs=3)
+        log_dir = os.path.join(out_dir, name)
+        with_hook = train(
+            sequential(**kwargs), x, y, [GradFlow(log_dir, update_freq=2, histogram_freq=3)], epochs=3
+        )
+        result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    # A NaN in one sample of the second batch: every gradient from then on
+    # is NaN. Training must go exactly as without the hook (NaN weights).
+    xn, yn = data(5 * BATCH, nan_at=BATCH + 3)
+    without = train(sequential(optimizer="sgd"), xn, yn)
+    log_dir = os.path.join(out_dir, "nan")
+    with_hook = train(sequential(optimizer="sgd"), xn, yn, [GradFlow(log_dir, update_freq=1, histogram_freq=1)])
+    result["nan"] = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(without, with_hook))
+    result["nan_weights_are_nan"] = bool(np.isnan(with_hook[0]).all())
+    result["nan_log_dir"] = log_dir
+    # Mixed precision: the LossScaleOptimizer skips the NaN step (weights and
+    # optimizer.iterations unchanged, the loss scale halves); the hook still
+    # counts it, in the interval of steps 3-4.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        xm, ym = data(6 * BATCH, nan_at=2 * BATCH + 3)
+        without = train(sequential(optimizer="sgd"), xm, ym)
+        log_dir = os.path.join(out_dir, "mixed_nan")
+        model = sequential(optimizer="sgd")
+        with_hook = train(model, xm, ym, [GradFlow(log_dir, update_freq=2, histogram_freq=0)])
+        result["mixed_nan"] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+        result["mixed_nan_iterations"] = int(model.optimizer.iterations.numpy())
+        result["mixed_nan_log_dir"] = log_dir
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    print(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def determinism(tmp_path_factory):
+    return run_script("determinism", str(tmp_path_factory.mktemp("determinism")))
+
+
+@pytest.mark.parametrize("config", ["plain", "jit_compile", "sgd"])
+def test_bit_identical_weights(determinism, config):
+    assert determinism[config] is True
+
+
+def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
+    assert determinism["nan"] is True, "weights differ from the unhooked run"
+    assert determinism["nan_weights_are_nan"]
+    reader = Reader.for_logdir(determinism["nan_log_dir"])
+    table = reader.layer_table("train")
+    counts = reader.layer_series("train", "nonfinite_count")
+    assert counts.steps.tolist() == [1, 2, 3, 4, 5]
+    sizes = np.array([layer.parameter_count for layer in table.layers], np.float64)
+    np.testing.assert_array_equal(counts.values[0], 0.0)
+    # From step 2 on, every element of every layer's gradient is NaN.
+    np.testing.assert_array_equal(counts.values[1:], np.broadcast_to(sizes, counts.values[1:].shape))
+    # Norm statistics cover finite elements: no NaN propagates into them.
+    norms = reader.layer_series("train", "grad_norm")
+    assert np.all(norms.values[1:] == 0.0) and np.all(norms.values[0] > 0)
+
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider as mux_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
+
+    multiplexer = mux_lib.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(determinism["nan_log_dir"])
+    multiplexer.Reload()
+    provider = mux_provider.MultiplexerDataProvider(multiplexer, determinism["nan_log_dir"])
+    tag = metadata.alert_count_tag(rules.NONFINITE)
+    assert tag == "gradflow/alerts/nonfinite_layers"
+    scalars = provider.read_scalars(
+        context.RequestContext(), experiment_id="", plugin_name="scalars", downsample=100
+    )["train"]
+    alert = {d.step: d.value for d in scalars[tag]}
+    assert alert[1] == 0.0
+    assert all(alert[s] == len(table.layers) for s in (2, 3, 4, 5)), alert
+
+
+def read_alerts(log_dir):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider as mux_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
+
+    multiplexer = mux_lib.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(log_dir)
+    multiplexer.Reload()
+    provider = mux_provider.MultiplexerDataProvider(multiplexer, log_dir)
+    scalars = provider.read_scalars(
+        context.RequestContext(), experiment_id="", plugin_name="scalars", downsample=100
+    )["train"]
+    return {d.step: d.value for d in scalars[metadata.alert_count_tag(rules.NONFINITE)]}
+
+
+def test_nonfinite_under_loss_scaling(determinism):
+    """A step the LossScaleOptimizer skips keeps its own step number, and its
+    non-finite count survives to the write at the end of its interval."""
+    assert determinism["mixed_nan"] is True, "weights differ from the unhooked run"
+    assert determinism["mixed_nan_iterations"] == 5  # 6 batches, one skipped
+    reader = Reader.for_logdir(determinism["mixed_nan_log_dir"])
+    table = reader.layer_table("train")
+    counts = reader.layer_series("train", "nonfinite_count")
+    assert counts.steps.tolist() == [2, 4, 6]
+    sizes = np.array([layer.parameter_count for layer in table.layers], np.float64)
+    np.testing.assert_array_equal(counts.values, [np.zeros_like(sizes), sizes, np.zeros_like(sizes)])
+    alert = read_alerts(determinism["mixed_nan_log_dir"])
+    assert alert == {2: 0.0, 4: float(len(table.layers)), 6: 0.0}, alert
+
+
+# ---------------------------------------------- write failure (subprocess)
+def _write_failure_main(out_dir):
+    import resource
+    import signal
+
+    tf.config.experimental.enable_op_determinism()
+    x, y = data(24 * BATCH)
+    without = train(sequential(), x, y)
+    model = sequential()
+    callback = GradFlow(os.path.join(out_dir, "logs"), update_freq=1, histogram_freq=1)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = 6000  # bytes: the event file's start fits, the run's events do not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with_hook = train(model, x, y, [callback])
+    ours = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "tb_gradflow" in str(w.message)]
+    files = event_files(out_dir)
+    print(
+        json.dumps(
+            {
+                "identical": all(np.array_equal(a, b) for a, b in zip(without, with_hook)),
+                "warnings": ours,
+                "steps": int(model.optimizer.iterations.numpy()),
+                "largest_file": max(files.values()),
+                "limit": limit,
+                "restored": "apply" not in model.optimizer.__dict__ and model.train_function is None,
+            }
+        )
+    )
+
+
+def test_write_failure_warns_once_and_training_completes(tmp_path):
+    result = run_script("write_failure", str(tmp_path))
+    assert result["steps"] == 24
+    assert result["largest_file"] <= result["limit"]
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "could not write events" in result["warnings"][0]
+    assert result["identical"] is True
+    assert result["restored"] is True
+
+
+# ----------------------------------------------------------- in process
+@pytest.fixture(scope="module")
+def restored_run(tmp_path_factory):
+    """A hooked fit, then a plain fit of the same model."""
+    log_dir = str(tmp_path_factory.mktemp("restore"))
+    model = sequential(optimizer="sgd")
+    optimizer = model.optimizer
+    x, y = data(4 * BATCH)
+    callback = GradFlow(log_dir, update_freq=1, histogram_freq=1)
+    after_hooked = train(model, x, y, [callback])
+    state = {
+        "files": event_files(log_dir),
+        "apply_patched": "apply" in optimizer.__dict__,
+        "train_function": model.train_function,
+        "patched_calls": [layer.name for layer in model._flatten_layers() if "call" in layer.__dict__],
+        "snapshot_step": int(callback._recorder.snapshot_step.numpy()),
+        "moments": callback._recorder.moments.numpy().copy(),
+    }
+    after_plain = train(model, x, y)
+    return model, callback, log_dir, after_hooked, after_plain, state
+
+
+def test_restore_after_fit(restored_run):
+    model, callback, log_dir, after_hooked, after_plain, state = restored_run
+    assert state["apply_patched"] is False
+    assert state["train_function"] is None
+    assert state["patched_calls"] == []
+    assert state["snapshot_step"] == 4
+
+
+def test_later_fit_runs_none_of_the_hook(restored_run):
+    model, callback, log_dir, after_hooked, after_plain, state = restored_run
+    # The second fit trained (weights moved) ...
+    assert not all(np.array_equal(a, b) for a, b in zip(after_hooked, after_plain))
+    assert int(model.optimizer.iterations.numpy()) == 8
+    # ... without the instrumented step: the recorder's variables, assigned
+    # on every instrumented step, are untouched, and no event was written.
+    assert int(callback._recorder.snapshot_step.numpy()) == 4
+    np.testing.assert_array_equal(callback._recorder.moments.numpy(), state["moments"])
+    assert event_files(log_dir) == state["files"]
+    assert "apply" not in model.optimizer.__dict__
+
+
+def test_second_hooked_fit_continues_the_steps(restored_run, tmp_path):
+    model, *_ = restored_run
+    x, y = data(4 * BATCH)
+    train(model, x, y, [GradFlow(str(tmp_path), update_freq=2, histogram_freq=0)])
+    assert "apply" not in model.optimizer.__dict__ and model.train_function is None
+    norms = Reader.for_logdir(str(tmp_path)).layer_series("train", "grad_norm")
+    assert norms.steps.tolist() == [10, 12]
+    assert np.all(np.isfinite(norms.values))
+
+
+class WithUnusedAndFrozen(keras.Model):
+    """A frozen layer in the path and a built layer `call` never uses."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = Dense(8, activation="tanh", name="hidden")
+        self.frozen = Dense(8, activation="tanh", name="frozen", trainable=False)
+        self.unused = Dense(4, name="unused")
+        self.head = Dense(TARGETS, name="head")
+
+    def build(self, input_shape):
+        self.unused.build(input_shape)
+
+    def call(self, x, training=False):
+        return self.head(self.frozen(self.hidden(x)))
+
+
+def test_frozen_and_unused_layers_have_no_gradient(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = WithUnusedAndFrozen(name="partial")
+    model(np.zeros((1, FEATURES), "float32"))
+    model.compile(optimizer="sgd", loss="mse")
+    before = {v.path: v.numpy().copy() for v in model.weights}
+    x, y = data(3 * BATCH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras: "Gradients do not exist for variables"
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=1, histogram_freq=1)])
+    moved = {path: not np.array_equal(before[path], v.numpy()) for path, v in ((v.path, v) for v in model.weights)}
+    assert moved["partial/hidden/kernel"] and moved["partial/head/kernel"]
+    assert not moved["partial/frozen/kernel"] and not moved["partial/unused/kernel"]
+
+    reader = Reader.for_logdir(str(tmp_path))
+    table = reader.layer_table("train")
+    names = [layer.name.split("/")[-1] for layer in table.layers]
+    flags = {layer.name.split("/")[-1]: layer.has_gradient for layer in table.layers}
+    assert flags == {"hidden": True, "frozen": False, "unused": False, "head": True}, flags
+    assert names[:3] == ["hidden", "frozen", "head"], names  # call order; never-called last
+    assert {v.name: v.has_gradient for v in table.variables} == {
+        "partial/hidden/kernel": True, "partial/hidden/bias": True,
+        "partial/unused/kernel": False, "partial/unused/bias": False,
+        "partial/head/kernel": True, "partial/head/bias": True,
+    }
+    for statistic in ("grad_norm", "grad_rms", "grad_max_abs", "zero_fraction", "nonfinite_count"):
+        series = reader.layer_series("train", statistic)
+        assert series.steps.tolist() == [1, 2, 3]
+        for name, has in flags.items():
+            column = series.values[:, names.index(name)]
+            assert np.all(np.isfinite(column)) if has else np.all(np.isnan(column)), (statistic, name, column)
+    # No alert fires for a layer that has no gradient by design.
+    steps, verdicts, _ = reader.verdicts("train")
+    for kind, (fired, _) in verdicts.items():
+        assert not fired[:, [names.index("frozen"), names.index("unused")]].any(), kind
+
+
+# ------------------------------------------------------------- bad input
+def test_unwritable_log_dir_fails_before_the_first_step(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    model = sequential()
+    x, y = data(2 * BATCH)
+    with pytest.raises(LogDirError, match="cannot write to log_dir") as info:
+        train(model, x, y, [GradFlow(str(afile / "logs"))])
+    assert str(afile) in str(info.value)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert "apply" not in model.optimizer.__dict__
+
+
+def test_no_trainable_weights(tmp_path):
+    model = sequential()
+    for layer in model.layers:
+        layer.trainable = False
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = data(2 * BATCH)
+    with pytest.raises(ValueError, match="no trainable weights"):
+        train(model, x, y, [GradFlow(str(tmp_path))])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert event_files(str(tmp_path)) == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"update_freq": 0}, "update_freq must be an integer >= 1"),
+        ({"update_freq": 2.5}, "update_freq must be an integer >= 1"),
+        ({"update_freq": True}, "update_freq must be an integer >= 1"),
+        ({"histogram_freq": -1}, "histogram_freq must be an integer >= 0"),
+        ({"thresholds": {"vanishing_mean_abs": 1e-7}}, "thresholds must be a tb_gradflow.rules.Thresholds"),
+        ({"thresholds": "strict"}, "thresholds must be a tb_gradflow.rules.Thresholds"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradFlow(tempfile.gettempdir(), **kwargs)
+
+
+def test_uncompiled_model(tmp_path):
+    model = keras.Sequential([keras.Input((FEATURES,)), Dense(2)])
+    x, y = data(BATCH)
+    with pytest.raises(ValueError, match="compile"):
+        model.fit(x, y[:, :2], verbose=0, callbacks=[GradFlow(str(tmp_path))])
+    # Keras refuses before any callback runs; called directly, the callback
+    # says the same.
+    callback = GradFlow(str(tmp_path))
+    callback.set_model(model)
+    with pytest.raises(ValueError, match="needs a compiled model"):
+        callback.on_train_begin()
+    assert event_files(str(tmp_path)) == {}
+
+
+def test_steps_per_execution_rounds_update_freq(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = sequential(optimizer="sgd")
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    x, y = data(12 * BATCH)
+    with pytest.warns(UserWarning, match="written every 8 steps"):
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=6, histogram_freq=0)])
+    reader = Reader.for_logdir(str(tmp_path))
+    assert reader.layer_table("train").update_freq == 8
+    weight = reader.layer_series("train", "weight_norm")
+    # Step 8 is a full interval with its weights measured; step 12 is the
+    # final, partial interval (no weight measurement of its own).
+    assert weight.steps.tolist() == [8, 12]
+    assert np.all(np.isfinite(weight.values[0])) and np.all(np.isnan(weight.values[1]))
+
+
+if __name__ == "__main__":
+    {"determinism": _determinism_main, "write_failure": _write_failure_main}[sys.argv[1]](sys.argv[2])
