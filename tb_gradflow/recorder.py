@@ -54,6 +54,7 @@ class GradientRecorder:
         self.n_layers = int(n_layers)
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
+        self._read_function = None
         self._variables_of_layer = [
             [i for i, layer in enumerate(self.layer_of_variable) if layer == li] for li in range(self.n_layers)
         ]
@@ -251,7 +252,12 @@ class GradientRecorder:
 
     def read(self):
         """Host: one read of everything, as an `aggregate.RawSnapshot` (see `snapshot`)."""
-        return self.snapshot({name: v.numpy() for name, v in self.state().items()})
+        if self._read_function is None:
+            state = self.state()
+            # One function call (one dispatch, one device-to-host transfer
+            # wave) instead of a .numpy() per variable.
+            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()})
+        return self.snapshot({name: t.numpy() for name, t in self._read_function().items()})
 
     def snapshot(self, values):
         """RawSnapshot from {name: numpy array} of `state()`, with `.step`,
