@@ -178,6 +178,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             "/runs": self._serve_runs,
             "/layers": self._serve_layers,
             "/heatmap": self._serve_heatmap,
+            "/alert_cells": self._serve_alert_cells,
             "/profile": self._serve_profile,
             "/histogram": self._serve_histogram,
             "/alerts": self._serve_alerts,
@@ -213,6 +214,15 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 _statistic(a),
                 columns=_int(a, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS),
                 alerts=_bool(a, "alerts", True),
+            ),
+        )
+
+    @wrappers.Request.application
+    def _serve_alert_cells(self, request):
+        return self._json(
+            request,
+            lambda ctx, eid, a: self.alert_cells_impl(
+                ctx, eid, _required(a, "run"), _statistic(a), columns=_int(a, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS)
             ),
         )
 
@@ -428,11 +438,33 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             response["steps"] = steps.tolist()
             response["cell_index"] = _b64(picked.index, "<u4")
         if alerts:
-            response["alerts"] = _b64(self._alert_flags(ctx, experiment_id, run, tags, steps, picked), "u1")
+            flags = self._alert_flags(ctx, experiment_id, run, tags, steps, n_layers, picked.starts)
+            response["alerts"] = _b64(flags, "u1")
         return response
 
-    def _alert_flags(self, ctx, experiment_id, run, tags, steps, picked):
-        flags = np.zeros((steps.size, len(picked.index[0]) if picked.index.size else 0), np.uint8)
+    def alert_cells_impl(self, ctx, experiment_id, run, statistic, columns=DEFAULT_COLUMNS):
+        """Only the alert flags of `heatmap_impl`'s cells (same columns).
+
+        Evaluating the rules over every logged step is the slow part of a cold
+        heatmap; the frontend paints with `alerts=false` first and adds the
+        marks from this route when they arrive.
+        """
+        tags = self._run_listing(ctx, experiment_id, run)
+        table = self._table(ctx, experiment_id, run, tags)
+        series = self._series(ctx, experiment_id, run, statistic, tags, len(table.layers))
+        starts, _ = downsample.bucket_bounds(series.steps.size, columns)
+        flags = self._alert_flags(ctx, experiment_id, run, tags, series.steps, len(table.layers), starts)
+        return {
+            "run": run,
+            "statistic": statistic,
+            "column_count": int(starts.size),
+            "alert_kinds": list(rules.KINDS),
+            "alerts": _b64(flags, "u1"),
+        }
+
+    def _alert_flags(self, ctx, experiment_id, run, tags, steps, n_layers, starts):
+        """uint8 [columns, layers]: bit ALERT_BITS[kind] set where the kind fired in the column."""
+        flags = np.zeros((steps.size, n_layers), np.uint8)
         result = self._verdicts(ctx, experiment_id, run, tags)
         if result is not None and steps.size and flags.shape[1]:
             verdict_steps, verdicts = result
@@ -441,7 +473,9 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             for kind, (fired, _) in verdicts.items():
                 if fired.shape[1] == flags.shape[1]:
                     flags[rows[ok]] |= np.where(fired[ok], ALERT_BITS[kind], 0).astype(np.uint8)
-        return downsample.reduce_flags(flags, picked)
+        if steps.size == 0:
+            return flags
+        return np.bitwise_or.reduceat(flags, starts, axis=0)
 
     def profile_impl(self, ctx, experiment_id, run, statistic, step):
         """Exact per-layer values at the logged step nearest to `step`."""

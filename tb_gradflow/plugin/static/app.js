@@ -4,7 +4,7 @@
 // exists) the saturation view.
 
 import { AlertsTable } from "./alerts_table.js";
-import { ApiError, decodeMatrix, getJson } from "./api.js";
+import { ApiError, decodeMatrix, getJson, uint8s } from "./api.js";
 import { drawHistogram, drawProfile } from "./charts.js";
 import {
   ALERT_COLORS, NONFINITE_RGB, NO_GRADIENT_RGB, RUN_COLORS, ZERO_RGB, rgbCss, viridisAt,
@@ -278,7 +278,11 @@ class App {
     await Promise.all(
       runs.map(async (run) => {
         try {
-          const response = await getJson("heatmap", { run, statistic: this.statistic, columns: this.columns });
+          // Paint first; the alert marks (the rules evaluated over every
+          // logged step, slow on a cold cache) follow from /alert_cells.
+          const response = await getJson("heatmap", {
+            run, statistic: this.statistic, columns: this.columns, alerts: false,
+          });
           if (generation !== this.generation) return;
           this.panels.get(run)?.setData(decodeMatrix(response));
         } catch (e) {
@@ -290,6 +294,26 @@ class App {
     if (generation !== this.generation) return;
     this.redraw();
     this.setStatus(`${runs.length} run${runs.length === 1 ? "" : "s"} · ${this.statisticLabel()} · ${Math.round(performance.now() - started)} ms`);
+    this.loadAlertCells(generation, runs);
+  }
+
+  async loadAlertCells(generation, runs) {
+    await Promise.all(
+      runs.map(async (run) => {
+        let response;
+        try {
+          response = await getJson("alert_cells", { run, statistic: this.statistic, columns: this.columns });
+        } catch (e) {
+          return; // the heatmap stays usable without its marks
+        }
+        const panel = this.panels.get(run);
+        if (generation !== this.generation || !panel || !panel.matrix) return;
+        if (response.column_count !== panel.matrix.nColumns) return;
+        panel.setAlerts(uint8s(response.alerts), response.alert_kinds);
+        this.redraw();
+      }),
+    );
+    if (generation === this.generation) document.body.dataset.alertsPainted = "true";
   }
 
   async loadAlerts() {

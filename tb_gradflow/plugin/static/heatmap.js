@@ -82,6 +82,13 @@ export class HeatmapPanel {
     this.canvas.hidden = false;
   }
 
+  /** Alert flags [columns * layers] (bit i: kinds[i]) arriving after the values. */
+  setAlerts(flags, kinds) {
+    if (!this.matrix) return;
+    this.matrix.alerts = flags;
+    this.matrix.alertKinds = kinds;
+  }
+
   /** Rebuilds the one-pixel-per-cell image for a colour domain. */
   _image(lo, hi) {
     const m = this.matrix;
