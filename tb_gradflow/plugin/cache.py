@@ -17,6 +17,7 @@ class SeriesCache:
         self._entries = collections.OrderedDict()  # key -> (stamp, value, size)
         self._bytes = 0
         self._lock = threading.Lock()
+        self._key_locks = {}  # key -> Lock serialising its computation
 
     def get_or_compute(self, key, stamp, compute, size=lambda value: 0):
         with self._lock:
@@ -24,9 +25,22 @@ class SeriesCache:
             if entry is not None and entry[0] == stamp:
                 self._entries.move_to_end(key)
                 return entry[1]
-        # Computed outside the lock: two threads may both compute on a miss,
-        # which is harmless and keeps slow reads from serialising requests.
-        value = compute()
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        # One computation per key at a time: requests that miss together (the
+        # dashboard asks for a run's heatmap, alert marks and alerts at once)
+        # wait for the first instead of repeating seconds of work. Other keys
+        # proceed in parallel.
+        with key_lock:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry[0] == stamp:
+                    self._entries.move_to_end(key)
+                    return entry[1]
+            value = compute()
+            self._store(key, stamp, value, size)
+        return value
+
+    def _store(self, key, stamp, value, size):
         nbytes = int(size(value))
         with self._lock:
             old = self._entries.pop(key, None)
@@ -37,7 +51,6 @@ class SeriesCache:
             while self._bytes > self._max_bytes and len(self._entries) > 1:
                 _, (_, _, evicted) = self._entries.popitem(last=False)
                 self._bytes -= evicted
-        return value
 
     def clear(self):
         with self._lock:

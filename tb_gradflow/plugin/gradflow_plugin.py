@@ -63,10 +63,11 @@ STATISTIC_LABELS = {
     metadata.ZERO_FRACTION: "fraction of zero gradient elements",
 }
 
-# The activation-statistics (saturation) issue's data, when it exists: per-layer
+# The activation statistics (metadata.activation_statistic_tag): per-layer
 # vectors of the "gradflow" plugin under this tag prefix, one tag per statistic
-# (e.g. gradflow/activation/saturated_fraction). Without such tags the
-# saturation view is absent and its route answers {"available": false}.
+# (e.g. gradflow/activation/saturated_fraction), NaN for layers not captured.
+# Without such tags the saturation view is absent and its route answers
+# {"available": false}.
 SATURATION_TAG_PREFIX = f"{metadata.TAG_PREFIX}/activation/"
 
 HISTOGRAMS_PLUGIN = "histograms"
@@ -297,7 +298,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, content, _CONTENT_TYPES[ext])
 
     def _reader(self, experiment_id):
-        return reader_lib.Reader(self._provider, experiment_id)
+        return _CachingReader(self, experiment_id)
 
     def _listing(self, ctx, eid, plugin_name, run=None):
         result = self._provider.list_tensors(
@@ -339,21 +340,10 @@ class GradFlowPlugin(base_plugin.TBPlugin):
 
     def _verdicts(self, ctx, eid, run, tags):
         """(steps, {kind: (fired, value)}) or None when the run lacks a rule input."""
-        needed = [metadata.layer_statistic_tag(s) for s in rules.REQUIRED_STATISTICS]
-        if any(t not in tags for t in needed):
+        if not _has_rule_inputs(tags):
             return None
-        stamp = tuple(self._stamp(tags[t]) for t in needed + [metadata.LAYER_TABLE_TAG])
-
-        def compute():
-            steps, verdicts, _ = self._reader(eid).verdicts(run, ctx)
-            return steps, verdicts
-
-        return self._cache.get_or_compute(
-            ("verdicts", eid, run),
-            stamp,
-            compute,
-            size=lambda r: sum(f.nbytes + v.nbytes for f, v in r[1].values()),
-        )
+        steps, verdicts, _ = self._reader(eid).verdicts(run, ctx)
+        return steps, verdicts
 
     # ---------------------------------------------------------------- implementations
     def runs_impl(self, ctx, experiment_id):
@@ -390,7 +380,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 {"name": s, "label": STATISTIC_LABELS.get(s, s)}
                 for s in sorted(metadata.STATISTICS, key=list(STATISTIC_LABELS).index)
             ],
-            "alert_kinds": [{"kind": k, "meaning": rules.VALUE_MEANING[k]} for k in rules.KINDS],
+            "alert_kinds": [{"kind": k, "meaning": rules.VALUE_MEANING.get(k, k)} for k in rules.KINDS],
         }
 
     def layers_impl(self, ctx, experiment_id, run):
@@ -415,6 +405,16 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         without a JSON number per cell.
         """
         tags = self._run_listing(ctx, experiment_id, run)
+        # The finished response is cached too: a revisit or a second tab costs
+        # no downsampling or encoding until the run gets new data.
+        return self._cache.get_or_compute(
+            ("heatmap", experiment_id, run, statistic, columns, alerts),
+            _run_stamp(tags),
+            lambda: self._heatmap(ctx, experiment_id, run, statistic, columns, alerts, tags),
+            size=lambda r: len(r["values"]) + len(r.get("cell_index", "")) + len(r.get("alerts", "")),
+        )
+
+    def _heatmap(self, ctx, experiment_id, run, statistic, columns, alerts, tags):
         table = self._table(ctx, experiment_id, run, tags)
         n_layers = len(table.layers)
         series = self._series(ctx, experiment_id, run, statistic, tags, n_layers)
@@ -471,7 +471,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             rows = np.searchsorted(steps, verdict_steps)
             ok = (rows < steps.size) & (steps[np.minimum(rows, steps.size - 1)] == verdict_steps)
             for kind, (fired, _) in verdicts.items():
-                if fired.shape[1] == flags.shape[1]:
+                if kind in ALERT_BITS and fired.shape[1] == flags.shape[1]:
                     flags[rows[ok]] |= np.where(fired[ok], ALERT_BITS[kind], 0).astype(np.uint8)
         if steps.size == 0:
             return flags
@@ -559,26 +559,31 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         out = []
         for run in runs:
             tags = listing[run]
-            table = self._table(ctx, experiment_id, run, tags)
-            result = self._verdicts(ctx, experiment_id, run, tags)
-            if result is None:
+            if not _has_rule_inputs(tags):
                 continue
-            steps, verdicts = result
-            names = [layer.name for layer in table.layers]
-            for alert in rules.summarize(steps, verdicts, names):
+            # Reader.alerts is the one definition of a run's alerts (the CLI
+            # reports the same rows); its rule evaluation is cached.
+            alerts = self._cache.get_or_compute(
+                ("alerts", experiment_id, run), _run_stamp(tags), lambda: self._reader(experiment_id).alerts(run, ctx)
+            )
+            for alert in alerts:
                 row = alert.to_json()
                 row["worst_value"] = _float(row["worst_value"])
                 row["run"] = run
                 out.append(row)
         return {
             "alerts": out,
-            "kinds": {k: rules.VALUE_MEANING[k] for k in rules.KINDS},
+            "kinds": {k: rules.VALUE_MEANING.get(k, k) for k in rules.KINDS},
         }
 
     def saturation_impl(self, ctx, experiment_id, run, statistic=None, columns=DEFAULT_COLUMNS):
         """Activation-saturation heatmap when the run holds such data, else available=false."""
         tags = self._run_listing(ctx, experiment_id, run)
-        names = sorted(t[len(SATURATION_TAG_PREFIX) :] for t in tags if t.startswith(SATURATION_TAG_PREFIX))
+        known = getattr(metadata, "ACTIVATION_STATISTICS", ())
+        names = sorted(
+            (t[len(SATURATION_TAG_PREFIX) :] for t in tags if t.startswith(SATURATION_TAG_PREFIX)),
+            key=lambda name: (known.index(name) if name in known else len(known), name),
+        )
         if not names:
             return {"run": run, "available": False}
         if statistic is None:
@@ -630,6 +635,45 @@ class GradFlowPlugin(base_plugin.TBPlugin):
             response["steps"] = steps.tolist()
             response["cell_index"] = _b64(picked.index, "<u4")
         return response
+
+
+class _CachingReader(reader_lib.Reader):
+    """The Reader, with its rule evaluation (seconds on a long run) cached per
+    run until the run gets new data. Everything else is the Reader's own."""
+
+    def __init__(self, plugin, experiment_id):
+        super().__init__(plugin._provider, experiment_id)
+        self._plugin = plugin
+
+    def verdicts(self, run, ctx=None, *args, **kwargs):
+        ctx = self._ctx(ctx)
+        tags = self._plugin._run_listing(ctx, self._experiment_id, run)
+        return self._plugin._cache.get_or_compute(
+            ("verdicts", self._experiment_id, run, args, tuple(sorted(kwargs.items()))),
+            _run_stamp(tags),
+            lambda: super(_CachingReader, self).verdicts(run, ctx, *args, **kwargs),
+            size=_verdicts_size,
+        )
+
+
+def _verdicts_size(result):
+    try:
+        return sum(np.asarray(f).nbytes + np.asarray(v).nbytes for f, v in result[1].values())
+    except Exception:  # a shape this version does not know: count it as small
+        return 0
+
+
+def _has_rule_inputs(tags):
+    return all(metadata.layer_statistic_tag(s) in tags for s in rules.REQUIRED_STATISTICS)
+
+
+def _run_stamp(tags):
+    """Changes whenever any series of the run gets new data."""
+    return (
+        len(tags),
+        max((ts.max_step for ts in tags.values()), default=None),
+        max((ts.max_wall_time for ts in tags.values()), default=None),
+    )
 
 
 def _nearest(steps, step):

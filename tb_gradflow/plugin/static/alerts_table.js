@@ -5,7 +5,13 @@ import { ALERT_COLORS, NONFINITE_RGB, rgbCss } from "./colormap.js";
 import { clear, el } from "./dom.js";
 import { exact, integer, toNumber } from "./format.js";
 
-const KIND_LABELS = { vanishing: "vanishing", exploding: "exploding", nonfinite: "non-finite" };
+const KIND_LABELS = {
+  vanishing: "vanishing",
+  exploding: "exploding",
+  nonfinite: "non-finite",
+  saturation: "saturation",
+  dead_units: "dead units",
+};
 
 export class AlertsTable {
   constructor({ onChoose }) {

@@ -108,9 +108,21 @@ class App {
     this.alertsTable = new AlertsTable({ onChoose: (alert) => this.focusAlert(alert) });
 
     this.saturation = el("div", { class: "heatmaps" });
+    this.saturationStatistic = null;
+    this.saturationSelect = el("select", {
+      class: "inline-select",
+      attrs: { "aria-label": "Activation statistic" },
+      on: {
+        change: () => {
+          this.saturationStatistic = this.saturationSelect.value;
+          this.loadSaturation();
+        },
+      },
+    });
+    this.saturationHint = el("p", { class: "hint" });
     this.saturationSection = el("section", { class: "section", attrs: { id: "saturation" } }, [
-      el("h2", { text: "Activation saturation" }),
-      el("p", { class: "hint", text: "Share of saturated units per layer and step (own colour scale)." }),
+      el("header", { class: "panel-header" }, [el("h2", { text: "Activation saturation" }), this.saturationSelect]),
+      this.saturationHint,
       this.saturation,
     ]);
     this.saturationSection.hidden = true;
@@ -171,9 +183,14 @@ class App {
     const defaults = this.runs.slice(0, MAX_DEFAULT_RUNS).map((r) => r.run);
     for (const run of defaults) this.selectedRuns.add(run);
     this._fillPickers();
-    await Promise.all([this.loadHeatmaps(), this.loadAlerts()]);
-    this.loadSaturation();
+    // Heatmaps first: the alerts need the rules run over every logged step,
+    // which on a cold server takes longer than reading the values.
+    await this.loadHeatmaps();
     this._defaultSelection();
+    await this.loadAlerts();
+    this.loadSaturation();
+    const first = this.alerts.find((a) => this.selectedRuns.has(a.run));
+    if (first && !this.userChose) this.focusAlert(first, false);
   }
 
   async reload() {
@@ -262,7 +279,10 @@ class App {
             run,
             onHover: (hit, e) => this.showCellTooltip(hit, e),
             onLeave: () => this.hideTooltip(),
-            onClick: (hit) => this.choose({ run: hit.run, layer: hit.layer.name, step: hit.step }),
+            onClick: (hit) => {
+              this.userChose = true;
+              this.choose({ run: hit.run, layer: hit.layer.name, step: hit.step });
+            },
           }),
         );
       }
@@ -313,7 +333,10 @@ class App {
         this.redraw();
       }),
     );
-    if (generation === this.generation) document.body.dataset.alertsPainted = "true";
+    if (generation === this.generation && !document.body.dataset.alertsPainted) {
+      document.body.dataset.alertsPainted = "true";
+      performance.mark("gradflow:alerts-painted");
+    }
   }
 
   async loadAlerts() {
@@ -344,7 +367,8 @@ class App {
         if (!panel) {
           panel = new HeatmapPanel({
             run,
-            onHover: (hit, e) => this.showCellTooltip(hit, e, "saturation"),
+            linear: true,
+            onHover: (hit, e) => this.showCellTooltip(hit, e, this.saturationStatistic || "saturation"),
             onLeave: () => this.hideTooltip(),
             onClick: (hit) => this.choose({ run: hit.run, layer: hit.layer.name, step: hit.step }),
           });
@@ -352,15 +376,48 @@ class App {
         }
         this.saturation.append(panel.element);
         try {
-          const response = await getJson("saturation", { run, columns: this.columns });
-          if (response.available) panel.setData(decodeMatrix(response));
-          else panel.setError("No activation statistics in this run.");
+          const response = await getJson("saturation", {
+            run, columns: this.columns, statistic: this.saturationStatistic || undefined,
+          });
+          if (response.available) {
+            panel.setData(decodeMatrix(response));
+            this._fillSaturationPicker(response.statistics, response.statistic);
+          } else {
+            panel.setError("No activation statistics in this run.");
+          }
         } catch (e) {
           panel.setError(e.message);
         }
       }),
     );
     this.redraw();
+  }
+
+  _fillSaturationPicker(statistics, current) {
+    const have = [...this.saturationSelect.options].map((o) => o.value).join("\n");
+    if (have !== statistics.join("\n")) {
+      clear(this.saturationSelect);
+      for (const name of statistics) this.saturationSelect.append(el("option", { text: name.replace(/_/g, " "), attrs: { value: name } }));
+    }
+    this.saturationStatistic = current;
+    this.saturationSelect.value = current;
+  }
+
+  /** Linear colour domain of the saturation panels: [0, 1] for fractions, else their range. */
+  linearDomain(panels) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const panel of panels) {
+      for (const v of panel.matrix ? panel.matrix.values : []) {
+        if (Number.isFinite(v)) {
+          lo = Math.min(lo, v);
+          hi = Math.max(hi, v);
+        }
+      }
+    }
+    if (!Number.isFinite(lo)) return [0, 1];
+    if (lo >= 0 && hi <= 1) return [0, 1];
+    return hi > lo ? [lo, hi] : [lo, lo + 1];
   }
 
   // ------------------------------------------------------------------ drawing
@@ -426,9 +483,14 @@ class App {
       }
     }
     this.drawLegend(domain);
-    const satDomain = this.sharedDomain(saturation);
+    const satDomain = this.linearDomain(saturation);
     const satSteps = this.sharedSteps(saturation);
-    if (satDomain && satSteps) {
+    if (saturation.length) {
+      const [a, b] = satDomain;
+      this.saturationHint.textContent =
+        `${(this.saturationStatistic || "").replace(/_/g, " ")} per layer and step, linear colour scale from ${exact(a)} (dark) to ${exact(b)} (yellow); grey: layer not captured.`;
+    }
+    if (satSteps) {
       for (const panel of saturation) panel.draw({ width, domain: satDomain, steps: satSteps, selection: this.selection, gutter });
     }
     this.drawProfile();
@@ -478,9 +540,20 @@ class App {
       key("exactly 0", { background: rgbCss(ZERO_RGB) }),
       key("no gradient", { background: rgbCss(NO_GRADIENT_RGB) }),
     );
-    for (const kind of Object.keys(ALERT_COLORS)) {
+    // The gradient kinds always; other kinds (activation rules) when a cell carries them.
+    const shown = new Set(["vanishing", "exploding", "nonfinite"]);
+    for (const panel of this.panels.values()) {
+      const m = panel.matrix;
+      if (!m || !m.alerts) continue;
+      let bits = 0;
+      for (let i = 0; i < m.alerts.length; i++) bits |= m.alerts[i];
+      m.alertKinds.forEach((kind, bit) => {
+        if (bits & (1 << bit)) shown.add(kind);
+      });
+    }
+    for (const kind of [...shown].filter((k) => k in ALERT_COLORS)) {
       this.legendKeys.append(
-        key(`${kind === "nonfinite" ? "non-finite" : kind} alert`, {
+        key(`${kind === "nonfinite" ? "non-finite" : kind.replace("_", " ")} alert`, {
           background: kind === "nonfinite" ? rgbCss(NONFINITE_RGB) : rgbCss(viridisAt(kind === "vanishing" ? 0.1 : 0.55)),
           outline: `2px solid ${ALERT_COLORS[kind]}`,
           "outline-offset": "-2px",
@@ -528,11 +601,6 @@ class App {
   }
 
   _defaultSelection() {
-    const first = this.alerts.find((a) => this.selectedRuns.has(a.run));
-    if (first) {
-      this.focusAlert(first, false);
-      return;
-    }
     const panel = [...this.panels.values()].find((p) => p.matrix && p.matrix.nColumns);
     if (panel) {
       const m = panel.matrix;
@@ -547,6 +615,7 @@ class App {
   }
 
   focusAlert(alert, scroll = true) {
+    if (scroll) this.userChose = true;
     this.chosenAlert = alert;
     this.alertsTable.highlight(alert);
     const focus = () => {

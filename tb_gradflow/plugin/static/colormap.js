@@ -42,6 +42,8 @@ export const ALERT_COLORS = {
   vanishing: "#ff8c00",
   exploding: "#ff1744",
   nonfinite: "#ffffff",
+  saturation: "#29b6f6",
+  dead_units: "#bdbdbd",
 };
 
 // Run colours for the profile chart (Paul Tol's "bright" qualitative set).
@@ -57,6 +59,21 @@ export function rgbCss(rgb) {
 export function viridisAt(t) {
   const i = Math.max(0, Math.min(255, Math.round(t * 255))) * 3;
   return [VIRIDIS[i], VIRIDIS[i + 1], VIRIDIS[i + 2]];
+}
+
+/**
+ * Writes the RGBA of `value` on a linear scale [lo, hi] (fractions: saturated
+ * share of units). NaN means "not measured" here (a layer whose activation is
+ * not captured), so it gets the no-data colour, not the non-finite one.
+ */
+export function colorLinearInto(out, offset, value, lo, hi) {
+  let rgb = NO_GRADIENT_RGB;
+  if (Number.isFinite(value)) rgb = viridisAt((value - lo) / (hi - lo || 1));
+  else if (!Number.isNaN(value)) rgb = NONFINITE_RGB;
+  out[offset] = rgb[0];
+  out[offset + 1] = rgb[1];
+  out[offset + 2] = rgb[2];
+  out[offset + 3] = 255;
 }
 
 /**

@@ -5,7 +5,7 @@
 // about one column per device pixel, the cells go into an ImageData of one
 // pixel per cell, and that image is scaled onto the plot.
 
-import { colorInto, ALERT_COLORS } from "./colormap.js";
+import { colorInto, colorLinearInto, ALERT_COLORS } from "./colormap.js";
 import { cssVar, el, fitLeft, setupCanvas } from "./dom.js";
 import { integer, niceTicks } from "./format.js";
 
@@ -30,12 +30,14 @@ export function stepExtent(matrix) {
 }
 
 export class HeatmapPanel {
-  constructor({ run, onHover, onLeave, onClick, kindLabel = "" }) {
+  /** linear: colour on a linear scale (fractions) instead of log10. */
+  constructor({ run, onHover, onLeave, onClick, kindLabel = "", linear = false }) {
     this.run = run;
+    this.linear = linear;
     this.matrix = null;
     this.canvas = el("canvas", {
       class: "heatmap-canvas",
-      attrs: { role: "img", "aria-label": `Heatmap of run ${run}` },
+      attrs: { role: "img", "aria-label": `${linear ? "Activation heatmap" : "Heatmap"} of run ${run}` },
     });
     this.title = el("span", { class: "panel-title", text: run });
     this.meta = el("span", { class: "panel-meta" });
@@ -104,7 +106,9 @@ export class HeatmapPanel {
     for (let l = 0; l < m.nLayers; l++) {
       const rowOffset = l * m.nColumns;
       for (let c = 0; c < m.nColumns; c++) {
-        colorInto(data, (rowOffset + c) * 4, m.values[c * m.nLayers + l], lo, hi, hasGradient[l]);
+        const v = m.values[c * m.nLayers + l];
+        if (this.linear) colorLinearInto(data, (rowOffset + c) * 4, v, lo, hi);
+        else colorInto(data, (rowOffset + c) * 4, v, lo, hi, hasGradient[l]);
       }
     }
     ctx.putImageData(image, 0, 0);

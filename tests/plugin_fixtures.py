@@ -1,0 +1,284 @@
+"""Logdirs and servers for the plugin's tests (route, loader, browser) and its benchmark.
+
+Import what a test module needs (`from plugin_fixtures import ...`). Builders
+cache their output per process, so modules that share a logdir train or
+write it once. Synthetic runs use `tb_gradflow.writer.EventWriter` and need no
+TensorFlow; runs with real Keras models import TensorFlow inside the builder.
+"""
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from tb_gradflow import metadata
+from tb_gradflow.proto import plugin_data_pb2
+from tb_gradflow.writer import EventWriter
+
+# A layer name that is an HTML injection if anything renders it as markup.
+XSS_LAYER = "<img src=x onerror=alert(1)>"
+SATURATION_STATISTIC = "saturated_fraction"
+
+_TMP = None
+
+
+def _tmpdir(name):
+    global _TMP
+    if _TMP is None:
+        _TMP = tempfile.mkdtemp(prefix="tb_gradflow_plugin_tests_")
+    path = os.path.join(_TMP, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def layer_table(names, *, update_freq=1, histogram_freq=0, has_gradient=None):
+    has_gradient = has_gradient if has_gradient is not None else [True] * len(names)
+    return plugin_data_pb2.LayerTable(
+        layers=[
+            plugin_data_pb2.Layer(
+                name=name, class_name="Dense", activation="relu", depth=i, parameter_count=10, has_gradient=g
+            )
+            for i, (name, g) in enumerate(zip(names, has_gradient))
+        ],
+        update_freq=update_freq,
+        histogram_freq=histogram_freq,
+        source="synthetic (tests/plugin_fixtures.py)",
+        capture_point="synthetic",
+    )
+
+
+def synthetic_values(n_steps, n_layers, seed=0):
+    """Gradient norms that shrink with depth from the output, with noise: [steps, layers] float32."""
+    rng = np.random.default_rng(seed)
+    depth_scale = 10.0 ** np.linspace(-3.0, 0.0, n_layers)  # input layers ~1000x smaller
+    drift = 10.0 ** np.linspace(0.0, -0.5, n_steps)[:, None]
+    noise = 10.0 ** rng.normal(0.0, 0.15, (n_steps, n_layers))
+    return (depth_scale[None, :] * drift * noise).astype(np.float32)
+
+
+def write_synthetic_run(
+    run_dir,
+    *,
+    n_layers=5,
+    n_steps=100,
+    names=None,
+    seed=0,
+    nonfinite_at=None,
+    spike_at=None,
+    saturation=False,
+    histogram_every=0,
+    has_gradient=None,
+    statistics=None,
+):
+    """Writes a run of `n_steps` logged steps (steps 1..n_steps) without TensorFlow.
+
+    Args:
+      nonfinite_at: (step, layer) whose norm is NaN (and nonfinite_count 7).
+      spike_at: (step, layer) whose norm is 1e6x its neighbours.
+      saturation: also write `gradflow/activation/saturated_fraction` vectors.
+      histogram_every: write both gradient histograms every this many steps.
+      statistics: which statistics to write (default: the rules' inputs,
+        max |g| and the update ratio).
+
+    Returns:
+      the values written for grad_norm, float32 [n_steps, n_layers].
+    """
+    names = names or [f"model/dense_{i}" for i in range(n_layers)]
+    n_layers = len(names)
+    writer = EventWriter(run_dir)
+    writer.write_layer_table(0, layer_table(names, histogram_freq=histogram_every, has_gradient=has_gradient))
+    norm = synthetic_values(n_steps, n_layers, seed)
+    nonfinite = np.zeros_like(norm)
+    if spike_at is not None:
+        norm[spike_at[0] - 1, spike_at[1]] *= 1e6
+    if nonfinite_at is not None:
+        norm[nonfinite_at[0] - 1, nonfinite_at[1]] = np.nan
+        nonfinite[nonfinite_at[0] - 1, nonfinite_at[1]] = 7
+    rms = norm / 10.0
+    stats = {
+        metadata.GRAD_NORM: norm,
+        metadata.GRAD_RMS: rms,
+        metadata.GRAD_MEAN_ABS: rms * 0.8,
+        metadata.GRAD_MAX_ABS: rms * 3.0,
+        metadata.GRAD_NORM_INTERVAL_MAX: norm * 1.1,
+        metadata.NONFINITE_COUNT: nonfinite,
+        metadata.UPDATE_RATIO: np.full_like(norm, 1e-3),
+    }
+    if statistics is not None:
+        stats = {k: v for k, v in stats.items() if k in statistics}
+    saturation_md = None
+    if saturation:
+        saturation_md = metadata.create_statistic_metadata(metadata.GRAD_NORM, per="layer")
+        content = plugin_data_pb2.GradflowPluginData(
+            version=metadata.PROTO_VERSION,
+            kind=plugin_data_pb2.GradflowPluginData.LAYER_STATISTIC,
+            statistic=SATURATION_STATISTIC,
+        )
+        saturation_md.plugin_data.content = content.SerializeToString()
+        saturation_md.summary_description = "synthetic saturation"
+    for i in range(n_steps):
+        step = i + 1
+        writer.write_layer_statistics(step, {k: v[i] for k, v in stats.items()})
+        if saturation_md is not None:
+            tag = f"{metadata.TAG_PREFIX}/activation/{SATURATION_STATISTIC}"
+            frac = np.linspace(0.01, 0.6, n_layers).astype(np.float32)
+            writer._emit(step, [writer._summary_value(tag, frac, saturation_md)])
+        if histogram_every and step % histogram_every == 0:
+            counts = np.ones((n_layers, metadata.HISTOGRAM_BUCKETS))
+            log10_counts = np.zeros((n_layers, metadata.LOG10_BUCKETS))
+            log10_counts[:, 20] = 5
+            writer.write_histograms(
+                step,
+                [(d, name) for d, name in enumerate(names)],
+                -np.ones(n_layers),
+                np.ones(n_layers),
+                counts,
+                log10_counts,
+            )
+    writer.close()
+    return norm
+
+
+@functools.lru_cache(maxsize=None)
+def synthetic_logdir():
+    """TF-free logdir: 'small' (5 layers, NaN at step 40 layer 2, spike, histograms,
+    saturation), 'long' (3 layers x 10,000 steps), 'xss' (the injection layer name)."""
+    logdir = _tmpdir("synthetic")
+    write_synthetic_run(
+        os.path.join(logdir, "small"),
+        n_layers=5,
+        n_steps=100,
+        nonfinite_at=(40, 2),
+        spike_at=(70, 4),
+        saturation=True,
+        histogram_every=10,
+    )
+    write_synthetic_run(
+        os.path.join(logdir, "long"), n_layers=3, n_steps=10_000, statistics=(metadata.GRAD_NORM,)
+    )
+    write_xss_run(os.path.join(logdir, "xss"))
+    return logdir
+
+
+def write_xss_run(run_dir):
+    """A run whose middle layer is named XSS_LAYER.
+
+    Written with EventWriter, not trained: Keras accepts the name for a layer
+    but TensorFlow refuses it as a name scope when the layer is called
+    ("not a valid scope name"), so no Keras model can carry it. A PyTorch
+    hook or the custom-loop writer could, which is why the plugin must not
+    trust layer names.
+    """
+    write_synthetic_run(run_dir, names=["xss/hidden", XSS_LAYER, "xss/out"], n_steps=60, histogram_every=20,
+                        seed=3)
+
+
+@functools.lru_cache(maxsize=None)
+def demo_logdir(seed001_logdir):
+    """seed 001's runs (trained by conftest's seed001_logdir) under seed001/, plus xss/ (synthetic)."""
+    logdir = _tmpdir("demo")
+    target = os.path.join(logdir, "seed001")
+    if not os.path.isdir(target):
+        shutil.copytree(seed001_logdir, target)
+    if not os.path.isdir(os.path.join(logdir, "xss")):
+        write_xss_run(os.path.join(logdir, "xss"))
+    return logdir
+
+
+# ------------------------------------------------------------------------ servers
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=30):
+    """(status, headers, body bytes) of a GET, 4xx/5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir, *extra_flags, startup_timeout=120):
+    """A real `tensorboard --logdir` on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+        "--host", "127.0.0.1", "--port", str(port), *extra_flags,
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"tensorboard exited with {process.returncode}:\n{log.read().decode(errors='replace')}")
+            try:
+                status, _, body = http_get(url + "/data/plugins_listing", timeout=2)
+                # The Rust data server answers once it has loaded the logdir.
+                if status == 200 and b"gradflow" in body:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"tensorboard did not answer on {url} within {startup_timeout}s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.seek(0)
+        server_log = log.read().decode(errors="replace")
+        log.close()
+        tensorboard_server.last_log = server_log
+
+
+tensorboard_server.last_log = ""
+
+
+def wait_for_run(url, run, tag_check=None, timeout=60):
+    """Waits until /runs lists `run` (the data server loads in the background)."""
+    import json
+
+    deadline = time.time() + timeout
+    while True:
+        status, _, body = http_get(url + "/data/plugin/gradflow/runs")
+        if status == 200:
+            runs = {r["run"]: r for r in json.loads(body)["runs"]}
+            if run in runs and (tag_check is None or tag_check(runs[run])):
+                return runs
+        if time.time() > deadline:
+            raise TimeoutError(f"run {run!r} did not appear at {url}")
+        time.sleep(0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def combined_logdir(seed001_logdir):
+    """seed001/ (real hook data) and synthetic/ (long, small, xss) in one logdir."""
+    logdir = _tmpdir("combined")
+    for name, source in (("seed001", seed001_logdir), ("synthetic", synthetic_logdir())):
+        target = os.path.join(logdir, name)
+        if not os.path.isdir(target):
+            shutil.copytree(source, target)
+    return logdir
