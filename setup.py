@@ -29,7 +29,9 @@ setuptools.setup(
     extras_require={
         # The training side: the Keras callback and the custom-loop writer.
         "tensorflow": ["tensorflow>=2.16", "keras>=3.0"],
-        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2"],
+        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0"],
+        # examples/seed003_activations.py trains on scikit-learn's bundled digits.
+        "examples": ["scikit-learn>=1.0"],
     },
     entry_points={
         "tensorboard_plugins": ["gradflow = tb_gradflow.plugin.loader:GradFlowLoader"],

@@ -133,3 +133,34 @@ def per_layer(raw, *, layer_of_variable, n_layers):
     for values in out.values():
         values[without_variables] = np.nan
     return out
+
+
+@dataclasses.dataclass
+class ActivationSnapshot:
+    """One read of the activation recorder: lists with one entry per captured
+    activation (the recorder's order), taken at train step `step` (-1: none yet)."""
+
+    step: int
+    moments: list  # [6] each, columns as stats.ACT_* (see activation_statistics)
+    active: list  # [units] each: elements with f'(z) != 0, per unit
+    histogram_range: list  # [2] each: finite pre-activation range
+    histogram_counts: list  # [HISTOGRAM_BUCKETS] each
+
+
+def activation_statistics(moments):
+    """{statistic: float} of one activation from its moments (see stats.activation_statistics).
+
+    >>> s = activation_statistics(np.array([1.0, 4.0, 4.0, 2.0, 1.0, 1.0]))
+    >>> s["saturated_fraction"], s["activation_mean"], round(s["activation_std"], 4)
+    (0.25, 0.5, 0.5)
+    """
+    saturated, size, finite, total, m2, sum_sq_over_n = (float(v) for v in np.asarray(moments, np.float64))
+    mean = total / finite if finite > 0 else float("nan")
+    # Chan et al.'s parallel variance: the replicas' own M2 plus the spread of
+    # their means (sum_i n_i mean_i^2 - n mean^2); zero on one replica.
+    m2_total = m2 + sum_sq_over_n - (total * mean if finite > 0 else 0.0)
+    return {
+        metadata.SATURATED_FRACTION: saturated / size if size > 0 else float("nan"),
+        metadata.ACTIVATION_MEAN: mean,
+        metadata.ACTIVATION_STD: float(np.sqrt(max(m2_total, 0.0) / finite)) if finite > 0 else float("nan"),
+    }

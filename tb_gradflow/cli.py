@@ -68,11 +68,11 @@ def format_text(report):
             lines.append("  no alerts")
             continue
         width = max(len(a["layer"]) for a in run["alerts"])
-        lines.append(f"  {'layer':<{width}}  {'kind':<9}  {'first step':>10}  {'worst value':>11}  {'steps':>5}")
+        lines.append(f"  {'layer':<{width}}  {'kind':<10}  {'first step':>10}  {'worst value':>11}  {'steps':>5}")
         for a in run["alerts"]:
             worst = "n/a" if a["worst_value"] is None else f"{a['worst_value']:.3g}"
             lines.append(
-                f"  {a['layer']:<{width}}  {a['kind']:<9}  {a['first_step']:>10}  {worst:>11}  {a['steps_fired']:>5}"
+                f"  {a['layer']:<{width}}  {a['kind']:<10}  {a['first_step']:>10}  {worst:>11}  {a['steps_fired']:>5}"
             )
     lines.append(
         f"{report['alert_count']} alert(s) of kinds {', '.join(report['fail_on'])}"

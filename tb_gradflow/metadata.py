@@ -6,6 +6,8 @@
     >>> md = metadata.create_statistic_metadata("grad_norm", per="layer")
     >>> metadata.parse_plugin_data(md.plugin_data.content).statistic
     'grad_norm'
+    >>> metadata.activation_statistic_tag("saturated_fraction")
+    'gradflow/activation/saturated_fraction'
 
 Everything a reader needs to find tb_gradflow data is defined here and
 documented in docs/event_contract.md. This module imports no TensorFlow: the
@@ -51,10 +53,28 @@ STATISTICS = (
     UPDATE_RATIO,
 )
 
+# Activation statistics (docs/event_contract.md, "Activation statistics"):
+# float32 [n_layers] vectors in LayerTable.layers order, NaN for layers whose
+# activation is not captured, written every `activation_freq` train steps.
+SATURATED_FRACTION = "saturated_fraction"  # share of unit activations with |f'(z)| < threshold.
+DEAD_FRACTION = "dead_fraction"  # share of units with f'(z) = 0 on every element of the batch.
+INACTIVE_FRACTION = "inactive_fraction"  # share of units active on < dead_inactivity of a window.
+ACTIVATION_MEAN = "activation_mean"  # mean of f(z) (zero-centring).
+ACTIVATION_STD = "activation_std"  # standard deviation of f(z).
+
+ACTIVATION_STATISTICS = (
+    SATURATED_FRACTION,
+    DEAD_FRACTION,
+    INACTIVE_FRACTION,
+    ACTIVATION_MEAN,
+    ACTIVATION_STD,
+)
+
 # Histogram tags belong to TensorBoard's own "histograms" plugin, so its
 # Histograms and Distributions dashboards show them unchanged.
 HISTOGRAM_KIND_GRADIENT = "gradient"
 HISTOGRAM_KIND_LOG10_MAGNITUDE = "gradient_log10_magnitude"
+HISTOGRAM_KIND_PREACTIVATION = "preactivation"  # the activation's input z, every activation_freq steps
 
 # Histogram layout (the bucket counts are computed on the device, see stats.py).
 HISTOGRAM_BUCKETS = 30  # equal-width buckets over the layer's finite range (TensorBoard's default)
@@ -75,6 +95,10 @@ def layer_statistic_tag(statistic):
 
 def variable_statistic_tag(statistic):
     return f"{TAG_PREFIX}/variable/{statistic}"
+
+
+def activation_statistic_tag(statistic):
+    return f"{TAG_PREFIX}/activation/{statistic}"
 
 
 def histogram_tag(depth, layer_name, kind):
@@ -126,6 +150,18 @@ def create_statistic_metadata(statistic, *, per):
         version=PROTO_VERSION, kind=kinds[per], statistic=statistic
     )
     return _create_metadata(content, f"tb_gradflow {statistic} per {per}")
+
+
+def create_activation_statistic_metadata(statistic):
+    """Metadata for a per-layer activation statistic vector."""
+    if statistic not in ACTIVATION_STATISTICS:
+        raise ValueError(
+            f"unknown activation statistic {statistic!r}; known: {', '.join(ACTIVATION_STATISTICS)}"
+        )
+    content = plugin_data_pb2.GradflowPluginData(
+        version=PROTO_VERSION, kind=plugin_data_pb2.GradflowPluginData.ACTIVATION_STATISTIC, statistic=statistic
+    )
+    return _create_metadata(content, f"tb_gradflow activation {statistic} per layer")
 
 
 class UnsupportedVersionError(ValueError):

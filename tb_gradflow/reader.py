@@ -150,8 +150,69 @@ class Reader:
         values = np.array([np.asarray(d.numpy, np.float64) for d in data]).reshape(len(data), n_layers)
         return LayerSeries(steps=steps, wall_times=wall_times, values=values)
 
+    def activation_statistics(self, run, ctx=None):
+        """Names of the activation statistics the run holds (metadata.ACTIVATION_STATISTICS order)."""
+        listing = self._list(ctx, run=run).get(run, {})
+        return [s for s in metadata.ACTIVATION_STATISTICS if metadata.activation_statistic_tag(s) in listing]
+
+    def has_activation_statistics(self, run, ctx=None):
+        """Whether the run holds activation statistics (older runs and
+        activation_freq=0 do not)."""
+        return bool(self.activation_statistics(run, ctx))
+
+    def activation_series(self, run, statistic, ctx=None, downsample=None, n_layers=None):
+        """LayerSeries of one activation statistic, rows in LayerTable.layers order
+        (the gradient statistics' order; NaN for layers without captured activation).
+
+        Raises:
+          tensorboard.errors.NotFoundError: unknown run or statistic.
+        """
+        if statistic not in metadata.ACTIVATION_STATISTICS:
+            raise errors.NotFoundError(f"unknown activation statistic {statistic!r}")
+        return self._series(run, metadata.activation_statistic_tag(statistic), statistic, ctx, downsample, n_layers)
+
+    def _series(self, run, tag, statistic, ctx, downsample, n_layers):
+        if n_layers is None:
+            n_layers = len(self.layer_table(run, ctx).layers)
+        data = self._read(ctx, run, tag, downsample or 10**9)
+        if not data:
+            raise errors.NotFoundError(f"run {run!r} has no statistic {statistic!r}")
+        data = [d for d in data if np.shape(d.numpy) == (n_layers,)]
+        data.sort(key=lambda d: d.step)
+        steps = np.array([d.step for d in data], np.int64)
+        wall_times = np.array([d.wall_time for d in data], np.float64)
+        values = np.array([np.asarray(d.numpy, np.float64) for d in data]).reshape(len(data), n_layers)
+        return LayerSeries(steps=steps, wall_times=wall_times, values=values)
+
+    def activation_verdicts(self, run, ctx=None, table=None):
+        """(activation steps, rules.evaluate_activation_series result); empty
+        steps and no kinds when the run has no activation statistics."""
+        table = table or self.layer_table(run, ctx)
+        present = self.activation_statistics(run, ctx)
+        if any(name not in present for name in rules.REQUIRED_ACTIVATION_STATISTICS):
+            return np.zeros(0, np.int64), {}
+        n_layers = len(table.layers)
+        series = {
+            name: self.activation_series(run, name, ctx, n_layers=n_layers)
+            for name in rules.REQUIRED_ACTIVATION_STATISTICS
+        }
+        steps = series["saturated_fraction"].steps
+        for s in series.values():
+            steps = steps[np.isin(steps, s.steps)]
+        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items()}
+        monitored = np.array([layer.activation_capture == "in-step" for layer in table.layers], bool)
+        two_sided = np.array([layer.activation_two_sided for layer in table.layers], bool)
+        verdicts = rules.evaluate_activation_series(
+            aligned, monitored=monitored, two_sided=two_sided, thresholds=self.thresholds(run, ctx, table)
+        )
+        return steps, verdicts
+
     def verdicts(self, run, ctx=None):
-        """(steps, rules.evaluate_series result, layer table) for one run."""
+        """(steps, verdicts, layer table) for one run, every kind of rules.KINDS.
+
+        Steps are the union of the gradient rows and the activation rows (the
+        same steps with the default update_freq = activation_freq); a kind
+        holds its own rows' verdicts and does not fire on the others."""
         table = self.layer_table(run, ctx)
         n_layers = len(table.layers)
         series = {name: self.layer_series(run, name, ctx, n_layers=n_layers) for name in rules.REQUIRED_STATISTICS}
@@ -165,6 +226,8 @@ class Reader:
         }
         has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
         verdicts = rules.evaluate_series(aligned, has_gradient=has_gradient, thresholds=self.thresholds(run, ctx, table))
+        activation_steps, activation_verdicts = self.activation_verdicts(run, ctx, table)
+        steps, verdicts = rules.merge_verdicts(steps, verdicts, activation_steps, activation_verdicts)
         return steps, verdicts, table
 
     def alerts(self, run, ctx=None):

@@ -281,3 +281,98 @@ class GradientRecorder:
             raw.histogram_counts = values["histogram_counts"]
             raw.log10_counts = values["log10_counts"]
         return raw
+
+
+class ActivationRecorder:
+    """Device state of the activation statistics (saturation, dead units).
+
+    Args:
+      units: units of each captured activation (its input's unit axis size).
+      thresholds: per captured activation, the absolute |f'(z)| below which
+        an element counts as saturated (saturation_derivative x its peak).
+      activation_freq: statistics on train steps that are multiples of this.
+      strategy: the `tf.distribute.Strategy` whose scope the variables need.
+
+    Each replica sees its own share of the batch, so the counts and sums are
+    ON_READ variables with SUM aggregation: a host read adds the replicas'
+    shares up (exact for counts; mean and variance combine through additive
+    moments, see stats.activation_statistics). The pre-activation histogram's
+    range is per replica, so under a multi-replica strategy it is the first
+    replica's share only (ONLY_FIRST_REPLICA).
+
+    >>> import tensorflow as tf
+    >>> rec = ActivationRecorder(units=[2], thresholds=[0.0591], activation_freq=1)
+    >>> rec.record(0, tf.nn.relu, tf.constant([[-1.0, 2.0], [-3.0, 4.0]]), tf.constant(1, tf.int64))
+    >>> snap = rec.read()
+    >>> snap.step, snap.active[0].tolist(), float(snap.moments[0][0])
+    (1, [0.0, 2.0], 2.0)
+    """
+
+    def __init__(self, *, units, thresholds, activation_freq, strategy=None):
+        self.units = [int(u) for u in units]
+        self.thresholds = [float(t) for t in thresholds]
+        self.activation_freq = int(activation_freq)
+        self._read_function = None
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+
+        def state(name, shape, dtype=tf.float32, init=0, aggregation=tf.VariableAggregation.SUM):
+            kwargs = dict(trainable=False, name=f"tb_gradflow_activation_{name}")
+            if distributed:
+                kwargs.update(synchronization=tf.VariableSynchronization.ON_READ, aggregation=aggregation)
+            return tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        with scope:
+            self.moments = [state(f"moments_{i}", [stats.NUM_ACTIVATION_MOMENTS]) for i in range(len(self.units))]
+            self.active = [state(f"active_{i}", [u]) for i, u in enumerate(self.units)]
+            self.histogram_range = [state(f"histogram_range_{i}", [2], aggregation=first) for i in range(len(self.units))]
+            self.histogram_counts = [
+                state(f"histogram_counts_{i}", [metadata.HISTOGRAM_BUCKETS], tf.int32, aggregation=first)
+                for i in range(len(self.units))
+            ]
+            self.step = state("step", [], tf.int64, -1, aggregation=first)
+
+    def is_sample_step(self, step):
+        return tf.equal(tf.cast(step, tf.int64) % self.activation_freq, 0)
+
+    def record(self, index, function, z, step, unit_axis=-1):
+        """In-step: statistics of activation `index` applied to `z`, on sample steps only."""
+        step = tf.cast(step, tf.int64)
+
+        def measure():
+            moments, active = stats.activation_statistics(function, z, self.thresholds[index], unit_axis)
+            low, high = stats.finite_range([z])
+            counts = stats.equal_width_counts([z], low, high)
+            self.moments[index].assign(moments)
+            self.active[index].assign(active)
+            self.histogram_range[index].assign(tf.stack([low, high]))
+            self.histogram_counts[index].assign(counts)
+            self.step.assign(step)
+            return tf.constant(True)
+
+        tf.cond(self.is_sample_step(step), measure, lambda: tf.constant(False))
+
+    def state(self):
+        out = {"step": self.step}
+        for i in range(len(self.units)):
+            out[f"moments_{i}"] = self.moments[i]
+            out[f"active_{i}"] = self.active[i]
+            out[f"histogram_range_{i}"] = self.histogram_range[i]
+            out[f"histogram_counts_{i}"] = self.histogram_counts[i]
+        return out
+
+    def read(self):
+        """Host: one read of everything, as an `aggregate.ActivationSnapshot`."""
+        if self._read_function is None:
+            state = self.state()
+            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()})
+        values = {name: np.asarray(t.numpy()) for name, t in self._read_function().items()}
+        n = len(self.units)
+        return aggregate.ActivationSnapshot(
+            step=int(values["step"]),
+            moments=[values[f"moments_{i}"] for i in range(n)],
+            active=[values[f"active_{i}"] for i in range(n)],
+            histogram_range=[values[f"histogram_range_{i}"] for i in range(n)],
+            histogram_counts=[values[f"histogram_counts_{i}"] for i in range(n)],
+        )

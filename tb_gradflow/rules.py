@@ -1,4 +1,4 @@
-"""Alert rules: the one place that decides vanishing, exploding and non-finite.
+"""Alert rules: the one place that decides every alert (gradients and activations).
 
     >>> import numpy as np
     >>> from tb_gradflow import rules
@@ -43,6 +43,35 @@ Where each default comes from:
   models; 100x mirrors the vanishing factor.
 * non-finite: any NaN or Inf gradient element (SageMaker ExplodingTensor with
   only_nan=False). Counted, never stripped: a hook that drops them hides the bug.
+
+Activation rules (rows every `activation_freq` steps, `evaluate_activation_*`):
+
+* `saturation_derivative = 0.0591`: a unit's activation on one sample is
+  saturated when |f'(z)| < 0.0591 x the activation's peak |f'| (measured on the
+  function itself, so custom activations work like built-in ones). For tanh
+  (peak 1) this is exactly Karpathy's |tanh(z)| > 0.97 (1 - 0.97^2 = 0.0591,
+  makemore part 3); for sigmoid it is |z| > 4.2 (outputs below 0.015 or above
+  0.985). Relative to the peak, because sigmoid's derivative never exceeds 0.25
+  and scaled swish's is 1.65: an absolute bound would call a healthy sigmoid
+  half-saturated. SageMaker Debugger's SaturatedActivation bounds (tanh
+  |z| > 9.5, sigmoid z < -23 or > 17, from a vanishing-gradient threshold of
+  1e-7) flag only units that are already numerically dead; the dead-unit rule
+  covers those. Applied on the device (a measurement parameter), recorded here.
+* `saturation_layer_fraction = 0.5` on `saturation_patience = 3` consecutive
+  activation rows: more than half of a layer's unit activations saturated
+  (SageMaker Debugger's threshold_layer = 50%), sustained like the vanishing
+  rule. Only for two-sided activations (the derivative vanishes on both sides:
+  sigmoid, tanh, exp(-z^2)), as SageMaker applies it to tanh/sigmoid only:
+  half of a healthy ReLU layer's inputs are negative by design (one-sided
+  saturation, seed 002), and a ReLU that stays there is a dead unit.
+* `dead_inactivity = 0.01`, `dead_window = 10`: a unit is inactive when
+  f'(z) != 0 on fewer than 1% of its activations over the last 10 activation
+  rows (SageMaker Debugger's DeadRelu threshold_inactivity = 1%). Measured by
+  the writer, which sees every row; recorded here.
+* `dead_layer_fraction = 0.5`: the dead-unit alert fires when more than 50% of
+  a layer's units are inactive (DeadRelu's threshold_layer = 50%; CS231n: "as
+  much as 40% of your network can be dead" with a too-high learning rate). No
+  patience: the window already spans 10 rows.
 """
 
 import dataclasses
@@ -53,17 +82,23 @@ import numpy as np
 VANISHING = "vanishing"
 EXPLODING = "exploding"
 NONFINITE = "nonfinite"
-KINDS = (VANISHING, EXPLODING, NONFINITE)
+SATURATION = "saturation"
+DEAD_UNITS = "dead_units"
+GRADIENT_KINDS = (VANISHING, EXPLODING, NONFINITE)
+ACTIVATION_KINDS = (SATURATION, DEAD_UNITS)
+KINDS = GRADIENT_KINDS + ACTIVATION_KINDS
 
 # For each kind, whether a larger value is worse (exploding growth, NaN count)
 # or a smaller one (vanishing: relative RMS).
-LARGER_IS_WORSE = {VANISHING: False, EXPLODING: True, NONFINITE: True}
+LARGER_IS_WORSE = {VANISHING: False, EXPLODING: True, NONFINITE: True, SATURATION: True, DEAD_UNITS: True}
 
 # What each kind's value means, for tables and docs.
 VALUE_MEANING = {
     VANISHING: "gradient RMS relative to the largest RMS of the layers after it",
     EXPLODING: "interval-max gradient norm over the median of the layer's recent norms",
     NONFINITE: "NaN/Inf gradient elements since the previous write",
+    SATURATION: "share of the layer's unit activations with a saturated derivative",
+    DEAD_UNITS: "share of the layer's units active on less than 1% of a window",
 }
 
 
@@ -81,6 +116,12 @@ class Thresholds:
     exploding_growth: float = 100.0
     exploding_window: int = 20
     exploding_min_history: int = 5
+    saturation_derivative: float = 0.0591
+    saturation_layer_fraction: float = 0.5
+    saturation_patience: int = 3
+    dead_inactivity: float = 0.01
+    dead_window: int = 10
+    dead_layer_fraction: float = 0.5
 
     def __post_init__(self):
         def positive(name):
@@ -94,7 +135,12 @@ class Thresholds:
             raise ValueError(
                 f"threshold vanishing_relative_rms must be < 1, got {self.vanishing_relative_rms!r}"
             )
-        for name in ("exploding_window", "exploding_min_history", "vanishing_patience"):
+        for name in ("saturation_derivative", "saturation_layer_fraction", "dead_inactivity", "dead_layer_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+                raise ValueError(f"threshold {name} must be a number in (0, 1), got {value!r}")
+        for name in ("exploding_window", "exploding_min_history", "vanishing_patience", "saturation_patience",
+                     "dead_window"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"threshold {name} must be an integer >= 1, got {value!r}")
@@ -108,6 +154,11 @@ class Thresholds:
     def history_length(self):
         """How many previous logged steps `evaluate_step` needs."""
         return max(self.exploding_window, self.vanishing_patience - 1)
+
+    @property
+    def activation_history_length(self):
+        """How many previous activation rows `evaluate_activation_step` needs."""
+        return max(self.saturation_patience - 1, 0)
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -218,11 +269,16 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
       dict kind -> StepVerdict.
     """
     has_gradient = np.asarray(has_gradient, dtype=bool)
-    return {
+    verdicts = {
         VANISHING: _vanishing(stats, has_gradient, history, thresholds),
         EXPLODING: _exploding(stats, has_gradient, history, thresholds),
         NONFINITE: _nonfinite(stats, has_gradient),
     }
+    # Gradient rows hold no activation statistics: those kinds never fire here
+    # (see evaluate_activation_step).
+    for kind in ACTIVATION_KINDS:
+        verdicts[kind] = StepVerdict(fired=np.zeros(has_gradient.shape, bool), value=np.full(has_gradient.shape, np.nan))
+    return verdicts
 
 
 def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS):
@@ -249,6 +305,109 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS):
         history.append(row)
         del history[: -thresholds.history_length]
     return {k: (fired[k], values[k]) for k in KINDS}
+
+
+# The per-layer activation statistics the activation rules read.
+REQUIRED_ACTIVATION_STATISTICS = ("saturated_fraction", "inactive_fraction")
+
+
+def _saturation_condition(stats, monitored, two_sided, thresholds):
+    fraction = np.asarray(stats["saturated_fraction"], dtype=np.float64)
+    applies = monitored & two_sided & np.isfinite(fraction)
+    return applies & (np.nan_to_num(fraction, nan=0.0) > thresholds.saturation_layer_fraction), fraction
+
+
+def evaluate_activation_step(stats, *, monitored, two_sided, history, thresholds=DEFAULT_THRESHOLDS):
+    """Verdicts of the activation rules at one activation row.
+
+    Args:
+      stats: mapping activation statistic -> float array [n_layers] (at least
+        REQUIRED_ACTIVATION_STATISTICS; NaN where a layer is not captured).
+      monitored: bool [n_layers], the layers whose activation is captured.
+      two_sided: bool [n_layers], activations that saturate on both sides (the
+        saturation rule applies to these only; see the module docstring).
+      history: the previous activation rows' `stats`, oldest first.
+
+    Returns:
+      dict kind -> StepVerdict for ACTIVATION_KINDS.
+    """
+    monitored = np.asarray(monitored, dtype=bool)
+    two_sided = np.asarray(two_sided, dtype=bool)
+    condition, fraction = _saturation_condition(stats, monitored, two_sided, thresholds)
+    previous = history[len(history) - (thresholds.saturation_patience - 1) :] if thresholds.saturation_patience > 1 else []
+    if len(previous) < thresholds.saturation_patience - 1:
+        condition = np.zeros_like(condition)
+    for row in previous:
+        condition = condition & _saturation_condition(row, monitored, two_sided, thresholds)[0]
+    inactive = np.asarray(stats["inactive_fraction"], dtype=np.float64)
+    dead = monitored & np.isfinite(inactive) & (np.nan_to_num(inactive, nan=0.0) > thresholds.dead_layer_fraction)
+    return {
+        SATURATION: StepVerdict(fired=condition, value=np.where(monitored & two_sided, fraction, np.nan)),
+        DEAD_UNITS: StepVerdict(fired=dead, value=np.where(monitored, inactive, np.nan)),
+    }
+
+
+def evaluate_activation_series(series, *, monitored, two_sided, thresholds=DEFAULT_THRESHOLDS):
+    """`evaluate_activation_step` over a run's activation rows.
+
+    Args:
+      series: mapping activation statistic -> float array [n_rows, n_layers].
+
+    Returns:
+      dict kind -> (fired bool [n_rows, n_layers], value float [n_rows, n_layers])
+      for ACTIVATION_KINDS.
+    """
+    n_rows, n_layers = np.asarray(series["saturated_fraction"]).shape
+    fired = {k: np.zeros((n_rows, n_layers), bool) for k in ACTIVATION_KINDS}
+    values = {k: np.full((n_rows, n_layers), np.nan) for k in ACTIVATION_KINDS}
+    history = []
+    for i in range(n_rows):
+        row = {name: np.asarray(series[name])[i] for name in REQUIRED_ACTIVATION_STATISTICS}
+        verdicts = evaluate_activation_step(
+            row, monitored=monitored, two_sided=two_sided, history=history, thresholds=thresholds
+        )
+        for kind, verdict in verdicts.items():
+            fired[kind][i] = verdict.fired
+            values[kind][i] = verdict.value
+        history.append(row)
+        del history[: len(history) - thresholds.activation_history_length]
+    return {k: (fired[k], values[k]) for k in ACTIVATION_KINDS}
+
+
+def merge_verdicts(steps, verdicts, activation_steps, activation_verdicts):
+    """One verdict set over the union of gradient and activation rows.
+
+    Gradient kinds keep their values at gradient rows, activation kinds at
+    activation rows; elsewhere a kind did not fire (value NaN). Without
+    activation rows the gradient verdicts come back unchanged.
+
+    Returns:
+      (steps int [n], dict kind -> (fired [n, n_layers], value [n, n_layers])).
+
+    >>> import numpy as np
+    >>> g = {k: (np.zeros((2, 1), bool), np.zeros((2, 1))) for k in KINDS}
+    >>> a = {k: (np.ones((1, 1), bool), np.ones((1, 1))) for k in ACTIVATION_KINDS}
+    >>> steps, merged = merge_verdicts(np.array([10, 20]), g, np.array([15]), a)
+    >>> steps.tolist(), merged[SATURATION][0][:, 0].tolist()
+    ([10, 15, 20], [False, True, False])
+    """
+    steps = np.asarray(steps, np.int64)
+    activation_steps = np.asarray(activation_steps, np.int64)
+    if activation_steps.size == 0:
+        return steps, verdicts
+    union = np.union1d(steps, activation_steps)
+    n_layers = next(iter(verdicts.values()))[0].shape[1] if verdicts else next(iter(activation_verdicts.values()))[0].shape[1]
+    rows_g = np.searchsorted(union, steps)
+    rows_a = np.searchsorted(union, activation_steps)
+    merged = {}
+    for kind in KINDS:
+        fired = np.zeros((union.size, n_layers), bool)
+        value = np.full((union.size, n_layers), np.nan)
+        source, rows = (activation_verdicts, rows_a) if kind in ACTIVATION_KINDS else (verdicts, rows_g)
+        if kind in source:
+            fired[rows], value[rows] = source[kind]
+        merged[kind] = (fired, value)
+    return union, merged
 
 
 @dataclasses.dataclass(frozen=True)

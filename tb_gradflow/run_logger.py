@@ -13,6 +13,8 @@ Shared by the Keras callback and the custom-loop writer, so both write the
 same events. It imports no TensorFlow.
 """
 
+import collections
+
 import numpy as np
 
 from tb_gradflow import aggregate
@@ -38,18 +40,22 @@ class RunLogger:
         self._layers_alerted = {kind: set() for kind in rules.KINDS}
         self.last_step = -1
         self.last_histogram_step = -1
+        self.last_activation_step = -1
+        self._activation_history = []
 
     @property
     def log_dir(self):
         return self.writer.log_dir
 
-    def set_layer_table(self, *, step, table, device_layer_order=None):
+    def set_layer_table(self, *, step, table, device_layer_order=None, activation_rows=None):
         """Records the layer table (thresholds filled in) and writes it.
 
         Args:
           device_layer_order: when the recorder's per-layer rows are not in
             the table's depth order, `device_layer_order[i]` is the recorder row
             of table layer i.
+          activation_rows: `activation_rows[i]` is the activation recorder's
+            slot of table layer i, -1 for layers without captured activation.
         """
         self._device_layer_order = None if device_layer_order is None else np.asarray(device_layer_order)
         table.thresholds.clear()
@@ -58,6 +64,15 @@ class RunLogger:
         self._layer_of_variable = np.array([v.layer_index for v in table.variables], np.int64)
         self._has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
         self._layer_names = [layer.name for layer in table.layers]
+        n = len(table.layers)
+        self._activation_rows = np.full(n, -1) if activation_rows is None else np.asarray(activation_rows, np.int64)
+        self._monitored = self._activation_rows >= 0
+        self._two_sided = np.array([layer.activation_two_sided for layer in table.layers], bool)
+        # Per captured layer: the last dead_window rows of (active counts per
+        # unit, elements per unit), for the inactive fraction.
+        self._activation_window = collections.defaultdict(
+            lambda: collections.deque(maxlen=self.thresholds.dead_window)
+        )
         self.writer.write_layer_table(step, table)
 
     def log(self, raw):
@@ -90,15 +105,9 @@ class RunLogger:
         )
         self._history.append({name: layer_stats[name] for name in rules.REQUIRED_STATISTICS})
         del self._history[: -self.thresholds.history_length]
-        scalars = {}
-        for kind, verdict in verdicts.items():
-            scalars[metadata.alert_count_tag(kind)] = float(verdict.fired.sum())
-            self._layers_alerted[kind].update(np.flatnonzero(verdict.fired).tolist())
-            # A layer gets its own alert series from the first time it fires,
-            # so a healthy 300-layer model adds no charts to the Scalars tab.
-            for index in sorted(self._layers_alerted[kind]):
-                scalars[metadata.layer_alert_tag(kind, self._layer_names[index])] = float(verdict.fired[index])
-        self.writer.write_scalars(raw.step, scalars)
+        # Activation kinds are decided on activation rows (log_activations).
+        gradient_verdicts = {kind: verdicts[kind] for kind in rules.GRADIENT_KINDS}
+        self.writer.write_scalars(raw.step, self._alert_scalars(gradient_verdicts))
 
     def _log_histograms(self, raw):
         layers = [(layer.depth, layer.name) for layer in self.table.layers]
@@ -111,6 +120,62 @@ class RunLogger:
             raw.histogram_counts[rows],
             raw.log10_counts[rows],
         )
+
+    def log_activations(self, snapshot):
+        """Writes an activation recorder read (`aggregate.ActivationSnapshot`) if it is new."""
+        if self.table is None:
+            raise RuntimeError("set_layer_table must be called before log_activations")
+        if snapshot.step <= self.last_activation_step or snapshot.step < 0:
+            return
+        n = len(self._layer_names)
+        values = {name: np.full(n, np.nan) for name in metadata.ACTIVATION_STATISTICS}
+        histogram_rows = []
+        for row, slot in enumerate(self._activation_rows):
+            if slot < 0:
+                continue
+            derived = aggregate.activation_statistics(snapshot.moments[slot])
+            for name, value in derived.items():
+                values[name][row] = value
+            active = np.asarray(snapshot.active[slot], np.float64)
+            units = max(active.size, 1)
+            per_unit = float(snapshot.moments[slot][1]) / units  # column 1: element count
+            values[metadata.DEAD_FRACTION][row] = float(np.mean(active == 0)) if active.size else np.nan
+            window = self._activation_window[row]
+            window.append((active, per_unit))
+            seen = sum(a for a, _ in window)
+            elements = sum(e for _, e in window)
+            values[metadata.INACTIVE_FRACTION][row] = (
+                float(np.mean(seen < self.thresholds.dead_inactivity * elements)) if elements > 0 else np.nan
+            )
+            histogram_rows.append((row, slot))
+        self.writer.write_activation_statistics(snapshot.step, values)
+        layers = self.table.layers
+        self.writer.write_preactivation_histograms(
+            snapshot.step,
+            [(layers[row].depth, layers[row].name) for row, _ in histogram_rows],
+            [snapshot.histogram_range[slot] for _, slot in histogram_rows],
+            [snapshot.histogram_counts[slot] for _, slot in histogram_rows],
+        )
+        row_stats = {name: values[name] for name in rules.REQUIRED_ACTIVATION_STATISTICS}
+        verdicts = rules.evaluate_activation_step(
+            row_stats, monitored=self._monitored, two_sided=self._two_sided,
+            history=self._activation_history, thresholds=self.thresholds,
+        )
+        self._activation_history.append(row_stats)
+        del self._activation_history[: len(self._activation_history) - self.thresholds.activation_history_length]
+        self.writer.write_scalars(snapshot.step, self._alert_scalars(verdicts))
+        self.last_activation_step = snapshot.step
+
+    def _alert_scalars(self, verdicts):
+        scalars = {}
+        for kind, verdict in verdicts.items():
+            scalars[metadata.alert_count_tag(kind)] = float(verdict.fired.sum())
+            self._layers_alerted[kind].update(np.flatnonzero(verdict.fired).tolist())
+            # A layer gets its own alert series from the first time it fires,
+            # so a healthy 300-layer model adds no charts to the Scalars tab.
+            for index in sorted(self._layers_alerted[kind]):
+                scalars[metadata.layer_alert_tag(kind, self._layer_names[index])] = float(verdict.fired[index])
+        return scalars
 
     def flush(self):
         self.writer.flush()

@@ -93,3 +93,66 @@ def log10_magnitude_counts(tensors):
         index = tf.clip_by_value(tf.cast(decade, tf.int32) - LOG10_LOW, 0, LOG10_BUCKETS - 1)
         counts += tf.math.unsorted_segment_sum(tf.cast(keep, tf.int32), index, LOG10_BUCKETS)
     return counts
+
+
+# Column layout of activation_moments (the host derives the statistics in
+# run_logger; all columns add up across replicas, see ActivationRecorder).
+ACT_SATURATED, ACT_SIZE, ACT_FINITE, ACT_SUM, ACT_M2, ACT_SUM_SQUARED_OVER_N = range(6)
+NUM_ACTIVATION_MOMENTS = 6
+
+
+def activation_derivative(function, z):
+    """(f(z), f'(z)) elementwise, by autodiff of the activation itself.
+
+    Valid for elementwise activations (the gradient of sum f(z) is f'(z));
+    the capture checks that before using it. `z` is cut from the training
+    tape, so nothing here reaches the model's gradients.
+
+    >>> import tensorflow as tf
+    >>> a, d = activation_derivative(tf.nn.relu, tf.constant([-1.0, 2.0]))
+    >>> d.numpy().tolist()
+    [0.0, 1.0]
+    """
+    z = tf.stop_gradient(z)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        a = function(z)
+    d = tape.gradient(a, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return a, d
+
+
+def activation_statistics(function, z, threshold, unit_axis=-1):
+    """Statistics of one activation call, for ActivationRecorder.
+
+    Returns (moments float32 [6], active float32 [units]):
+      moments: saturated count (|f'(z)| < threshold), element count, finite
+        activation count, sum f(z), sum (f(z) - local mean)^2 and
+        (sum f(z))^2 / finite count (additive across replicas);
+      active: per unit (the `unit_axis` of z), the elements with f'(z) != 0.
+    """
+    a, d = activation_derivative(function, z)
+    d = tf.abs(tf.cast(d, tf.float32))
+    a = tf.cast(tf.reshape(a, [-1]), tf.float32)
+    finite = tf.math.is_finite(a)
+    n_finite = tf.reduce_sum(tf.cast(finite, tf.float32))
+    a = tf.where(finite, a, tf.zeros_like(a))
+    total = tf.reduce_sum(a)
+    local_mean = total / tf.maximum(n_finite, 1.0)
+    m2 = tf.reduce_sum(tf.where(finite, tf.square(a - local_mean), tf.zeros_like(a)))
+    moments = tf.stack(
+        [
+            tf.reduce_sum(tf.cast(d < threshold, tf.float32)),
+            tf.cast(tf.size(d), tf.float32),
+            n_finite,
+            total,
+            m2,
+            total * local_mean,
+        ]
+    )
+    rank = d.shape.rank
+    axis = unit_axis % rank
+    if axis != rank - 1:
+        d = tf.transpose(d, [i for i in range(rank) if i != axis] + [axis])
+    units = d.shape[-1]
+    active = tf.reduce_sum(tf.cast(tf.reshape(d, [-1, units]) > 0, tf.float32), axis=0)
+    return moments, active

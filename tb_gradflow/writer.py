@@ -157,6 +157,41 @@ class EventWriter:
                 values.append(self._summary_value(metadata.histogram_tag(depth, name, kind), buckets, md))
         self._emit(step, values)
 
+    def write_activation_statistics(self, step, stats):
+        """{activation statistic: float32 [n_layers]} under gradflow/activation/<statistic>."""
+        self._emit(
+            step,
+            [
+                self._summary_value(
+                    metadata.activation_statistic_tag(name),
+                    np.asarray(array, dtype=np.float32),
+                    metadata.create_activation_statistic_metadata(name),
+                )
+                for name, array in stats.items()
+            ],
+        )
+
+    def write_preactivation_histograms(self, step, layers, ranges, counts):
+        """Per-layer histograms of the activation's input z (histograms plugin).
+
+        Args:
+          layers: sequence of (depth, name); ranges: (low, high) per layer;
+          counts: [HISTOGRAM_BUCKETS] per layer.
+        """
+        kind = metadata.HISTOGRAM_KIND_PREACTIVATION
+        values = []
+        for (depth, name), (low, high), layer_counts in zip(layers, ranges, counts):
+            md = histogram_metadata.create_summary_metadata(
+                display_name=f"{name} {kind}", description=f"tb_gradflow pre-activation histogram of layer {name}"
+            )
+            md.data_class = summary_pb2.DATA_CLASS_TENSOR
+            values.append(
+                self._summary_value(
+                    metadata.histogram_tag(depth, name, kind), histogram_buckets(float(low), float(high), layer_counts), md
+                )
+            )
+        self._emit(step, values)
+
     def write_scalars(self, step, scalars):
         """{tag: float} as float32 scalars of the standard scalars plugin."""
         values = []

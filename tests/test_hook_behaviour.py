@@ -94,11 +94,19 @@ def _determinism_main(out_dir):
     tf.config.experimental.enable_op_determinism()
     result = {}
     x, y = data(5 * BATCH)
-    for name, kwargs in (("plain", {}), ("jit_compile", {"jit_compile": True}), ("sgd", {"optimizer": "sgd"})):
+    for name, kwargs, activation_freq in (
+        ("plain", {}, 100),
+        ("jit_compile", {"jit_compile": True}, 100),
+        ("sgd", {"optimizer": "sgd"}, 100),
+        # Activation statistics on every step (tanh, relu and Dropout in the model).
+        ("activations", {}, 1),
+        ("activations_jit_compile", {"jit_compile": True}, 1),
+    ):
         without = train(sequential(**kwargs), x, y, epochs=3)
         log_dir = os.path.join(out_dir, name)
         with_hook = train(
-            sequential(**kwargs), x, y, [GradFlow(log_dir, update_freq=2, histogram_freq=3)], epochs=3
+            sequential(**kwargs), x, y,
+            [GradFlow(log_dir, update_freq=2, histogram_freq=3, activation_freq=activation_freq)], epochs=3,
         )
         result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
     # A NaN in one sample of the second batch: every gradient from then on
@@ -134,7 +142,7 @@ def determinism(tmp_path_factory):
     return run_script("determinism", str(tmp_path_factory.mktemp("determinism")))
 
 
-@pytest.mark.parametrize("config", ["plain", "jit_compile", "sgd"])
+@pytest.mark.parametrize("config", ["plain", "jit_compile", "sgd", "activations", "activations_jit_compile"])
 def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
 
@@ -383,6 +391,7 @@ def test_no_trainable_weights(tmp_path):
         ({"update_freq": 2.5}, "update_freq must be an integer >= 1"),
         ({"update_freq": True}, "update_freq must be an integer >= 1"),
         ({"histogram_freq": -1}, "histogram_freq must be an integer >= 0"),
+        ({"activation_freq": -1}, "activation_freq must be an integer >= 0"),
         ({"thresholds": {"vanishing_mean_abs": 1e-7}}, "thresholds must be a tb_gradflow.rules.Thresholds"),
         ({"thresholds": "strict"}, "thresholds must be a tb_gradflow.rules.Thresholds"),
     ],

@@ -123,3 +123,78 @@ def test_thresholds_round_trip_through_the_layer_table_map():
     as_doubles = {k: float(v) for k, v in t.to_dict().items()}  # what map<string, double> stores
     assert rules.Thresholds.from_dict(as_doubles) == t
     assert rules.Thresholds.from_dict({**as_doubles, "a_future_rule": 1.0}) == t
+
+
+# ------------------------------------------------------------ activation rules
+def act_rows(saturated, inactive):
+    return {
+        "saturated_fraction": np.stack([np.asarray(r, float) for r in saturated]),
+        "inactive_fraction": np.stack([np.asarray(r, float) for r in inactive]),
+    }
+
+
+ON = np.ones(3, bool)
+
+
+def test_saturation_needs_patience_and_two_sided_activations():
+    rows = act_rows([[0.9, 0.9, 0.1]] * 3, [[0.0, 0.0, 0.0]] * 3)
+    two_sided = np.array([True, False, True])
+    fired, value = rules.evaluate_activation_series(rows, monitored=ON, two_sided=two_sided)[rules.SATURATION]
+    # Patience 3: fires on the third row; never for the one-sided (ReLU-like) layer.
+    assert fired.tolist() == [[False] * 3, [False] * 3, [True, False, False]]
+    assert value[2, 0] == pytest.approx(0.9) and np.isnan(value[2, 1])
+    blip = act_rows([[0.9] * 3, [0.1] * 3, [0.9] * 3, [0.9] * 3], [[0.0] * 3] * 4)
+    fired, _ = rules.evaluate_activation_series(blip, monitored=ON, two_sided=ON)[rules.SATURATION]
+    assert not fired.any()
+
+
+def test_dead_units_above_half_of_the_layer():
+    rows = act_rows([[0.5] * 3], [[0.5, 0.51, np.nan]])
+    fired, value = rules.evaluate_activation_series(rows, monitored=ON, two_sided=ON)[rules.DEAD_UNITS]
+    assert fired.tolist() == [[False, True, False]]
+    monitored = np.array([True, False, True])
+    fired, _ = rules.evaluate_activation_series(act_rows([[0.0] * 3], [[1.0] * 3]), monitored=monitored,
+                                                two_sided=ON)[rules.DEAD_UNITS]
+    assert fired.tolist() == [[True, False, True]]
+
+
+def test_gradient_rows_never_fire_activation_kinds():
+    verdicts = rules.evaluate_series(series([row([1.0, 1.0, 1.0])] * 4), has_gradient=ALL)
+    for kind in rules.ACTIVATION_KINDS:
+        assert not verdicts[kind][0].any()
+
+
+def test_merge_verdicts_over_the_union_of_steps():
+    grad = rules.evaluate_series(series([row([1e-3, 1.0, 1.0])] * 4), has_gradient=ALL)
+    act = rules.evaluate_activation_series(act_rows([[0.9] * 3] * 3, [[0.9, 0.0, 0.0]] * 3), monitored=ON,
+                                           two_sided=ON)
+    steps, merged = rules.merge_verdicts(np.array([10, 20, 30, 40]), grad, np.array([15, 30, 45]), act)
+    assert steps.tolist() == [10, 15, 20, 30, 40, 45]
+    assert merged[rules.DEAD_UNITS][0][:, 0].tolist() == [False, True, False, True, False, True]
+    assert merged[rules.VANISHING][0][:, 0].tolist() == [False, False, False, True, True, False]
+    alerts = rules.summarize(steps, merged, ["a", "b", "c"])
+    dead = [a for a in alerts if a.kind == rules.DEAD_UNITS]
+    assert [(a.layer, a.first_step, a.steps_fired) for a in dead] == [("a", 15, 3)]
+    # No activation rows: the gradient verdicts come back unchanged.
+    same_steps, same = rules.merge_verdicts(np.array([10, 20, 30, 40]), grad, np.zeros(0), {})
+    assert same is grad and same_steps.tolist() == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"saturation_derivative": 0.0}, "saturation_derivative must be a number in \\(0, 1\\)"),
+        ({"saturation_layer_fraction": 1.5}, "saturation_layer_fraction must be a number in \\(0, 1\\)"),
+        ({"dead_inactivity": -0.1}, "dead_inactivity"),
+        ({"dead_window": 0}, "dead_window must be an integer >= 1"),
+        ({"saturation_patience": 2.0}, "saturation_patience must be an integer"),
+    ],
+)
+def test_activation_thresholds_reject_out_of_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rules.Thresholds(**kwargs)
+
+
+def test_tanh_default_matches_karpathy():
+    """|f'| < 0.0591 x peak is |tanh(z)| > 0.97 for tanh (peak 1)."""
+    assert rules.DEFAULT_THRESHOLDS.saturation_derivative == pytest.approx(1 - 0.97**2, abs=1e-12)

@@ -7,7 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from tb_gradflow import rules
+from tb_gradflow.keras import activation_capture
 from tb_gradflow.keras import model_layers
+from tb_gradflow.recorder import ActivationRecorder
 from tb_gradflow.recorder import GradientRecorder
 from tb_gradflow.run_logger import RunLogger
 
@@ -63,6 +65,12 @@ class GradFlow(keras.callbacks.Callback):
       update_ratio: measure the update-to-weight ratio
         ||w_after - w_before|| / ||w_before|| (copies the weights on logged
         steps).
+      activation_freq: every this many train steps, activation statistics of
+        every layer with a non-linear activation (saturated and dead
+        fractions, activation mean and std, a pre-activation histogram),
+        computed inside the train step from that step's activations; 0
+        disables them. Rounded up to a multiple of `steps_per_execution` like
+        `update_freq`. See docs/event_contract.md, "Activation statistics".
 
     Raises (at `on_train_begin`, before the first step):
       ValueError: an argument is out of range, the model has no trainable
@@ -78,6 +86,7 @@ class GradFlow(keras.callbacks.Callback):
         thresholds=None,
         update_ratio=True,
         run_name="train",
+        activation_freq=100,
     ):
         super().__init__()
         import os
@@ -85,6 +94,7 @@ class GradFlow(keras.callbacks.Callback):
         self.log_dir = os.fspath(log_dir)
         self.update_freq = _check_positive_int("update_freq", update_freq, 1)
         self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
+        self.activation_freq = _check_positive_int("activation_freq", activation_freq, 0)
         if thresholds is None:
             thresholds = rules.DEFAULT_THRESHOLDS
         if not isinstance(thresholds, rules.Thresholds):
@@ -122,9 +132,26 @@ class GradFlow(keras.callbacks.Callback):
                 f"{self._update_freq} steps.",
                 stacklevel=2,
             )
+        self._activation_freq = self.activation_freq
+        if self.activation_freq % self._steps_per_execution:
+            spe = self._steps_per_execution
+            self._activation_freq = -(-self.activation_freq // spe) * spe
+            warnings.warn(
+                f"GradFlow: activation_freq={self.activation_freq} is not a multiple of steps_per_execution={spe}; "
+                f"activation statistics are taken every {self._activation_freq} steps.",
+                stacklevel=2,
+            )
         self._logger = RunLogger(self.run_dir, self.thresholds)
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
+        self._capture = None
+        self._activation_recorder = None
+        if self._activation_freq > 0:
+            self._capture = activation_capture.ActivationCapture(model, self.thresholds.saturation_derivative)
+            # Variable-less Activation layers get rows too, so the gradient and
+            # activation heatmaps share one depth order.
+            known = {id(layer) for layer in self._owners}
+            self._owners = self._owners + [c.layer for c in self._capture.captured if id(c.layer) not in known]
         self._strategy = model.distribute_strategy
         self._replicas = self._strategy.num_replicas_in_sync
         self._recorder = GradientRecorder(
@@ -137,8 +164,21 @@ class GradFlow(keras.callbacks.Callback):
             initial_step=int(optimizer.iterations.numpy()),
         )
         self._has_gradient = None
-        self._call_order = model_layers.CallOrderRecorder(self._owners)
         try:
+            if self._capture is not None and self._capture.units:
+                self._activation_recorder = ActivationRecorder(
+                    units=self._capture.units,
+                    thresholds=self._capture.thresholds,
+                    activation_freq=self._activation_freq,
+                    strategy=self._strategy,
+                )
+                recorder = self._recorder
+                # The forward pass runs before optimizer.apply advances the
+                # recorder's step: this step's number is the counter + 1.
+                self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value() + 1)
+                self._capture.wrap_train_step(model)
+            # After the activation wrappers: it restores `call` to them.
+            self._call_order = model_layers.CallOrderRecorder(self._owners)
             self._install(optimizer)
         except BaseException:
             # Leave the model as it was; the error is the user's to see.
@@ -242,6 +282,9 @@ class GradFlow(keras.callbacks.Callback):
         call_order = getattr(self, "_call_order", None)
         if call_order is not None:
             call_order.restore()
+        capture = getattr(self, "_capture", None)
+        if capture is not None:
+            capture.restore()
         if installed is None:
             return
         optimizer = installed["optimizer"]
@@ -267,18 +310,30 @@ class GradFlow(keras.callbacks.Callback):
             self._write_layer_table()
         if self._host_step // self._update_freq > previous // self._update_freq:
             self._logger.log(self._recorder.read())
+        if self._activation_recorder is not None and (
+            self._host_step // self._activation_freq > previous // self._activation_freq
+        ):
+            self._logger.log_activations(self._activation_recorder.read())
 
     def _write_layer_table(self):
         self._call_order.restore()  # The step is traced; stop recording.
         has_gradient = self._has_gradient or [True] * len(self._variables)
         table, order = model_layers.build_layer_table(
-            self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order
+            self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order,
+            activations=self._capture.by_layer() if self._capture is not None else None,
         )
         table.update_freq = self._update_freq
+        table.activation_freq = self._activation_freq if self._activation_recorder is not None else 0
+        # Table row -> activation recorder slot (-1: none).
+        slots = {id(c.layer): c.index for c in (self._capture.captured if self._capture is not None else [])
+                 if c.status == activation_capture.IN_STEP}
+        activation_rows = [slots.get(id(self._owners[i]), -1) for i in order]
         table.histogram_freq = self.histogram_freq
         table.source = f"keras {keras.__version__} / tensorflow {tf.__version__}"
         table.capture_point = self._capture_point
-        self._logger.set_layer_table(step=max(self._host_step - 1, 0), table=table, device_layer_order=order)
+        self._logger.set_layer_table(
+            step=max(self._host_step - 1, 0), table=table, device_layer_order=order, activation_rows=activation_rows
+        )
         self._table_written = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -290,6 +345,8 @@ class GradFlow(keras.callbacks.Callback):
             if self._table_written:
                 # The last, partial interval (a no-op if it was just written).
                 self._logger.log(self._recorder.read())
+                if self._activation_recorder is not None:
+                    self._logger.log_activations(self._activation_recorder.read())
             self._logger.close()
         finally:
             self.restore_model()

@@ -83,13 +83,15 @@ class CallOrderRecorder:
 
 def _activation_name(layer):
     activation = getattr(layer, "activation", None)
+    if activation is None and type(layer).__name__ in ("ReLU", "LeakyReLU", "ELU"):
+        return type(layer).__name__.lower()
     if activation is None:
         return ""
     name = getattr(activation, "__name__", None) or type(activation).__name__
     return "" if name == "linear" else name
 
 
-def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradient, call_order):
+def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradient, call_order, activations=None):
     """LayerTable in depth order, and device_layer_order (table row -> owners index).
 
     Args:
@@ -98,7 +100,11 @@ def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradie
       has_gradient: bool per trainable variable (False for a None gradient).
       call_order: layers in first-call order (from CallOrderRecorder); owners
         never called keep their relative order after the called ones.
+      activations: {id(layer): activation_capture.Captured} for the layers
+        whose activation was considered (owners may include variable-less
+        Activation layers, so activation and gradient rows share one order).
     """
+    activations = activations or {}
     position = {id(layer): i for i, layer in enumerate(call_order)}
     ranked = sorted(
         range(len(owners)),
@@ -110,11 +116,22 @@ def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradie
         layer = owners[owner_index]
         own = _own_variables(layer)
         path = getattr(layer, "path", None) or layer.name
+        captured = activations.get(id(layer))
+        extra = {}
+        if captured is not None:
+            extra = dict(
+                activation=captured.name,
+                activation_capture=captured.status,
+                activation_peak_derivative=captured.probe.peak if captured.probe.peak == captured.probe.peak else 0.0,
+                activation_two_sided=captured.probe.two_sided,
+                activation_units=captured.units,
+            )
         layers.append(
             plugin_data_pb2.Layer(
+                **extra,
                 name=path,
                 class_name=type(layer).__name__,
-                activation=_activation_name(layer),
+                **({} if captured is not None else {"activation": _activation_name(layer)}),
                 depth=depth,
                 parameter_count=int(sum(int(np.prod(v.shape)) for v in own)),
                 has_gradient=any(

@@ -1,0 +1,293 @@
+"""Activation statistics inside the real train step: wrap each layer's activation.
+
+    >>> import keras
+    >>> from tb_gradflow.keras import activation_capture
+    >>> layer = keras.layers.Dense(3, activation="sigmoid")
+    >>> info = activation_capture.probe(layer.activation)
+    >>> info.elementwise, round(info.peak, 4), info.two_sided
+    (True, 0.25, True)
+    >>> activation_capture.probe(keras.activations.relu).two_sided
+    False
+    >>> activation_capture.probe(keras.activations.softmax).elementwise
+    False
+
+For every layer whose `activation` attribute is a non-linear callable (Dense,
+Conv*, EinsumDense, `keras.layers.Activation`, custom layers that expose
+one), `install` replaces the attribute on the instance with a wrapper that
+returns `original(z)` unchanged and, while the train step is being traced,
+adds the statistics of z under a `tf.cond` that is true every
+`activation_freq` steps (ActivationRecorder). The statistics come from the
+activations of the step being trained: no extra forward pass, and steps in
+between pay for one scalar comparison per layer. Activation layers of the
+ReLU, LeakyReLU and ELU classes (no `activation` attribute, the function is
+their `call`) are wrapped at `call`.
+
+Not visible to this capture: activations applied as plain functions inside a
+subclassed model's `call` (`keras.ops.relu(x)`): there is no layer to wrap.
+Use an `Activation` layer or a layer's `activation` argument for them.
+"""
+
+import dataclasses
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+# Probe grid of the activation's derivative: its peak and whether it
+# vanishes at both ends.
+PROBE_LOW, PROBE_HIGH, PROBE_POINTS = -30.0, 30.0, 60001
+
+# Activation layers whose function is `call` itself (elementwise on the input).
+CALL_ACTIVATION_CLASSES = ("ReLU", "LeakyReLU", "ELU")
+
+IN_STEP = "in-step"
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    elementwise: bool
+    peak: float  # max |f'(z)| over the probe grid
+    two_sided: bool  # |f'| below the saturation threshold at both ends of the grid
+    error: str = ""
+
+
+def probe(function, saturation_derivative=0.0591):
+    """What the activation is like, measured on the function itself (eagerly, once)."""
+    try:
+        x = tf.reshape(tf.linspace(-3.0, 3.0, 12), [3, 4])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+        if tuple(y.shape) != (3, 4):
+            return ProbeResult(False, float("nan"), False)
+        jacobian = tf.reshape(tape.jacobian(y, x), [12, 12]).numpy()
+        off_diagonal = jacobian - np.diag(np.diag(jacobian))
+        if np.any(off_diagonal != 0):
+            return ProbeResult(False, float("nan"), False)
+        grid = tf.linspace(PROBE_LOW, PROBE_HIGH, PROBE_POINTS)
+        with tf.GradientTape() as tape:
+            tape.watch(grid)
+            y = function(grid)
+        d = np.abs(np.asarray(tape.gradient(y, grid, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+    except Exception as e:  # A callable that rejects plain float tensors.
+        return ProbeResult(False, float("nan"), False, error=f"{type(e).__name__}: {e}")
+    d = d[np.isfinite(d)]
+    if d.size == 0 or d.max() <= 0:
+        return ProbeResult(True, 0.0, False, error="its derivative is zero everywhere")
+    peak = float(d.max())
+    threshold = saturation_derivative * peak
+    return ProbeResult(True, peak, bool(d[0] < threshold and d[-1] < threshold))
+
+
+def _function_name(function):
+    return getattr(function, "__name__", None) or type(function).__name__
+
+
+def _unit_axis(layer):
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
+
+
+def _units(layer, unit_axis):
+    """Size of the activation's unit axis, known before the step is traced; None if not."""
+    for attribute in ("units", "filters"):
+        value = getattr(layer, attribute, None)
+        if isinstance(value, (int, np.integer)) and value > 0 and type(layer).__name__ != "Activation":
+            return int(value)
+    try:
+        shape = layer.output.shape
+        if shape[unit_axis] is not None:
+            return int(shape[unit_axis])
+    except Exception:  # Never called symbolically (subclassed models).
+        pass
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        try:
+            shape = layer.compute_output_shape(next(iter(shapes.values())))
+            if shape[unit_axis] is not None:
+                return int(shape[unit_axis])
+        except Exception:
+            pass
+    return None
+
+
+def _discover_units(model, pending):
+    """{id(layer): units} for layers whose unit count is not known statically
+    (layers of subclassed models): one symbolic call of the model, in a
+    scratch graph (nothing runs, no state changes), recording the shape each
+    activation receives."""
+    if not pending:
+        return {}
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) != 1:
+        return {}
+    import keras
+
+    found, saved = {}, []
+
+    def recording(layer, attribute, original):
+        def record(z, *args, **kwargs):
+            shape = getattr(z, "shape", None)
+            if shape is not None and len(shape) and id(layer) not in found:
+                axis = _unit_axis(layer)
+                if shape[axis] is not None:
+                    found[id(layer)] = int(shape[axis])
+            return original(z, *args, **kwargs)
+
+        return record
+
+    for layer, attribute in pending:
+        saved.append((layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute)))
+        setattr(layer, attribute, recording(layer, attribute, getattr(layer, attribute)))
+    try:
+        shape = tuple(next(iter(shapes.values())))
+        model.compute_output_spec(keras.KerasTensor(shape, dtype=getattr(model, "input_dtype", "float32")))
+    except Exception:  # No symbolic call possible: those layers stay "not captured".
+        pass
+    finally:
+        for layer, attribute, had_own, own in saved:
+            if had_own:
+                setattr(layer, attribute, own)
+            else:
+                layer.__dict__.pop(attribute, None)
+    return found
+
+
+@dataclasses.dataclass
+class Captured:
+    layer: object
+    attribute: str  # "activation" or "call"
+    had_own: bool  # the attribute was in the instance __dict__ before
+    original: object
+    units: int
+    unit_axis: int
+    probe: ProbeResult
+    index: int = -1  # recorder slot; -1 when not captured
+    status: str = ""
+    name: str = ""  # the activation's name, for the layer table
+
+
+def candidates(model):
+    """Layers with a non-linear activation, model order (nested layers included)."""
+    out = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        activation = getattr(layer, "activation", None)
+        if callable(activation) and not isinstance(activation, type):
+            if _function_name(activation) != "linear":
+                out.append((layer, "activation"))
+        elif type(layer).__name__ in CALL_ACTIVATION_CLASSES:
+            out.append((layer, "call"))
+    return out
+
+
+class ActivationCapture:
+    """Finds, probes and wraps the activations of a model; `restore()` undoes it.
+
+    Args:
+      model: the Keras model.
+      saturation_derivative: rules.Thresholds.saturation_derivative.
+
+    After construction, `captured` lists every candidate layer with its
+    status ("in-step" or "not captured: <why>"); `units` and `thresholds`
+    (for ActivationRecorder) cover the in-step ones, in recorder order.
+    """
+
+    def __init__(self, model, saturation_derivative):
+        self.captured = []
+        self._tracing = 0
+        self._lock = threading.Lock()
+        found = candidates(model)
+        discovered = _discover_units(model, [(layer, attribute) for layer, attribute in found
+                                             if _units(layer, _unit_axis(layer)) is None])
+        for layer, attribute in found:
+            function = getattr(layer, attribute)
+            unit_axis = _unit_axis(layer)
+            result = probe(function, saturation_derivative)
+            entry = Captured(layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute), 0, unit_axis, result)
+            name = _function_name(function) if attribute == "activation" else type(layer).__name__.lower()
+            entry.name = name
+            units = _units(layer, unit_axis) or discovered.get(id(layer))
+            if result.error:
+                entry.status = f"not captured: probing {name} failed ({result.error})"
+            elif not result.elementwise:
+                entry.status = f"not captured: {name} is not elementwise (saturation needs a per-element derivative)"
+            elif units is None:
+                entry.status = "not captured: the number of units is unknown before the step is traced"
+            else:
+                entry.units = units
+                entry.index = sum(1 for c in self.captured if c.index >= 0)
+                entry.status = IN_STEP
+            self.captured.append(entry)
+        self.units = [c.units for c in self.captured if c.index >= 0]
+        self.thresholds = [saturation_derivative * c.probe.peak for c in self.captured if c.index >= 0]
+        self._installed = False
+
+    def by_layer(self):
+        return {id(c.layer): c for c in self.captured}
+
+    def install(self, recorder, step_fn):
+        """Wraps the captured activations; `step_fn()` gives, in the step, the
+        number of the train step whose forward pass is running."""
+        for entry in self.captured:
+            if entry.index < 0:
+                continue
+            setattr(entry.layer, entry.attribute, self._wrapper(entry, getattr(entry.layer, entry.attribute), recorder, step_fn))
+        self._installed = True
+
+    def _wrapper(self, entry, original, recorder, step_fn):
+        capture = self
+
+        def capturing(z, *args, **kwargs):
+            out = original(z, *args, **kwargs)
+            # Only in the train step (not in evaluate/predict functions traced
+            # while the wrapper is in place), and only on real tensors.
+            if capture._tracing > 0 and isinstance(z, tf.Tensor) and not args and not kwargs:
+                if z.shape.rank is None or z.shape[entry.unit_axis] != entry.units:
+                    entry.status = (
+                        f"not captured: the activation's input has {z.shape[entry.unit_axis] if z.shape.rank else '?'} "
+                        f"units, {entry.units} expected"
+                    )
+                else:
+                    recorder.record(entry.index, original, z, step_fn(), entry.unit_axis)
+            return out
+
+        return capturing
+
+    def wrap_train_step(self, model):
+        """Marks, at trace time, the forward pass of the train step."""
+        capture = self
+        self._train_step_own = model.__dict__.get("train_step")
+        original = model.train_step
+
+        def train_step(*args, **kwargs):
+            # A counter, not a flag: MirroredStrategy traces the replicas'
+            # steps in concurrent threads.
+            with capture._lock:
+                capture._tracing += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with capture._lock:
+                    capture._tracing -= 1
+
+        model.train_step = train_step
+        self._model = model
+
+    def restore(self):
+        """Puts every wrapped attribute back; safe to call twice."""
+        if not self._installed:
+            return
+        for entry in self.captured:
+            if entry.index < 0:
+                continue
+            if entry.had_own:
+                setattr(entry.layer, entry.attribute, entry.original)
+            else:
+                entry.layer.__dict__.pop(entry.attribute, None)
+        model = getattr(self, "_model", None)
+        if model is not None:
+            if self._train_step_own is None:
+                model.__dict__.pop("train_step", None)
+            else:
+                model.train_step = self._train_step_own
+            self._model = None
+        self._installed = False

@@ -1,0 +1,332 @@
+"""Activation statistics (saturation, dead units) from real fits, checked
+against an eager reference computed on the same batch and weights.
+
+Each run trains with update_freq = activation_freq = 1, so every step is
+written; a second, unhooked model starts from the same weights and is fitted
+one batch at a time, and before each of its steps the reference recomputes
+z = h @ W + b layer by layer in numpy and the derivative analytically.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tb_gradflow import metadata  # noqa: E402
+from tb_gradflow import rules  # noqa: E402
+from tb_gradflow.keras.callback import GradFlow  # noqa: E402
+from tb_gradflow.reader import Reader  # noqa: E402
+
+BATCH, STEPS, FEATURES = 16, 5, 12
+Dense = keras.layers.Dense
+MAX_ERROR = {}
+
+DERIVATIVE = {
+    "sigmoid": lambda z: (lambda s: s * (1 - s))(1 / (1 + np.exp(-z))),
+    "tanh": lambda z: 1 - np.tanh(z) ** 2,
+    "relu": lambda z: (z > 0).astype(np.float64),
+}
+FUNCTION = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0)}
+PEAK = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0}
+
+
+def sigmoid_mlp():
+    init = keras.initializers.RandomNormal(0.0, 1.0)
+    return keras.Sequential(
+        [keras.Input((FEATURES,))]
+        + [Dense(128, activation="sigmoid", kernel_initializer=init, name=f"sig{i}") for i in range(3)]
+        + [Dense(3, name="out")],
+        name="sigmoid_mlp",
+    )
+
+
+def dead_relu():
+    return keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            Dense(32, activation="relu", name="alive"),
+            Dense(32, activation="relu", bias_initializer=keras.initializers.Constant(-20.0), name="dead"),
+            Dense(3, name="out"),
+        ],
+        name="relu_mlp",
+    )
+
+
+def tanh_glorot():
+    return keras.Sequential(
+        [keras.Input((FEATURES,))]
+        + [Dense(32, activation="tanh", name=f"tanh{i}") for i in range(3)]
+        + [Dense(3, name="out")],
+        name="tanh_mlp",
+    )
+
+
+CASES = {
+    # name: (model_fn, input scale)
+    # Inputs with std 3, as unnormalised features often have.
+    "sigmoid_normal_init": (sigmoid_mlp, 3.0),
+    "relu_negative_bias": (dead_relu, 1.0),
+    "tanh_glorot_small_inputs": (tanh_glorot, 0.1),
+}
+
+
+def data(scale, n):
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(n, FEATURES)) * scale).astype("float32"), rng.normal(size=(n, 3)).astype("float32")
+
+
+def reference_statistics(model, x, thresholds):
+    """{layer name: {statistic: value}} for one batch at the model's current weights."""
+    out, h = {}, x.astype(np.float32)
+    for layer in model.layers:
+        kernel, bias = (np.asarray(w) for w in layer.get_weights())
+        z = h @ kernel + bias
+        name = layer.activation.__name__
+        if name == "linear":
+            h = z
+            continue
+        d = np.abs(DERIVATIVE[name](z.astype(np.float64)))
+        a = FUNCTION[name](z.astype(np.float64))
+        out[layer.name] = {
+            "saturated_fraction": float(np.mean(d < np.float32(thresholds.saturation_derivative * PEAK[name]))),
+            "dead_fraction": float(np.mean(np.all(d == 0, axis=0))),
+            "active": np.sum(d > 0, axis=0),
+            "activation_mean": float(np.mean(a)),
+            "activation_std": float(np.std(a)),
+            "z_range": (float(z.min()), float(z.max())),
+        }
+        h = a.astype(np.float32)
+    return out
+
+
+def run_case(name, log_root):
+    model_fn, scale = CASES[name]
+    keras.utils.set_random_seed(11)
+    model = model_fn()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    initial = model.get_weights()
+    x, y = data(scale, BATCH * STEPS)
+    xv, yv = data(scale * 3, BATCH)
+    log_dir = os.path.join(log_root, name)
+    callback = GradFlow(log_dir, update_freq=1, activation_freq=1, histogram_freq=0)
+    # Validation data: the evaluate step is traced while the wrappers are in
+    # place, and must record nothing.
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback],
+              validation_data=(xv, yv))
+    reference_model = model_fn()
+    reference_model.set_weights(initial)
+    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    reference = {}
+    for k in range(1, STEPS + 1):
+        xb, yb = x[(k - 1) * BATCH : k * BATCH], y[(k - 1) * BATCH : k * BATCH]
+        reference[k] = reference_statistics(reference_model, xb, rules.DEFAULT_THRESHOLDS)
+        reference_model.fit(xb, yb, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    return {"log_dir": log_dir, "reference": reference, "model": model, "callback": callback}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_") as root:
+        yield {name: run_case(name, root) for name in CASES} | {"root": root}
+
+
+def compare(result):
+    reader = Reader.for_logdir(result["log_dir"])
+    table = reader.layer_table("train")
+    names = [layer.name.split("/")[-1] for layer in table.layers]
+    assert table.activation_freq == 1
+    series = {s: reader.activation_series("train", s) for s in metadata.ACTIVATION_STATISTICS}
+    assert series["saturated_fraction"].steps.tolist() == list(range(1, STEPS + 1))
+    window = {}
+    for i, step in enumerate(series["saturated_fraction"].steps):
+        expected = result["reference"][int(step)]
+        for layer_name, ref in expected.items():
+            j = names.index(layer_name)
+            for statistic in ("saturated_fraction", "dead_fraction"):
+                assert series[statistic].values[i, j] == pytest.approx(ref[statistic], abs=1e-7), (
+                    layer_name, step, statistic)
+            for statistic in ("activation_mean", "activation_std"):
+                actual, want = series[statistic].values[i, j], ref[statistic]
+                np.testing.assert_allclose(actual, want, rtol=1e-5, atol=1e-7, err_msg=f"{layer_name} {statistic}")
+                if abs(want) > 1e-7:
+                    MAX_ERROR[statistic] = max(MAX_ERROR.get(statistic, 0.0), abs(actual - want) / abs(want))
+            window.setdefault(layer_name, []).append(ref["active"])
+            seen = np.sum(window[layer_name][-rules.DEFAULT_THRESHOLDS.dead_window :], axis=0)
+            elements = BATCH * len(window[layer_name][-rules.DEFAULT_THRESHOLDS.dead_window :])
+            inactive = float(np.mean(seen < rules.DEFAULT_THRESHOLDS.dead_inactivity * elements))
+            assert series["inactive_fraction"].values[i, j] == pytest.approx(inactive, abs=1e-7)
+        # Layers without activation: NaN.
+        for j, layer in enumerate(table.layers):
+            if layer.activation_capture != "in-step":
+                assert np.isnan(series["saturated_fraction"].values[i, j])
+    return reader, table, series
+
+
+def test_sigmoid_normal_init_saturates_early_layers(runs):
+    reader, table, series = compare(runs["sigmoid_normal_init"])
+    saturated = series["saturated_fraction"].values
+    print("sigmoid saturated fractions per step x layer:", np.round(saturated, 3).tolist())
+    assert np.all(saturated[:, :2] > 0.5), saturated
+    assert all(layer.activation_two_sided for layer in table.layers[:3])
+    kinds = {(a.layer.split("/")[-1], a.kind) for a in reader.alerts("train")}
+    assert ("sig0", rules.SATURATION) in kinds, kinds
+    assert not any(kind == rules.DEAD_UNITS for _, kind in kinds)
+    # Reported with a step: patience 3 -> first at the third activation row.
+    alert = next(a for a in reader.alerts("train") if a.kind == rules.SATURATION and a.layer.endswith("sig0"))
+    assert alert.first_step == 3
+
+
+def test_relu_with_negative_bias_reports_dead_units(runs):
+    reader, table, series = compare(runs["relu_negative_bias"])
+    names = [layer.name.split("/")[-1] for layer in table.layers]
+    dead = names.index("dead")
+    np.testing.assert_array_equal(series["dead_fraction"].values[:, dead], 1.0)
+    np.testing.assert_array_equal(series["inactive_fraction"].values[:, dead], 1.0)
+    assert np.all(series["dead_fraction"].values[:, names.index("alive")] < 0.5)
+    alerts = [(a.layer.split("/")[-1], a.kind, a.first_step) for a in reader.alerts("train")]
+    assert ("dead", rules.DEAD_UNITS, 1) in alerts, alerts
+    assert not any(layer == "alive" and kind in rules.ACTIVATION_KINDS for layer, kind, _ in alerts), alerts
+    # Cause and effect: the dead layer passes no gradient, so the layer before it vanishes.
+    assert any(layer == "alive" and kind == rules.VANISHING for layer, kind, _ in alerts), alerts
+    # ReLU is one-sided: never a saturation alert, however many zeros.
+    assert not table.layers[dead].activation_two_sided
+    assert not any(kind == rules.SATURATION for _, kind, _ in alerts)
+
+
+def test_tanh_glorot_small_inputs_raises_neither(runs):
+    reader, table, series = compare(runs["tanh_glorot_small_inputs"])
+    assert np.nanmax(series["saturated_fraction"].values) < 0.05
+    assert np.nanmax(series["dead_fraction"].values) == 0.0
+    assert not [a for a in reader.alerts("train") if a.kind in rules.ACTIVATION_KINDS]
+
+
+def test_preactivation_histograms_in_the_histograms_plugin(runs):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider as mux_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
+
+    result = runs["sigmoid_normal_init"]
+    multiplexer = mux_lib.EventMultiplexer(tensor_size_guidance={"histograms": 0})
+    multiplexer.AddRunsFromDirectory(result["log_dir"])
+    multiplexer.Reload()
+    provider = mux_provider.MultiplexerDataProvider(multiplexer, result["log_dir"])
+    tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
+                                    downsample=10**9)["train"]
+    table = Reader.for_logdir(result["log_dir"]).layer_table("train")
+    for layer in table.layers[:3]:
+        data_ = tensors[metadata.histogram_tag(layer.depth, layer.name, metadata.HISTOGRAM_KIND_PREACTIVATION)]
+        assert [d.step for d in data_] == list(range(1, STEPS + 1))
+        for d in data_:
+            buckets = np.asarray(d.numpy)
+            ref = result["reference"][d.step][layer.name.split("/")[-1]]
+            assert buckets.shape == (metadata.HISTOGRAM_BUCKETS, 3)
+            assert buckets[:, 2].sum() == BATCH * 128
+            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["z_range"], rtol=1e-5)
+    assert not any(metadata.HISTOGRAM_KIND_PREACTIVATION in tag and "out" in tag for tag in tensors)
+
+
+def test_wrappers_removed_after_fit(runs):
+    model, callback = runs["relu_negative_bias"]["model"], runs["relu_negative_bias"]["callback"]
+    assert model.get_layer("dead").activation is keras.activations.relu
+    assert "train_step" not in model.__dict__
+    assert model.train_function is None
+    step = int(callback._activation_recorder.step.numpy())
+    x, y = data(1.0, 2 * BATCH)
+    model.fit(x, y, batch_size=BATCH, verbose=0)
+    assert int(callback._activation_recorder.step.numpy()) == step == STEPS
+
+
+class Custom(keras.layers.Layer):
+    """A custom layer exposing `.activation`, used in a subclassed model."""
+
+    def __init__(self, units, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = activation
+        self.dense = Dense(units)
+
+    def call(self, x):
+        return self.activation(self.dense(x))
+
+
+def gaussian(x):
+    return keras.ops.exp(-keras.ops.square(x))
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.head = Dense(3, activation="softmax", name="head")
+        self.custom = Custom(16, gaussian, name="custom")
+        self.act = keras.layers.Activation("tanh", name="act")
+        self.relu = keras.layers.ReLU(name="relu_layer")
+        self.first = Dense(16, name="first")
+
+    def call(self, x):
+        h = self.relu(self.first(x))
+        h = keras.ops.relu(h)  # a plain function: not visible to the capture
+        return self.head(self.act(self.custom(h)))
+
+
+def test_layer_table_records_capture_and_depth_order(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = Subclassed(name="sub")
+    model(np.zeros((1, FEATURES), "float32"))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x, _ = data(1.0, 4 * BATCH)
+    y = np.eye(3, dtype="float32")[np.arange(4 * BATCH) % 3]
+    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[GradFlow(str(tmp_path), update_freq=2, activation_freq=2)])
+    reader = Reader.for_logdir(str(tmp_path))
+    table = reader.layer_table("train")
+    rows = {layer.name.split("/")[-1]: layer for layer in table.layers}
+    order = [layer.name.split("/")[-1] for layer in table.layers]
+    # Call order, variable-less activation layers at their place.
+    assert order.index("first") < order.index("relu_layer") < order.index("custom") < order.index("act") \
+        < order.index("head"), order
+    assert rows["relu_layer"].activation_capture == "in-step" and not rows["relu_layer"].has_gradient
+    assert rows["act"].activation_capture == "in-step" and rows["act"].activation == "tanh"
+    assert rows["act"].parameter_count == 0 and not rows["act"].has_gradient
+    assert rows["custom"].activation == "gaussian" and rows["custom"].activation_capture == "in-step"
+    assert rows["custom"].activation_two_sided
+    assert rows["custom"].activation_peak_derivative == pytest.approx(np.sqrt(2 / np.e), rel=1e-3)
+    assert rows["head"].activation_capture.startswith("not captured: softmax is not elementwise")
+    assert rows["first"].activation_capture == ""
+    sat = reader.activation_series("train", "saturated_fraction")
+    assert sat.steps.tolist() == [2, 4]
+    for name, layer in rows.items():
+        column = sat.values[:, layer.depth]
+        assert np.all(np.isfinite(column)) == (layer.activation_capture == "in-step"), name
+    # Gradient and activation rows share the table's order.
+    assert reader.layer_series("train", "grad_norm").values.shape[1] == len(table.layers)
+    assert "call" not in model.get_layer("relu_layer").__dict__
+
+
+def test_activation_freq_zero_writes_nothing_and_reads_fine(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = dead_relu()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = data(1.0, 3 * BATCH)
+    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[GradFlow(str(tmp_path), update_freq=1, activation_freq=0)])
+    reader = Reader.for_logdir(str(tmp_path))
+    assert not reader.has_activation_statistics("train")
+    table = reader.layer_table("train")
+    assert table.activation_freq == 0 and all(layer.activation_capture == "" for layer in table.layers)
+    steps, verdicts, _ = reader.verdicts("train")
+    assert steps.tolist() == [1, 2, 3] and set(verdicts) == set(rules.KINDS)
+    assert not [a for a in reader.alerts("train") if a.kind in rules.ACTIVATION_KINDS]
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_activation_freq(value):
+    with pytest.raises(ValueError, match="activation_freq must be an integer >= 0"):
+        GradFlow(tempfile.gettempdir(), activation_freq=value)
+
+
+def test_report_max_errors():
+    """Not a check: prints the largest relative errors (run with -s)."""
+    for statistic, err in sorted(MAX_ERROR.items()):
+        print(f"max relative error {statistic}: {err:.3g}")
