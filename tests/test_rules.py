@@ -80,16 +80,53 @@ def test_nonfinite_counts():
     assert count[1, 1] == 3
 
 
-def test_step_and_series_agree():
-    rng = np.random.default_rng(0)
-    rows = [row(10 ** rng.uniform(-4, 0, 3), interval_max=10 ** rng.uniform(-1, 3, 3)) for _ in range(40)]
-    whole = rules.evaluate_series(series(rows), has_gradient=ALL)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_and_series_agree(seed):
+    """The vectorised series evaluation is exactly the hook's row-by-row one,
+    NaN/Inf rows, layers without gradient and long histories included."""
+    rng = np.random.default_rng(seed)
+    n_layers = 6
+    has = np.array([True, True, False, True, True, True])
+    rows = []
+    for i in range(300):
+        rms = 10 ** rng.uniform(-4, 0, n_layers)
+        norm = rms * 10
+        if rng.random() < 0.05:
+            norm[rng.integers(n_layers)] = np.nan
+        rows.append(row(rms, norm=norm, interval_max=norm * 10 ** rng.uniform(0, 3, n_layers),
+                        nonfinite=(rng.random(n_layers) < 0.02) * 3.0,
+                        mean_abs=np.where(rng.random(n_layers) < 0.1, 1e-9, rms)))
+    t = rules.Thresholds(exploding_window=int(rng.integers(5, 30)), exploding_min_history=3,
+                         vanishing_patience=int(rng.integers(1, 5)))
+    whole = rules.evaluate_series(series(rows), has_gradient=has, thresholds=t)
     history = []
     for i, r in enumerate(rows):
-        verdicts = rules.evaluate_step(r, has_gradient=ALL, history=history)
-        for kind in rules.KINDS:
+        verdicts = rules.evaluate_step(r, has_gradient=has, history=history, thresholds=t)
+        for kind in rules.GRADIENT_KINDS:
+            np.testing.assert_array_equal(verdicts[kind].fired, whole[kind][0][i], err_msg=f"{kind} row {i}")
+            np.testing.assert_allclose(verdicts[kind].value, whole[kind][1][i], rtol=1e-12, err_msg=f"{kind} row {i}")
+        history.append(r)
+        del history[: -t.history_length]
+    assert whole[rules.VANISHING][0].any() and whole[rules.EXPLODING][0].any() and whole[rules.NONFINITE][0].any()
+
+
+def test_activation_step_and_series_agree():
+    rng = np.random.default_rng(5)
+    monitored = np.array([True, True, True, False])
+    two_sided = np.array([True, False, True, True])
+    rows = [{"saturated_fraction": rng.uniform(0.3, 0.8, 4), "inactive_fraction": rng.uniform(0.3, 0.7, 4)}
+            for _ in range(60)]
+    t = rules.Thresholds(saturation_patience=2)
+    whole = rules.evaluate_activation_series(
+        {k: np.stack([r[k] for r in rows]) for k in rows[0]}, monitored=monitored, two_sided=two_sided, thresholds=t)
+    history = []
+    for i, r in enumerate(rows):
+        verdicts = rules.evaluate_activation_step(r, monitored=monitored, two_sided=two_sided, history=history,
+                                                  thresholds=t)
+        for kind in rules.ACTIVATION_KINDS:
             np.testing.assert_array_equal(verdicts[kind].fired, whole[kind][0][i])
         history.append(r)
+    assert whole[rules.SATURATION][0].any() and whole[rules.DEAD_UNITS][0].any()
 
 
 def test_summarize_reports_first_and_worst():
