@@ -138,17 +138,7 @@ class Reader:
         """
         if statistic not in metadata.STATISTICS:
             raise errors.NotFoundError(f"unknown statistic {statistic!r}")
-        if n_layers is None:
-            n_layers = len(self.layer_table(run, ctx).layers)
-        data = self._read(ctx, run, metadata.layer_statistic_tag(statistic), downsample or 10**9)
-        if not data:
-            raise errors.NotFoundError(f"run {run!r} has no statistic {statistic!r}")
-        data = [d for d in data if np.shape(d.numpy) == (n_layers,)]
-        data.sort(key=lambda d: d.step)
-        steps = np.array([d.step for d in data], np.int64)
-        wall_times = np.array([d.wall_time for d in data], np.float64)
-        values = np.array([np.asarray(d.numpy, np.float64) for d in data]).reshape(len(data), n_layers)
-        return LayerSeries(steps=steps, wall_times=wall_times, values=values)
+        return self._series(run, metadata.layer_statistic_tag(statistic), statistic, ctx, downsample, n_layers)
 
     def activation_statistics(self, run, ctx=None):
         """Names of the activation statistics the run holds (metadata.ACTIVATION_STATISTICS order)."""

@@ -74,8 +74,10 @@ Activation rules (rows every `activation_freq` steps, `evaluate_activation_*`):
   patience: the window already spans 10 rows.
 """
 
+import contextlib
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -239,18 +241,12 @@ def _nonfinite(stats, has_gradient):
     return StepVerdict(fired=has_gradient & (count > 0), value=count)
 
 
-class _quiet_nan_warnings:
+@contextlib.contextmanager
+def _quiet_nan_warnings():
     """nanmedian warns on all-NaN columns (a layer that was NaN throughout)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 # The per-layer statistics the rules read. Writers must log them all.

@@ -28,13 +28,16 @@ def gradient_moments(grad):
     g = tf.reshape(tf.cast(grad, tf.float32), [-1])
     finite = tf.math.is_finite(g)
     absolute = tf.where(finite, tf.abs(g), tf.zeros_like(g))
+    size = tf.cast(tf.size(g), tf.float32)
     return tf.stack(
         [
-            tf.reduce_sum(tf.square(absolute)),
+            # l2_loss is one fused kernel without XLA (square + sum would be two passes).
+            2.0 * tf.nn.l2_loss(absolute),
             tf.reduce_sum(absolute),
-            tf.reduce_max(tf.concat([absolute, tf.zeros([1])], 0)),
-            tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32)),
-            tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float32)),
+            # max of an empty tensor is -inf: clamp to 0 (no copy, unlike padding it).
+            tf.maximum(tf.reduce_max(absolute), 0.0),
+            size - tf.math.count_nonzero(g, dtype=tf.float32),
+            size - tf.math.count_nonzero(finite, dtype=tf.float32),
         ]
     )
 

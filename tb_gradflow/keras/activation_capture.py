@@ -55,12 +55,14 @@ def probe(function, saturation_derivative=0.0591):
     """What the activation is like, measured on the function itself (eagerly, once)."""
     try:
         x = tf.reshape(tf.linspace(-3.0, 3.0, 12), [3, 4])
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
             y = function(x)
         if tuple(y.shape) != (3, 4):
             return ProbeResult(False, float("nan"), False)
-        jacobian = tf.reshape(tape.jacobian(y, x), [12, 12]).numpy()
+        # Without pfor: pfor traces a fresh tf.function per call and TF logs a
+        # retracing warning for every activation layer of every fit.
+        jacobian = tf.reshape(tape.jacobian(y, x, experimental_use_pfor=False), [12, 12]).numpy()
         off_diagonal = jacobian - np.diag(np.diag(jacobian))
         if np.any(off_diagonal != 0):
             return ProbeResult(False, float("nan"), False)

@@ -30,6 +30,8 @@ import dataclasses
 
 import numpy as np
 
+from tb_gradflow.rules import _quiet_nan_warnings
+
 # log10 used for exact zeros: lower than any float64 (smallest subnormal ~1e-324).
 _LOG10_ZERO = -400.0
 
@@ -100,7 +102,7 @@ def downsample_columns(values, max_columns):
     logs = _log10_magnitude(np.where(finite, values, 0.0))
     # The layer's typical magnitude over the run (finite samples, zeros aside).
     usable = finite & (values != 0)
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
         median = np.nanmedian(np.where(usable, logs, np.nan), axis=0)
     median = np.where(np.isnan(median), 0.0, median)
 
@@ -136,17 +138,3 @@ def reduce_flags(flags, downsampled):
     if flags.shape[0] == 0:
         return flags[:0]
     return np.bitwise_or.reduceat(flags, downsampled.starts, axis=0)
-
-
-class _quiet:
-    """nanmedian warns on all-NaN columns (a layer that never had a value)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

@@ -63,12 +63,6 @@ STATISTIC_LABELS = {
     metadata.ZERO_FRACTION: "fraction of zero gradient elements",
 }
 
-# The activation statistics (metadata.activation_statistic_tag): per-layer
-# vectors of the "gradflow" plugin under this tag prefix, one tag per statistic
-# (e.g. gradflow/activation/saturated_fraction), NaN for layers not captured.
-# Without such tags the saturation view is absent and its route answers
-# {"available": false}.
-SATURATION_TAG_PREFIX = f"{metadata.TAG_PREFIX}/activation/"
 
 HISTOGRAMS_PLUGIN = "histograms"
 HISTOGRAM_KINDS = (metadata.HISTOGRAM_KIND_GRADIENT, metadata.HISTOGRAM_KIND_LOG10_MAGNITUDE)
@@ -371,7 +365,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                     "has_histograms": any(
                         t.startswith(histogram_prefix) for t in histogram_listing.get(run, {})
                     ),
-                    "has_saturation": any(t.startswith(SATURATION_TAG_PREFIX) for t in tags),
+                    "has_saturation": any(metadata.activation_statistic_tag(a) in tags
+                                          for a in metadata.ACTIVATION_STATISTICS),
                 }
             )
         return {
@@ -579,11 +574,8 @@ class GradFlowPlugin(base_plugin.TBPlugin):
     def saturation_impl(self, ctx, experiment_id, run, statistic=None, columns=DEFAULT_COLUMNS):
         """Activation-saturation heatmap when the run holds such data, else available=false."""
         tags = self._run_listing(ctx, experiment_id, run)
-        known = getattr(metadata, "ACTIVATION_STATISTICS", ())
-        names = sorted(
-            (t[len(SATURATION_TAG_PREFIX) :] for t in tags if t.startswith(SATURATION_TAG_PREFIX)),
-            key=lambda name: (known.index(name) if name in known else len(known), name),
-        )
+        # Known statistics only, in metadata order (saturated fraction first).
+        names = [s for s in metadata.ACTIVATION_STATISTICS if metadata.activation_statistic_tag(s) in tags]
         if not names:
             return {"run": run, "available": False}
         if statistic is None:
@@ -591,29 +583,13 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         if statistic not in names:
             raise errors.NotFoundError(f"run {run!r} has no saturation statistic {statistic!r}")
         table = self._table(ctx, experiment_id, run, tags)
-        tag = SATURATION_TAG_PREFIX + statistic
+        tag = metadata.activation_statistic_tag(statistic)
         n_layers = len(table.layers)
-
-        def read():
-            data = (
-                self._provider.read_tensors(
-                    ctx,
-                    experiment_id=experiment_id,
-                    plugin_name=metadata.PLUGIN_NAME,
-                    downsample=_ALL_SAMPLES,
-                    run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=[tag]),
-                )
-                or {}
-            ).get(run, {}).get(tag, [])
-            data = sorted((d for d in data if np.shape(d.numpy) == (n_layers,)), key=lambda d: d.step)
-            steps = np.array([d.step for d in data], np.int64)
-            values = np.array([np.asarray(d.numpy, np.float64) for d in data]).reshape(len(data), n_layers)
-            return reader_lib.LayerSeries(steps=steps, wall_times=np.zeros(len(data)), values=values)
 
         series = self._cache.get_or_compute(
             ("saturation", experiment_id, run, statistic),
             (self._stamp(tags[tag]), n_layers),
-            read,
+            lambda: self._reader(experiment_id).activation_series(run, statistic, ctx, n_layers=n_layers),
             size=lambda s: s.values.nbytes,
         )
         picked = downsample.downsample_columns(series.values, columns)
