@@ -191,7 +191,9 @@ class Reader:
             steps = steps[np.isin(steps, s.steps)]
         aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items()}
         monitored = np.array([layer.activation_capture == "in-step" for layer in table.layers], bool)
-        two_sided = np.array([layer.activation_two_sided for layer in table.layers], bool)
+        two_sided = rules.saturation_applies(
+            [layer.activation_two_sided for layer in table.layers], [layer.is_output for layer in table.layers]
+        )
         verdicts = rules.evaluate_activation_series(
             aligned, monitored=monitored, two_sided=two_sided, thresholds=self.thresholds(run, ctx, table)
         )

@@ -67,7 +67,9 @@ class RunLogger:
         n = len(table.layers)
         self._activation_rows = np.full(n, -1) if activation_rows is None else np.asarray(activation_rows, np.int64)
         self._monitored = self._activation_rows >= 0
-        self._two_sided = np.array([layer.activation_two_sided for layer in table.layers], bool)
+        self._two_sided = rules.saturation_applies(
+            [layer.activation_two_sided for layer in table.layers], [layer.is_output for layer in table.layers]
+        )
         # Per captured layer: the last dead_window rows of (active counts per
         # unit, elements per unit), for the inactive fraction.
         self._activation_window = collections.defaultdict(

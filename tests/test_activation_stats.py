@@ -330,3 +330,32 @@ def test_report_max_errors():
     """Not a check: prints the largest relative errors (run with -s)."""
     for statistic, err in sorted(MAX_ERROR.items()):
         print(f"max relative error {statistic}: {err:.3g}")
+
+
+def test_output_layers_are_found_for_every_model_form():
+    import keras
+
+    from tb_gradflow.keras import model_layers
+
+    sequential = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, "relu", name="a"),
+                                   keras.layers.Dense(1, "sigmoid", name="b")])
+    assert model_layers.output_layers(sequential, []) == {id(sequential.get_layer("b"))}
+
+    x = keras.Input((2,))
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax", name="head")], name="inner")
+    two = keras.layers.Dense(3, name="side")(x)
+    nested = keras.Model(x, [inner(keras.layers.Dense(3, name="trunk")(x)), two])
+    assert model_layers.output_layers(nested, []) == {id(inner.get_layer("head")), id(nested.get_layer("side"))}
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.out = keras.layers.Dense(1, "sigmoid")
+            self.hidden = keras.layers.Dense(4, "tanh")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Subclassed()
+    # No symbolic outputs: the last layer of the recorded call order stands in.
+    assert model_layers.output_layers(model, [model.hidden, model.out]) == {id(model.out)}

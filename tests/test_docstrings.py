@@ -14,6 +14,8 @@ MODULES = [
     "tb_gradflow.stats",
     "tb_gradflow.recorder",
     "tb_gradflow.keras.model_layers",
+    "tb_gradflow.keras.activation_capture",
+    "tb_gradflow.plugin.downsample",
     "tb_gradflow.loop",
 ]
 

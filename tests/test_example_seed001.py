@@ -28,6 +28,8 @@ def test_seed001_layer_table_is_in_depth_order(seed001_logdir):
     assert [layer.activation for layer in table.layers] == ["sigmoid"] * 5
     assert [layer.parameter_count for layer in table.layers] == [15, 30, 30, 30, 6]
     assert all(layer.has_gradient for layer in table.layers)
+    # The sigmoid output feeds the loss: its saturation is by design, not alerted.
+    assert [layer.is_output for layer in table.layers] == [False] * 4 + [True]
 
 
 def test_sigmoid_gradients_are_smaller_than_relu_in_the_first_layer(seed001_logdir):

@@ -321,6 +321,7 @@ class GradFlow(keras.callbacks.Callback):
         table, order = model_layers.build_layer_table(
             self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order,
             activations=self._capture.by_layer() if self._capture is not None else None,
+            model=self.model,
         )
         table.update_freq = self._update_freq
         table.activation_freq = self._activation_freq if self._activation_recorder is not None else 0

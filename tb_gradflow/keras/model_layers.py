@@ -91,7 +91,36 @@ def _activation_name(layer):
     return "" if name == "linear" else name
 
 
-def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradient, call_order, activations=None):
+def output_layers(model, call_order):
+    """ids of the layers that produce the model's outputs.
+
+    Functional and Sequential models name them (`model.outputs`, through
+    nested models); a subclassed model does not, so its last-called layer
+    stands in.
+    """
+    found = set()
+
+    def visit(m):
+        try:
+            outputs = list(m.outputs)
+        except (AttributeError, ValueError):
+            return False
+        for tensor in outputs:
+            operation = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+            if operation is None:
+                continue
+            if not (hasattr(operation, "outputs") and visit(operation)):
+                found.add(id(operation))
+        return True
+
+    if not visit(model) and call_order:
+        found.add(id(call_order[-1]))
+    return found
+
+
+def build_layer_table(
+    owners, layer_of_variable, trainable_variables, has_gradient, call_order, activations=None, model=None
+):
     """LayerTable in depth order, and device_layer_order (table row -> owners index).
 
     Args:
@@ -103,8 +132,10 @@ def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradie
       activations: {id(layer): activation_capture.Captured} for the layers
         whose activation was considered (owners may include variable-less
         Activation layers, so activation and gradient rows share one order).
+      model: the model, to mark the layers that produce its outputs.
     """
     activations = activations or {}
+    outputs = output_layers(model, call_order) if model is not None else set()
     position = {id(layer): i for i, layer in enumerate(call_order)}
     ranked = sorted(
         range(len(owners)),
@@ -134,6 +165,7 @@ def build_layer_table(owners, layer_of_variable, trainable_variables, has_gradie
                 **({} if captured is not None else {"activation": _activation_name(layer)}),
                 depth=depth,
                 parameter_count=int(sum(int(np.prod(v.shape)) for v in own)),
+                is_output=id(layer) in outputs,
                 has_gradient=any(
                     has_gradient[i] for i, o in enumerate(layer_of_variable) if o == owner_index
                 ),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tb_gradflow/proto/plugin_data.proto\x12\x0btb_gradflow\"\xe2\x01\n\x12GradflowPluginData\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.tb_gradflow.GradflowPluginData.Kind\x12\x11\n\tstatistic\x18\x03 \x01(\t\"t\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLAYER_TABLE\x10\x01\x12\x13\n\x0fLAYER_STATISTIC\x10\x02\x12\x16\n\x12VARIABLE_STATISTIC\x10\x03\x12\x18\n\x14\x41\x43TIVATION_STATISTIC\x10\x04\"\xf3\x01\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nactivation\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\x12\x17\n\x0fparameter_count\x18\x05 \x01(\x03\x12\x14\n\x0chas_gradient\x18\x06 \x01(\x08\x12\x1a\n\x12\x61\x63tivation_capture\x18\x07 \x01(\t\x12\"\n\x1a\x61\x63tivation_peak_derivative\x18\x08 \x01(\x01\x12\x1c\n\x14\x61\x63tivation_two_sided\x18\t \x01(\x08\x12\x18\n\x10\x61\x63tivation_units\x18\n \x01(\x03\"R\n\x08Variable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blayer_index\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x14\n\x0chas_gradient\x18\x04 \x01(\x08\"\xb7\x02\n\nLayerTable\x12\"\n\x06layers\x18\x01 \x03(\x0b\x32\x12.tb_gradflow.Layer\x12(\n\tvariables\x18\x02 \x03(\x0b\x32\x15.tb_gradflow.Variable\x12;\n\nthresholds\x18\x03 \x03(\x0b\x32\'.tb_gradflow.LayerTable.ThresholdsEntry\x12\x13\n\x0bupdate_freq\x18\x04 \x01(\x03\x12\x16\n\x0ehistogram_freq\x18\x05 \x01(\x03\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x15\n\rcapture_point\x18\x07 \x01(\t\x12\x17\n\x0f\x61\x63tivation_freq\x18\x08 \x01(\x03\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tb_gradflow/proto/plugin_data.proto\x12\x0btb_gradflow\"\xe2\x01\n\x12GradflowPluginData\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.tb_gradflow.GradflowPluginData.Kind\x12\x11\n\tstatistic\x18\x03 \x01(\t\"t\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLAYER_TABLE\x10\x01\x12\x13\n\x0fLAYER_STATISTIC\x10\x02\x12\x16\n\x12VARIABLE_STATISTIC\x10\x03\x12\x18\n\x14\x41\x43TIVATION_STATISTIC\x10\x04\"\x86\x02\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x12\n\nactivation\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\x12\x17\n\x0fparameter_count\x18\x05 \x01(\x03\x12\x14\n\x0chas_gradient\x18\x06 \x01(\x08\x12\x1a\n\x12\x61\x63tivation_capture\x18\x07 \x01(\t\x12\"\n\x1a\x61\x63tivation_peak_derivative\x18\x08 \x01(\x01\x12\x1c\n\x14\x61\x63tivation_two_sided\x18\t \x01(\x08\x12\x18\n\x10\x61\x63tivation_units\x18\n \x01(\x03\x12\x11\n\tis_output\x18\x0b \x01(\x08\"R\n\x08Variable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blayer_index\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x14\n\x0chas_gradient\x18\x04 \x01(\x08\"\xb7\x02\n\nLayerTable\x12\"\n\x06layers\x18\x01 \x03(\x0b\x32\x12.tb_gradflow.Layer\x12(\n\tvariables\x18\x02 \x03(\x0b\x32\x15.tb_gradflow.Variable\x12;\n\nthresholds\x18\x03 \x03(\x0b\x32\'.tb_gradflow.LayerTable.ThresholdsEntry\x12\x13\n\x0bupdate_freq\x18\x04 \x01(\x03\x12\x16\n\x0ehistogram_freq\x18\x05 \x01(\x03\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x15\n\rcapture_point\x18\x07 \x01(\t\x12\x17\n\x0f\x61\x63tivation_freq\x18\x08 \x01(\x03\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRADFLOWPLUGINDATA_KIND']._serialized_start=163
   _globals['_GRADFLOWPLUGINDATA_KIND']._serialized_end=279
   _globals['_LAYER']._serialized_start=282
-  _globals['_LAYER']._serialized_end=525
-  _globals['_VARIABLE']._serialized_start=527
-  _globals['_VARIABLE']._serialized_end=609
-  _globals['_LAYERTABLE']._serialized_start=612
-  _globals['_LAYERTABLE']._serialized_end=923
-  _globals['_LAYERTABLE_THRESHOLDSENTRY']._serialized_start=874
-  _globals['_LAYERTABLE_THRESHOLDSENTRY']._serialized_end=923
+  _globals['_LAYER']._serialized_end=544
+  _globals['_VARIABLE']._serialized_start=546
+  _globals['_VARIABLE']._serialized_end=628
+  _globals['_LAYERTABLE']._serialized_start=631
+  _globals['_LAYERTABLE']._serialized_end=942
+  _globals['_LAYERTABLE_THRESHOLDSENTRY']._serialized_start=893
+  _globals['_LAYERTABLE_THRESHOLDSENTRY']._serialized_end=942
 # @@protoc_insertion_point(module_scope)
