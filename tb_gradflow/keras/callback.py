@@ -122,25 +122,10 @@ class GradFlow(keras.callbacks.Callback):
         # inside an execution would be overwritten before it is read (and its
         # aggregation interval cut short), so writes fall on execution ends.
         self._steps_per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
-        self._update_freq = self.update_freq
-        if self.update_freq % self._steps_per_execution:
-            spe = self._steps_per_execution
-            self._update_freq = -(-self.update_freq // spe) * spe
-            warnings.warn(
-                f"GradFlow: update_freq={self.update_freq} is not a multiple of steps_per_execution={spe}; "
-                f"statistics are read between executions only, so they are written every "
-                f"{self._update_freq} steps.",
-                stacklevel=2,
-            )
-        self._activation_freq = self.activation_freq
-        if self.activation_freq % self._steps_per_execution:
-            spe = self._steps_per_execution
-            self._activation_freq = -(-self.activation_freq // spe) * spe
-            warnings.warn(
-                f"GradFlow: activation_freq={self.activation_freq} is not a multiple of steps_per_execution={spe}; "
-                f"activation statistics are taken every {self._activation_freq} steps.",
-                stacklevel=2,
-            )
+        self._update_freq = self._whole_executions("update_freq", self.update_freq, "they are written")
+        self._activation_freq = self._whole_executions(
+            "activation_freq", self.activation_freq, "activation statistics are taken"
+        )
         self._logger = RunLogger(self.run_dir, self.thresholds)
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
@@ -187,6 +172,19 @@ class GradFlow(keras.callbacks.Callback):
             raise
         self._host_step = int(optimizer.iterations.numpy())
         self._table_written = False
+
+    def _whole_executions(self, name, steps, consequence):
+        """`steps` rounded up to a multiple of steps_per_execution, with a warning."""
+        spe = self._steps_per_execution
+        if steps % spe == 0:
+            return steps
+        rounded = -(-steps // spe) * spe
+        warnings.warn(
+            f"GradFlow: {name}={steps} is not a multiple of steps_per_execution={spe}; statistics are "
+            f"read between executions only, so {consequence} every {rounded} steps.",
+            stacklevel=3,
+        )
+        return rounded
 
     def _install(self, optimizer):
         """Wraps the optimizer for this fit and retraces the train step."""
@@ -269,7 +267,6 @@ class GradFlow(keras.callbacks.Callback):
     def _note_gradients(self, aligned):
         # Trace time: which variables get a gradient is static in the graph.
         self._has_gradient = [g is not None for g in aligned]
-        self._trace_order = [i for i, g in enumerate(aligned)]
 
     def restore_model(self):
         """Undoes the wrapping; called by `on_train_end`. Safe to call twice.
