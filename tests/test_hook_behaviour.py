@@ -431,5 +431,28 @@ def test_steps_per_execution_rounds_update_freq(tmp_path):
     assert np.all(np.isfinite(weight.values[0])) and np.all(np.isnan(weight.values[1]))
 
 
+def test_steps_per_execution_rounds_histogram_freq(tmp_path):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider as mux_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
+
+    keras.utils.set_random_seed(2)
+    model = sequential(optimizer="sgd")
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    x, y = data(12 * BATCH)
+    with pytest.warns(UserWarning, match="histograms are written every 8 steps"):
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=4, histogram_freq=6)])
+    assert Reader.for_logdir(str(tmp_path)).layer_table("train").histogram_freq == 8
+    multiplexer = mux_lib.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    provider = mux_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    histograms = provider.read_tensors(
+        context.RequestContext(), experiment_id="", plugin_name="histograms", downsample=100
+    )["train"]
+    # Written at the execution that ends on step 8, not lost inside an execution.
+    assert {d.step for series in histograms.values() for d in series} == {8}
+
+
 if __name__ == "__main__":
     {"determinism": _determinism_main, "write_failure": _write_failure_main}[sys.argv[1]](sys.argv[2])

@@ -61,6 +61,7 @@ class GradFlow(keras.callbacks.Callback):
         host can read only between executions), with a warning.
       histogram_freq: write per-layer gradient histograms every this many
         steps; 0 disables them. Histograms cost more than the statistics.
+        Rounded up to a multiple of `steps_per_execution` like `update_freq`.
       thresholds: `tb_gradflow.rules.Thresholds` for the alerts.
       update_ratio: measure the update-to-weight ratio
         ||w_after - w_before|| / ||w_before|| (copies the weights on logged
@@ -126,6 +127,7 @@ class GradFlow(keras.callbacks.Callback):
         self._activation_freq = self._whole_executions(
             "activation_freq", self.activation_freq, "activation statistics are taken"
         )
+        self._histogram_freq = self._whole_executions("histogram_freq", self.histogram_freq, "histograms are written")
         self._logger = RunLogger(self.run_dir, self.thresholds)
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
@@ -144,7 +146,7 @@ class GradFlow(keras.callbacks.Callback):
             layer_of_variable=self._layer_of_variable,
             n_layers=len(self._owners),
             update_freq=self._update_freq,
-            histogram_freq=self.histogram_freq,
+            histogram_freq=self._histogram_freq,
             strategy=self._strategy,
             initial_step=int(optimizer.iterations.numpy()),
         )
@@ -326,7 +328,7 @@ class GradFlow(keras.callbacks.Callback):
         slots = {id(c.layer): c.index for c in (self._capture.captured if self._capture is not None else [])
                  if c.status == activation_capture.IN_STEP}
         activation_rows = [slots.get(id(self._owners[i]), -1) for i in order]
-        table.histogram_freq = self.histogram_freq
+        table.histogram_freq = self._histogram_freq
         table.source = f"keras {keras.__version__} / tensorflow {tf.__version__}"
         table.capture_point = self._capture_point
         self._logger.set_layer_table(
