@@ -591,7 +591,10 @@ class App {
     }
     await this.loadHeatmaps();
     this.loadSaturation();
-    this.loadDetails();
+    // The inspected run was deselected: inspect one that is shown instead of
+    // leaving its distribution on screen.
+    if (this.selection.run) this.loadDetails();
+    else this._defaultSelection();
   }
 
   async setStatistic(name) {
