@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from tb_gradflow import metadata  # noqa: E402
 from tb_gradflow import rules  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
-from tb_gradflow.reader import Reader  # noqa: E402
+from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
 
 BATCH, STEPS, FEATURES = 16, 5, 12
 Dense = keras.layers.Dense
@@ -206,14 +206,8 @@ def test_tanh_glorot_small_inputs_raises_neither(runs):
 
 def test_preactivation_histograms_in_the_histograms_plugin(runs):
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider as mux_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
-
     result = runs["sigmoid_normal_init"]
-    multiplexer = mux_lib.EventMultiplexer(tensor_size_guidance={"histograms": 0})
-    multiplexer.AddRunsFromDirectory(result["log_dir"])
-    multiplexer.Reload()
-    provider = mux_provider.MultiplexerDataProvider(multiplexer, result["log_dir"])
+    provider = logdir_data_provider(result["log_dir"], ("histograms",))
     tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
                                     downsample=10**9)["train"]
     table = Reader.for_logdir(result["log_dir"]).layer_table("train")

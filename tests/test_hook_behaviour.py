@@ -31,8 +31,9 @@ import tensorflow as tf  # noqa: E402
 from tb_gradflow import metadata  # noqa: E402
 from tb_gradflow import rules  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
-from tb_gradflow.reader import Reader  # noqa: E402
+from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
 from tb_gradflow.writer import LogDirError  # noqa: E402
+from test_hook_reference import WithUnusedAndFrozen  # noqa: E402  (one model for both modules)
 
 Dense = keras.layers.Dense
 FEATURES, TARGETS, BATCH = 6, 3, 8
@@ -163,13 +164,7 @@ def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
     assert np.all(norms.values[1:] == 0.0) and np.all(norms.values[0] > 0)
 
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider as mux_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
-
-    multiplexer = mux_lib.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(determinism["nan_log_dir"])
-    multiplexer.Reload()
-    provider = mux_provider.MultiplexerDataProvider(multiplexer, determinism["nan_log_dir"])
+    provider = logdir_data_provider(determinism["nan_log_dir"], ())
     tag = metadata.alert_count_tag(rules.NONFINITE)
     assert tag == "gradflow/alerts/nonfinite_layers"
     scalars = provider.read_scalars(
@@ -182,13 +177,7 @@ def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
 
 def read_alerts(log_dir):
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider as mux_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
-
-    multiplexer = mux_lib.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(log_dir)
-    multiplexer.Reload()
-    provider = mux_provider.MultiplexerDataProvider(multiplexer, log_dir)
+    provider = logdir_data_provider(log_dir, ())
     scalars = provider.read_scalars(
         context.RequestContext(), experiment_id="", plugin_name="scalars", downsample=100
     )["train"]
@@ -305,23 +294,6 @@ def test_second_hooked_fit_continues_the_steps(restored_run, tmp_path):
     assert np.all(np.isfinite(norms.values))
 
 
-class WithUnusedAndFrozen(keras.Model):
-    """A frozen layer in the path and a built layer `call` never uses."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = Dense(8, activation="tanh", name="hidden")
-        self.frozen = Dense(8, activation="tanh", name="frozen", trainable=False)
-        self.unused = Dense(4, name="unused")
-        self.head = Dense(TARGETS, name="head")
-
-    def build(self, input_shape):
-        self.unused.build(input_shape)
-
-    def call(self, x, training=False):
-        return self.head(self.frozen(self.hidden(x)))
-
-
 def test_frozen_and_unused_layers_have_no_gradient(tmp_path):
     keras.utils.set_random_seed(1)
     model = WithUnusedAndFrozen(name="partial")
@@ -433,9 +405,6 @@ def test_steps_per_execution_rounds_update_freq(tmp_path):
 
 def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider as mux_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
-
     keras.utils.set_random_seed(2)
     model = sequential(optimizer="sgd")
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
@@ -443,10 +412,7 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     with pytest.warns(UserWarning, match="histograms are written every 8 steps"):
         train(model, x, y, [GradFlow(str(tmp_path), update_freq=4, histogram_freq=6)])
     assert Reader.for_logdir(str(tmp_path)).layer_table("train").histogram_freq == 8
-    multiplexer = mux_lib.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(tmp_path))
-    multiplexer.Reload()
-    provider = mux_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    provider = logdir_data_provider(str(tmp_path), ())
     histograms = provider.read_tensors(
         context.RequestContext(), experiment_id="", plugin_name="histograms", downsample=100
     )["train"]

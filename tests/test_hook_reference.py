@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 
 from tb_gradflow import metadata  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
-from tb_gradflow.reader import Reader  # noqa: E402
+from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
 
 RTOL = 1e-5
 FEATURES, TARGETS = 6, 3
@@ -423,13 +423,7 @@ def check_histograms(config, log_dir, table, reference, layer_groups):
     """Histograms as TensorBoard's histograms plugin serves them: one series
     per layer and kind; counts = finite (resp. finite non-zero) elements; the
     range spans the layer's gradient."""
-    from tensorboard.backend.event_processing import data_provider as mux_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as mux_lib
-
-    multiplexer = mux_lib.EventMultiplexer(tensor_size_guidance={"histograms": 0})
-    multiplexer.AddRunsFromDirectory(log_dir)
-    multiplexer.Reload()
-    provider = mux_provider.MultiplexerDataProvider(multiplexer, log_dir)
+    provider = logdir_data_provider(log_dir, ("histograms",))
     listing = provider.list_tensors(_ctx(), experiment_id="", plugin_name="histograms")["train"]
     expected_tags = {
         metadata.histogram_tag(layer.depth, layer.name, kind)

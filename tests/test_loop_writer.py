@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tb_gradflow import metadata
-from tb_gradflow.reader import Reader
+from tb_gradflow.reader import Reader, logdir_data_provider
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +60,12 @@ def test_custom_loop_norms_match_the_tape(custom_loop_runs, mode):
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_custom_loop_writes_table_and_histograms(custom_loop_runs, mode):
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 
     logdir, _ = custom_loop_runs
     table = Reader.for_logdir(logdir).layer_table(mode)
     assert [layer.name for layer in table.layers] == [f"{mode}/h1", f"{mode}/out"]
     assert [layer.parameter_count for layer in table.layers] == [15, 6]
-    mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(logdir))
-    mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    provider = logdir_data_provider(logdir, ())
     hist = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms", downsample=100)
     tag = metadata.histogram_tag(0, f"{mode}/h1", metadata.HISTOGRAM_KIND_GRADIENT)
     data = hist[mode][tag]
