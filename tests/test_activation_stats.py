@@ -103,25 +103,25 @@ def reference_statistics(model, x, thresholds):
     return out
 
 
-def run_case(name, log_root):
+def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=()):
     model_fn, scale = CASES[name]
     keras.utils.set_random_seed(11)
     model = model_fn()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution)
     initial = model.get_weights()
-    x, y = data(scale, BATCH * STEPS)
+    x, y = data(scale, BATCH * steps)
     xv, yv = data(scale * 3, BATCH)
     log_dir = os.path.join(log_root, name)
-    callback = GradFlow(log_dir, update_freq=1, activation_freq=1, histogram_freq=0)
+    callback = GradFlow(log_dir, update_freq=steps_per_execution, activation_freq=activation_freq, histogram_freq=0)
     # Validation data: the evaluate step is traced while the wrappers are in
     # place, and must record nothing.
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback],
-              validation_data=(xv, yv))
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[callback, *(make(callback) for make in callbacks)], validation_data=(xv, yv))
     reference_model = model_fn()
     reference_model.set_weights(initial)
     reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     reference = {}
-    for k in range(1, STEPS + 1):
+    for k in range(1, steps + 1):
         xb, yb = x[(k - 1) * BATCH : k * BATCH], y[(k - 1) * BATCH : k * BATCH]
         reference[k] = reference_statistics(reference_model, xb, rules.DEFAULT_THRESHOLDS)
         reference_model.fit(xb, yb, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
@@ -134,13 +134,13 @@ def runs():
         yield {name: run_case(name, root) for name in CASES} | {"root": root}
 
 
-def compare(result):
+def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
     reader = Reader.for_logdir(result["log_dir"])
     table = reader.layer_table("train")
     names = [layer.name.split("/")[-1] for layer in table.layers]
-    assert table.activation_freq == 1
+    assert table.activation_freq == sample_steps[0]
     series = {s: reader.activation_series("train", s) for s in metadata.ACTIVATION_STATISTICS}
-    assert series["saturated_fraction"].steps.tolist() == list(range(1, STEPS + 1))
+    assert series["saturated_fraction"].steps.tolist() == list(sample_steps)
     window = {}
     for i, step in enumerate(series["saturated_fraction"].steps):
         expected = result["reference"][int(step)]
@@ -222,6 +222,35 @@ def test_preactivation_histograms_in_the_histograms_plugin(runs):
             np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["z_range"], rtol=1e-5)
     assert not any(metadata.HISTOGRAM_KIND_PREACTIVATION in tag and "out" in tag for tag in tensors)
 
+
+class FunctionProbe(keras.callbacks.Callback):
+    """After GradFlow in the list: which train function each execution runs."""
+
+    def __init__(self, gradflow):
+        super().__init__()
+        self.gradflow, self.sampling = gradflow, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        functions = (self.gradflow._sampling_function, self.gradflow._gradient_only_function)
+        assert self.model.train_function in functions
+        self.sampling.append((batch, self.model.train_function is functions[0]))
+
+
+@pytest.mark.parametrize("steps_per_execution, activation_freq, steps", [(1, 3, 7), (2, 4, 10)])
+def test_steps_in_between_run_the_gradient_only_function(tmp_path, steps_per_execution, activation_freq, steps):
+    probes = []
+    result = run_case("sigmoid_normal_init", str(tmp_path), steps=steps, activation_freq=activation_freq,
+                      steps_per_execution=steps_per_execution,
+                      callbacks=[lambda gradflow: probes.append(FunctionProbe(gradflow)) or probes[-1]])
+    sample_steps = tuple(range(activation_freq, steps + 1, activation_freq))
+    # The sampling function runs the first execution (its trace settles the
+    # layer table) and the executions holding a sample step, nothing else.
+    expected = [(first - 1, first == 1 or any(s in sample_steps for s in range(first, first + steps_per_execution)))
+                for first in range(1, steps + 1, steps_per_execution)]
+    assert probes[0].sampling == expected
+    # Statistics of exactly the sample steps, equal to the reference there
+    # (the first execution's sampling function records nothing).
+    compare(result, sample_steps)
 
 def test_wrappers_removed_after_fit(runs):
     model, callback = runs["relu_negative_bias"]["model"], runs["relu_negative_bias"]["callback"]

@@ -14,11 +14,14 @@
 For every layer whose `activation` attribute is a non-linear callable (Dense,
 Conv*, EinsumDense, `keras.layers.Activation`, custom layers that expose
 one), `install` replaces the attribute on the instance with a wrapper that
-returns `original(z)` unchanged and, while the train step is being traced,
-adds the statistics of z under a `tf.cond` that is true every
-`activation_freq` steps (ActivationRecorder). The statistics come from the
-activations of the step being trained: no extra forward pass, and steps in
-between pay for one scalar comparison per layer. Activation layers of the
+returns `original(z)` unchanged and, while a train step made by
+`sampling_train_step` is being traced, adds the statistics of z under a
+`tf.cond` that is true on steps that are multiples of `activation_freq`
+(ActivationRecorder). The statistics come from the activations of the step
+being trained: no extra forward pass. The callback runs that sampling train
+function only on executions that hold a sample step and the gradient-only
+train function on the others, so the steps in between run exactly the graph
+they would run without activation statistics. Activation layers of the
 ReLU, LeakyReLU and ELU classes (no `activation` attribute, the function is
 their `call`) are wrapped at `call`.
 
@@ -254,25 +257,29 @@ class ActivationCapture:
 
         return capturing
 
-    def wrap_train_step(self, model):
-        """Marks, at trace time, the forward pass of the train step."""
-        capture = self
-        self._train_step_own = model.__dict__.get("train_step")
-        original = model.train_step
+    def sampling_train_step(self, train_step):
+        """`train_step` with the activation wrappers live while it traces.
 
-        def train_step(*args, **kwargs):
+        The callback traces two train functions: the gradient-only one from
+        `train_step`, which runs on the steps in between, and one from this
+        wrapper, which runs only on executions that hold a sample step. The
+        wrappers add their ops to the second one only, so the steps in
+        between run the gradient-only graph unchanged.
+        """
+        capture = self
+
+        def sampling_train_step(*args, **kwargs):
             # A counter, not a flag: MirroredStrategy traces the replicas'
             # steps in concurrent threads.
             with capture._lock:
                 capture._tracing += 1
             try:
-                return original(*args, **kwargs)
+                return train_step(*args, **kwargs)
             finally:
                 with capture._lock:
                     capture._tracing -= 1
 
-        model.train_step = train_step
-        self._model = model
+        return sampling_train_step
 
     def restore(self):
         """Puts every wrapped attribute back; safe to call twice."""
@@ -285,11 +292,4 @@ class ActivationCapture:
                 setattr(entry.layer, entry.attribute, entry.original)
             else:
                 entry.layer.__dict__.pop(entry.attribute, None)
-        model = getattr(self, "_model", None)
-        if model is not None:
-            if self._train_step_own is None:
-                model.__dict__.pop("train_step", None)
-            else:
-                model.train_step = self._train_step_own
-            self._model = None
         self._installed = False

@@ -106,6 +106,7 @@ class GradFlow(keras.callbacks.Callback):
         self.update_ratio = bool(update_ratio)
         self.run_dir = os.path.join(self.log_dir, run_name) if run_name else self.log_dir
         self._installed = None
+        self._sampling_function = None
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
@@ -163,7 +164,6 @@ class GradFlow(keras.callbacks.Callback):
                 # The forward pass runs before optimizer.apply advances the
                 # recorder's step: this step's number is the counter + 1.
                 self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value() + 1)
-                self._capture.wrap_train_step(model)
             # After the activation wrappers: it restores `call` to them.
             self._call_order = model_layers.CallOrderRecorder(self._owners)
             self._install(optimizer)
@@ -264,7 +264,35 @@ class GradFlow(keras.callbacks.Callback):
             if distributed
             else "optimizer.apply" + (" (unscaled by the loss scale)" if scaled else "")
         )
-        self.model.make_train_function(force=True)
+        self._make_train_functions()
+
+    def _make_train_functions(self):
+        """Retraces the train step; with activation statistics, two of them.
+
+        The gradient-only function runs the steps in between; the sampling
+        function (activation wrappers live in it) runs executions that hold
+        a sample step, and the first execution, whose trace settles each
+        activation's capture status before the layer table is written. So
+        the steps in between pay nothing for activation statistics, not
+        even a branch.
+        """
+        model = self.model
+        model.make_train_function(force=True)
+        self._gradient_only_function = model.train_function
+        self._sampling_function = None
+        if self._activation_recorder is None:
+            return
+        own = model.__dict__.get("train_step")
+        # Keras' make_train_function takes `self.train_step` as it is now.
+        model.train_step = self._capture.sampling_train_step(model.train_step)
+        try:
+            model.make_train_function(force=True)
+        finally:
+            if own is None:
+                model.__dict__.pop("train_step", None)
+            else:
+                model.train_step = own
+        self._sampling_function = model.train_function
 
     def _note_gradients(self, aligned):
         # Trace time: which variables get a gradient is static in the graph.
@@ -278,6 +306,7 @@ class GradFlow(keras.callbacks.Callback):
         harmlessly but at its cost).
         """
         installed, self._installed = self._installed, None
+        self._sampling_function = self._gradient_only_function = None
         call_order = getattr(self, "_call_order", None)
         if call_order is not None:
             call_order.restore()
@@ -301,6 +330,11 @@ class GradFlow(keras.callbacks.Callback):
     # ------------------------------------------------------------- per batch
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_begin = batch
+        if self._sampling_function is not None:
+            # Keras calls `model.train_function` afresh for every execution.
+            last = self._host_step + self._steps_per_execution
+            sample = not self._table_written or last // self._activation_freq > self._host_step // self._activation_freq
+            self.model.train_function = self._sampling_function if sample else self._gradient_only_function
 
     def on_train_batch_end(self, batch, logs=None):
         steps = batch - getattr(self, "_batch_begin", batch) + 1
