@@ -8,6 +8,9 @@ z = h @ W + b layer by layer in numpy and the derivative analytically.
 """
 
 import os
+import pickle
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -156,7 +159,7 @@ def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
                     MAX_ERROR[statistic] = max(MAX_ERROR.get(statistic, 0.0), abs(actual - want) / abs(want))
             window.setdefault(layer_name, []).append(ref["active"])
             seen = np.sum(window[layer_name][-rules.DEFAULT_THRESHOLDS.dead_window :], axis=0)
-            elements = BATCH * len(window[layer_name][-rules.DEFAULT_THRESHOLDS.dead_window :])
+            elements = result.get("batch", BATCH) * len(window[layer_name][-rules.DEFAULT_THRESHOLDS.dead_window :])
             inactive = float(np.mean(seen < rules.DEFAULT_THRESHOLDS.dead_inactivity * elements))
             assert series["inactive_fraction"].values[i, j] == pytest.approx(inactive, abs=1e-7)
         # Layers without activation: NaN.
@@ -382,3 +385,70 @@ def test_output_layers_are_found_for_every_model_form():
     model = Subclassed()
     # No symbolic outputs: the last layer of the recorded call order stands in.
     assert model_layers.output_layers(model, [model.hidden, model.out]) == {id(model.out)}
+
+
+# --------------------------------------------------------- MirroredStrategy
+def _mirrored_main(out_dir):
+    """Subprocess entry (logical devices must be set before TF starts): the
+    sigmoid MLP on two replicas, and its reference on the global batch."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(11)
+    with strategy.scope():
+        model = sigmoid_mlp()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    initial = model.get_weights()
+    batch = 2 * BATCH
+    x, y = data(3.0, batch * STEPS)
+    log_dir = os.path.join(out_dir, "mirrored")
+    model.fit(x, y, batch_size=batch, shuffle=False, verbose=0,
+              callbacks=[GradFlow(log_dir, update_freq=1, activation_freq=1, histogram_freq=0)])
+    # The same SGD steps on one device over the global batch.
+    reference_model = sigmoid_mlp()
+    reference_model.set_weights(initial)
+    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    reference = {}
+    for k in range(1, STEPS + 1):
+        xb, yb = x[(k - 1) * batch : k * batch], y[(k - 1) * batch : k * batch]
+        reference[k] = reference_statistics(reference_model, xb, rules.DEFAULT_THRESHOLDS)
+        # The pre-activation histogram is the first replica's share.
+        for name, first in reference_statistics(reference_model, xb[:BATCH], rules.DEFAULT_THRESHOLDS).items():
+            reference[k][name]["first_replica_z_range"] = first["z_range"]
+        reference_model.fit(xb, yb, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    with open(os.path.join(out_dir, "results.pkl"), "wb") as f:
+        pickle.dump({"log_dir": log_dir, "reference": reference, "batch": batch}, f)
+
+
+def test_mirrored_strategy_statistics_cover_the_global_batch(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+               + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "mirrored", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    with open(tmp_path / "results.pkl", "rb") as f:
+        result = pickle.load(f)
+    # Fractions, mean and std over both replicas' shares, as one device sees the global batch.
+    reader, table, series = compare(result)
+    from tensorboard import context
+
+    provider = logdir_data_provider(result["log_dir"], ("histograms",))
+    tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
+                                    downsample=10**9)["train"]
+    for layer in table.layers[:3]:
+        for d in tensors[metadata.histogram_tag(layer.depth, layer.name, metadata.HISTOGRAM_KIND_PREACTIVATION)]:
+            buckets = np.asarray(d.numpy)
+            ref = result["reference"][d.step][layer.name.split("/")[-1]]
+            assert buckets[:, 2].sum() == BATCH * 128
+            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["first_replica_z_range"], rtol=1e-5)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "mirrored":
+        _mirrored_main(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
