@@ -71,7 +71,11 @@ class GradFlow(keras.callbacks.Callback):
         fractions, activation mean and std, a pre-activation histogram),
         computed inside the train step from that step's activations; 0
         disables them. Rounded up to a multiple of `steps_per_execution` like
-        `update_freq`. See docs/event_contract.md, "Activation statistics".
+        `update_freq`. The train step is traced twice (once more with the
+        activation statistics in it, run only on executions holding a sample
+        step), so the steps in between pay nothing; the price is one more
+        trace (and XLA compile) when `fit` starts. See docs/event_contract.md,
+        "Activation statistics".
 
     Raises (at `on_train_begin`, before the first step):
       ValueError: an argument is out of range, the model has no trainable
