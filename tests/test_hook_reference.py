@@ -180,6 +180,10 @@ CONFIGS = {
     "subclassed": (subclassed_model, sgd, {}, 1, 2, 4, ["a_in", "blk_first", "blk_second", "z_out"]),
     "jit_compile": (sequential_model, adam, {"jit_compile": True}, 1, 2, 4, ["s_a", "s_b", "s_out"]),
     "steps_per_execution": (functional_model, sgd, {"steps_per_execution": 4}, 4, 4, 8, None),
+    # Writes every 3 steps (histograms every 6): the interval extremes span
+    # steps that write nothing, with and without XLA.
+    "write_every_3": (sequential_model, adam, {}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
+    "write_every_3_jit": (sequential_model, adam, {"jit_compile": True}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
     "mixed_float16": (mixed_model, adam, {}, 1, 2, 4, ["m_a", "m_b", "m_out"]),
 }
 BATCH = 8
@@ -494,7 +498,7 @@ def test_mixed_float16(log_root):
 # --------------------------------------------------------- MirroredStrategy
 MIRRORED_CONFIGS = {
     # name: (model_fn, optimizer_fn, policy, update_freq, histogram_freq, batches, expected layers)
-    "mirrored": (sequential_model, sgd, None, 1, 2, 4, ["s_a", "s_b", "s_out"]),
+    "mirrored": (sequential_model, sgd, None, 2, 2, 4, ["s_a", "s_b", "s_out"]),
     "mirrored_mixed_float16": (mixed_model, sgd, "mixed_float16", 1, 2, 3, ["m_a", "m_b", "m_out"]),
 }
 
