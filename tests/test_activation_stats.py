@@ -120,15 +120,28 @@ def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution
     # place, and must record nothing.
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
               callbacks=[callback, *(make(callback) for make in callbacks)], validation_data=(xv, yv))
+    reference = reference_run(model_fn, initial, x, y, BATCH, steps)
+    return {"log_dir": log_dir, "reference": reference, "model": model, "callback": callback}
+
+
+def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None):
+    """{step: reference statistics}: an unhooked copy from the same weights,
+    fitted one batch at a time, measured before each step. With
+    `replica_share`, each layer also gets the z range of the batch's first
+    `replica_share` samples (the first replica's share)."""
     reference_model = model_fn()
     reference_model.set_weights(initial)
     reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     reference = {}
     for k in range(1, steps + 1):
-        xb, yb = x[(k - 1) * BATCH : k * BATCH], y[(k - 1) * BATCH : k * BATCH]
+        xb, yb = x[(k - 1) * batch : k * batch], y[(k - 1) * batch : k * batch]
         reference[k] = reference_statistics(reference_model, xb, rules.DEFAULT_THRESHOLDS)
-        reference_model.fit(xb, yb, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    return {"log_dir": log_dir, "reference": reference, "model": model, "callback": callback}
+        if replica_share:
+            share = reference_statistics(reference_model, xb[:replica_share], rules.DEFAULT_THRESHOLDS)
+            for name, first in share.items():
+                reference[k][name]["first_replica_z_range"] = first["z_range"]
+        reference_model.fit(xb, yb, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -408,18 +421,9 @@ def _mirrored_main(out_dir):
     log_dir = os.path.join(out_dir, "mirrored")
     model.fit(x, y, batch_size=batch, shuffle=False, verbose=0,
               callbacks=[GradFlow(log_dir, update_freq=1, activation_freq=1, histogram_freq=0)])
-    # The same SGD steps on one device over the global batch.
-    reference_model = sigmoid_mlp()
-    reference_model.set_weights(initial)
-    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    reference = {}
-    for k in range(1, STEPS + 1):
-        xb, yb = x[(k - 1) * batch : k * batch], y[(k - 1) * batch : k * batch]
-        reference[k] = reference_statistics(reference_model, xb, rules.DEFAULT_THRESHOLDS)
-        # The pre-activation histogram is the first replica's share.
-        for name, first in reference_statistics(reference_model, xb[:BATCH], rules.DEFAULT_THRESHOLDS).items():
-            reference[k][name]["first_replica_z_range"] = first["z_range"]
-        reference_model.fit(xb, yb, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    # The same SGD steps on one device over the global batch; the
+    # pre-activation histogram is the first replica's share.
+    reference = reference_run(sigmoid_mlp, initial, x, y, batch, STEPS, replica_share=BATCH)
     with open(os.path.join(out_dir, "results.pkl"), "wb") as f:
         pickle.dump({"log_dir": log_dir, "reference": reference, "batch": batch}, f)
 
