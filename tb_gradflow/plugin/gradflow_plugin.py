@@ -107,6 +107,11 @@ def _bool(args, name, default):
     raise errors.InvalidArgumentError(f"parameter {name!r} must be true or false, got {raw!r}")
 
 
+def _columns(args):
+    """The heatmap width a request asks for (1 ... MAX_COLUMNS)."""
+    return _int(args, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS)
+
+
 def _statistic(args):
     statistic = args.get("statistic") or DEFAULT_STATISTIC
     if statistic not in metadata.STATISTICS:
@@ -207,7 +212,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 eid,
                 _required(a, "run"),
                 _statistic(a),
-                columns=_int(a, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS),
+                columns=_columns(a),
                 alerts=_bool(a, "alerts", True),
             ),
         )
@@ -217,7 +222,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         return self._json(
             request,
             lambda ctx, eid, a: self.alert_cells_impl(
-                ctx, eid, _required(a, "run"), _statistic(a), columns=_int(a, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS)
+                ctx, eid, _required(a, "run"), _statistic(a), columns=_columns(a)
             ),
         )
 
@@ -252,7 +257,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
                 eid,
                 _required(a, "run"),
                 a.get("statistic") or None,
-                columns=_int(a, "columns", DEFAULT_COLUMNS, 1, MAX_COLUMNS),
+                columns=_columns(a),
             ),
         )
 
