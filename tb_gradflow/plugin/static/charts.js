@@ -11,6 +11,20 @@ function axisColors() {
   return { fg: cssVar("--fg", "#222"), muted: cssVar("--muted", "#777"), grid: cssVar("--grid", "#ddd") };
 }
 
+// A horizontal grid line across the plot at y, labelled left of the axis.
+function gridLine(ctx, left, plotW, y, label, grid, muted) {
+  const py = Math.round(y) + 0.5;
+  ctx.strokeStyle = grid;
+  ctx.beginPath();
+  ctx.moveTo(left, py);
+  ctx.lineTo(left + plotW, py);
+  ctx.stroke();
+  ctx.fillStyle = muted;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  ctx.fillText(label, left - 6, py);
+}
+
 /**
  * Draws the profile: for each layer (x, depth order) one bar per run, height
  * log10 of the value. Returns hit boxes [{x0, x1, y0, y1, run, layer, value}].
@@ -40,19 +54,8 @@ export function drawProfile(canvas, width, series, statisticLabel, labels = null
   const yOf = (log) => top + plotH - ((log - lo) / (hi - lo)) * plotH;
 
   // Decade grid and labels.
-  ctx.textAlign = "right";
-  ctx.textBaseline = "middle";
   const every = Math.max(1, Math.ceil((hi - lo) / 8));
-  for (let d = lo; d <= hi; d += every) {
-    const y = Math.round(yOf(d)) + 0.5;
-    ctx.strokeStyle = grid;
-    ctx.beginPath();
-    ctx.moveTo(left, y);
-    ctx.lineTo(left + plotW, y);
-    ctx.stroke();
-    ctx.fillStyle = muted;
-    ctx.fillText(decade(d), left - 6, y);
-  }
+  for (let d = lo; d <= hi; d += every) gridLine(ctx, left, plotW, yOf(d), decade(d), grid, muted);
   ctx.save();
   ctx.translate(12, top + plotH / 2);
   ctx.rotate(-Math.PI / 2);
@@ -176,18 +179,7 @@ export function drawHistogram(canvas, width, buckets, { color, log10Axis = false
   const maxCount = Math.max(...shown.map((r) => r[2]));
   const xOf = (v) => left + ((v - x0) / (x1 - x0)) * plotW;
   const yOf = (c) => top + plotH - (c / maxCount) * plotH;
-  for (const t of niceTicks(0, maxCount, 3)) {
-    const y = Math.round(yOf(t)) + 0.5;
-    ctx.strokeStyle = grid;
-    ctx.beginPath();
-    ctx.moveTo(left, y);
-    ctx.lineTo(left + plotW, y);
-    ctx.stroke();
-    ctx.fillStyle = muted;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    ctx.fillText(short(t), left - 6, y);
-  }
+  for (const t of niceTicks(0, maxCount, 3)) gridLine(ctx, left, plotW, yOf(t), short(t), grid, muted);
   ctx.fillStyle = color;
   for (const [l, r, c] of shown) {
     if (c <= 0) continue;
