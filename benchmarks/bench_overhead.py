@@ -135,12 +135,11 @@ def paired_ratio(times, baseline, rng, resamples=2000):
     return float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
-def period(hook):
-    """Steps between the configuration's periodic (write, histogram, sample) steps; None without a hook."""
-    if hook is None:
+def period(callback):
+    """Steps between the callback's periodic (write, histogram, sample) steps; None without one."""
+    if callback is None:
         return None
-    freqs = {"update_freq": 100, "histogram_freq": 1000, "activation_freq": 100} | hook
-    return min(f for f in freqs.values() if f > 0)
+    return min(f for f in (callback.update_freq, callback.histogram_freq, callback.activation_freq) if f > 0)
 
 
 def periodic_cost(blocks, every):
@@ -159,7 +158,7 @@ def periodic_cost(blocks, every):
 
 
 def measure(jit, rounds, block, dataset, warmup_batch, logdir):
-    """{config name: [[seconds of each step] of each round]}."""
+    """({config name: [[seconds of each step] of each round]}, {config name: period})."""
     trainers = {
         name: Trainer(hook, jit, dataset, os.path.join(logdir, f"jit{int(jit)}", str(i)), warmup_batch)
         for i, (name, hook) in enumerate(CONFIGS.items())
@@ -175,7 +174,7 @@ def measure(jit, rounds, block, dataset, warmup_batch, logdir):
             per_step[name].append(trainers[name].run(block))
     for trainer in trainers.values():
         trainer.close()
-    return per_step
+    return per_step, {name: period(trainer.callback) for name, trainer in trainers.items()}
 
 
 def main():
@@ -196,10 +195,10 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as logdir:
         for jit in (False,) if args.quick else (False, True):
-            per_step = measure(jit, rounds, args.block, dataset, (x[:batch], y[:batch]), logdir)
+            per_step, periods = measure(jit, rounds, args.block, dataset, (x[:batch], y[:batch]), logdir)
             block_means = {name: [np.mean(b) for b in blocks] for name, blocks in per_step.items()}
             steps = {name: np.concatenate(blocks) for name, blocks in per_step.items()}
-            periodic = {name: periodic_cost(per_step[name], period(CONFIGS[name])) for name in per_step}
+            periodic = {name: periodic_cost(per_step[name], periods[name]) for name in per_step}
             for config, baseline in COMPARISONS:
                 ratio, low, high = paired_ratio(block_means[config], block_means[baseline], rng)
                 row = {
