@@ -138,7 +138,7 @@ class GradientWriter:
             raise ValueError("GradientWriter.write must get the same variables, in the same order, every call")
         step = tf.cast(step, tf.int64)
         self._recorder.record_gradients(step, gradients)
-        self._recorder.record_weights(step, [getattr(v, "value", v) for v in variables], None)
+        self._recorder.record_weights(step, [getattr(v, "value", v) for v in variables])
         due = tf.logical_or(self._recorder.is_write_step(step), self._recorder.is_histogram_step(step))
         if tf.executing_eagerly():
             if bool(due):

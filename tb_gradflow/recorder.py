@@ -44,10 +44,11 @@ class GradientRecorder:
       strategy: the `tf.distribute.Strategy` whose scope the variables need.
       initial_step: train steps already taken (the first `advance_step`
         returns initial_step + 1).
+      xla: the step is compiled with XLA (`jit_compile=True`).
     """
 
     def __init__(
-        self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0
+        self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0, xla=False
     ):
         self.sizes = np.asarray(sizes, np.int64)
         self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
@@ -55,12 +56,25 @@ class GradientRecorder:
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
         self._read_function = None
+        self.xla = bool(xla)
+        self._isolated_functions = {}
         self._variables_of_layer = [
             [i for i, layer in enumerate(self.layer_of_variable) if layer == li] for li in range(self.n_layers)
         ]
         n_vars = len(self.sizes)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+        self._strategy = strategy
+        # Under a multi-replica strategy the recorder runs in each replica's
+        # context, where a nested isolated call cannot take the distributed
+        # variables; there the statistics run inline.
+        self._inline = self.xla or distributed
+        self._sync = (
+            dict(synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            if distributed
+            else {}
+        )
+        self.weight_snapshots = None
 
         def state(name, shape, dtype=tf.float32, init=0):
             kwargs = dict(trainable=False, name=f"tb_gradflow_{name}")
@@ -115,32 +129,53 @@ class GradientRecorder:
             return tf.constant(False)
         return tf.equal(step % self.histogram_freq, 0)
 
-    def record_gradients(self, step, grads):
-        """In-step: statistics of `grads` (aligned with `sizes`; None allowed)."""
+    def record_gradients(self, step, grads, scale=None):
+        """In-step: statistics of `grads` (aligned with `sizes`; None allowed).
+
+        `scale`: a loss scale the gradients are multiplied by (mixed
+        precision); the statistics are of `grads / scale`.
+
+        Every op here reads one variable's gradient (or one layer's) and
+        yields a few numbers, and the detailed ones run in a function that
+        TensorFlow's graph optimizer (grappler) does not inline. Grappler's
+        heuristics look at the whole graph: its memory optimizer, for one,
+        picks which AddN sums to rewrite into in-place accumulations from a
+        simulated peak-memory schedule, and a hook that held every gradient
+        until one joint `tf.cond`, or made gradient-sized temporaries, moved
+        that peak and changed the summation order of the training step
+        (ResNet50V2 with oneDNN parted from its unhooked run at the second
+        batch). See docs/event_contract.md, "Exactness".
+        """
         step = tf.cast(step, tf.int64)
         present = [g is not None for g in grads]
-        n_vars = len(grads)
+        write = self.is_write_step(step)
         # Every step pays for one fused reduction per variable (l2_loss): the
         # interval extremes need the norm of every step. Its raw sum also
         # tells whether any element is non-finite (NaN/Inf propagate), so the
         # detailed, finite-masked moments run only on write steps and on
-        # steps with a non-finite gradient, under a tf.cond.
-        raw_sq = tf.stack(
-            [2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32)) if g is not None else tf.constant(0.0) for g in grads]
-        )
-        detail = tf.logical_or(self.is_write_step(step), tf.logical_not(tf.reduce_all(tf.math.is_finite(raw_sq))))
-
-        def full_moments():
-            return tf.stack(
-                [stats.gradient_moments(g) if g is not None else tf.zeros([aggregate.NUM_MOMENTS]) for g in grads]
+        # steps with a non-finite gradient, each variable under its own
+        # tf.cond (a joint one would keep every gradient alive until the last).
+        rows = []
+        one = tf.constant(1.0)
+        for g in grads:
+            if g is None:
+                rows.append(tf.zeros([aggregate.NUM_MOMENTS]))
+                continue
+            raw_sq = 2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32))
+            if scale is not None:
+                # A power of two: dividing the sum is exact, like dividing g.
+                raw_sq = raw_sq / (scale * scale)
+            detail = tf.logical_or(write, tf.logical_not(tf.math.is_finite(raw_sq)))
+            nan = tf.constant(float("nan"))
+            rows.append(
+                tf.cond(
+                    detail,
+                    lambda g=g: self._isolated(_moments)(g, one if scale is None else scale),
+                    # Sum |g|, max |g| and the zero count are not measured: NaN says so.
+                    lambda raw_sq=raw_sq: tf.stack([raw_sq, nan, nan, nan, tf.constant(0.0)]),
+                )
             )
-
-        def norm_only():
-            # Sum |g|, max |g| and the zero count are not measured: NaN says so.
-            unknown = tf.fill([n_vars, 3], float("nan"))
-            return tf.concat([raw_sq[:, None], unknown, tf.zeros([n_vars, 1])], axis=1)
-
-        moments = tf.cond(detail, full_moments, norm_only)
+        moments = tf.stack(rows)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.stack(
             [
@@ -165,68 +200,80 @@ class GradientRecorder:
         self.has_gradient.assign(tf.constant(present))
         self.snapshot_step.assign(step)
 
+        if self.histogram_freq <= 0:
+            return
         hist = self.is_histogram_step(step)
+        ranges, counts, log_counts = [], [], []
+        for li, members in enumerate(self._variables_of_layer):
+            tensors = [grads[i] for i in members if grads[i] is not None]
+            if not tensors:
+                ranges.append(tf.zeros([2]))
+                counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
+                log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+                continue
+            # One layer's gradients per cond, for the same reason as above.
+            low_high, count, log_count = tf.cond(
+                hist,
+                lambda tensors=tensors: self._isolated(_layer_histograms)(one if scale is None else scale, *tensors),
+                lambda li=li: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
+            )
+            ranges.append(low_high)
+            counts.append(count)
+            log_counts.append(log_count)
+        self.histogram_range.assign(tf.stack(ranges))
+        self.histogram_counts.assign(tf.stack(counts))
+        self.log10_counts.assign(tf.stack(log_counts))
+        self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
 
-        def histograms():
-            ranges, counts, log_counts = [], [], []
-            for members in self._variables_of_layer:
-                tensors = [grads[i] for i in members if grads[i] is not None]
-                if not tensors:
-                    ranges.append(tf.zeros([2]))
-                    counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
-                    log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
-                    continue
-                low, high = stats.finite_range(tensors)
-                ranges.append(tf.stack([low, high]))
-                counts.append(stats.equal_width_counts(tensors, low, high))
-                log_counts.append(stats.log10_magnitude_counts(tensors))
-            return tf.stack(ranges), tf.stack(counts), tf.stack(log_counts)
+    def _isolated(self, function):
+        """`function` as a call that grappler optimizes on its own (not inlined).
 
-        def keep():
-            return self.histogram_range.read_value(), self.histogram_counts.read_value(), self.log10_counts.read_value()
-
-        if self.histogram_freq > 0:
-            ranges, counts, log_counts = tf.cond(hist, histograms, keep)
-            self.histogram_range.assign(ranges)
-            self.histogram_counts.assign(counts)
-            self.log10_counts.assign(log_counts)
-            self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
-
-    def snapshot_weights(self, step, variables, xla=False):
-        """In-step, before the update: the weights, for the update ratio.
-
-        Without XLA, a tensor read before an in-place update makes TensorFlow
-        copy the variable on write, every step; so the copy is taken under a
-        `tf.cond` on write steps only, and other steps return an empty tensor.
-        XLA needs equal branch shapes, but it keeps the old value simply by
-        writing the update to a fresh buffer, so a plain read costs nothing.
+        Under XLA the whole step is one compiled cluster and there is no
+        grappler to keep out; the function is called as it is.
         """
-        if xla:
-            return [tf.convert_to_tensor(v) for v in variables]
-        write = self.is_write_step(tf.cast(step, tf.int64))
-        return [
-            tf.cond(write, lambda v=v: tf.reshape(tf.identity(v), [-1]), lambda v=v: tf.zeros([0], v.dtype))
-            for v in variables
-        ]
+        if self._inline:
+            return function
+        cached = self._isolated_functions.get(function)
+        if cached is None:
+            cached = tf.function(function, experimental_attributes={"_noinline": True}, reduce_retracing=False)
+            self._isolated_functions[function] = cached
+        return cached
 
-    def record_weights(self, step, variables, before):
-        """In-step, after the update: weight norms and update sizes on write steps."""
-        write = self.is_write_step(tf.cast(step, tf.int64))
+    def track_weights(self, variables):
+        """Host, once before the first step: keep a copy of each weight for the update ratio.
+
+        The update-to-weight ratio needs the weights before and after an
+        update. Copying them inside the step, before the update, would hold a
+        weight-sized tensor across the optimizer's ops, which grappler's
+        memory heuristics see (and act on). Instead the copy lives in a
+        variable, refreshed after the update of the step before each write
+        step; everything reads variables inside an isolated call, so the
+        training graph gains no tensor of a weight's size. It costs one copy
+        of the trainable weights in memory.
+        """
+        scope = self._strategy.scope() if self._strategy is not None else contextlib.nullcontext()
+        with scope:
+            self.weight_snapshots = [
+                tf.Variable(tf.identity(v), trainable=False, name=f"tb_gradflow_weight_before_{i}", **self._sync)
+                for i, v in enumerate(variables)
+            ]
+
+    def record_weights(self, step, variables):
+        """In-step, after the update: weight norms and update sizes on write steps.
+
+        Args:
+          variables: the updated variables, aligned with `sizes`.
+        """
+        step = tf.cast(step, tf.int64)
+        write = self.is_write_step(step)
+        snapshots = self.weight_snapshots
 
         def measure():
-            weight = tf.stack([stats.sum_squares(v) for v in variables])
-            if before is None:
-                update = tf.fill([len(variables)], float("nan"))
-                weight_before = tf.fill([len(variables)], float("nan"))
-            else:
-                update = tf.stack(
-                    [
-                        stats.sum_squares(tf.reshape(tf.cast(v, tf.float32), [-1]) - tf.reshape(tf.cast(b, tf.float32), [-1]))
-                        for v, b in zip(variables, before)
-                    ]
-                )
-                weight_before = tf.stack([stats.sum_squares(b) for b in before])
-            return weight, update, weight_before
+            if snapshots is None:
+                weight = self._isolated(_sum_squares_of)(variables)
+                nan = tf.fill([len(variables)], float("nan"))
+                return weight, nan, nan
+            return self._isolated(_update_sums)(variables, snapshots)
 
         def keep():
             return (
@@ -239,7 +286,14 @@ class GradientRecorder:
         self.weight_sum_squares.assign(weight)
         self.update_sum_squares.assign(update)
         self.weight_before_sum_squares.assign(weight_before)
-        self.weight_step.assign(tf.where(write, tf.cast(step, tf.int64), self.weight_step))
+        self.weight_step.assign(tf.where(write, step, self.weight_step))
+        if snapshots is not None:
+            # After this step's update: the "before" of the next write step.
+            tf.cond(
+                self.is_write_step(step + 1),
+                lambda: self._isolated(_copy_weights)(variables, snapshots),
+                lambda: tf.constant(False),
+            )
 
     def state(self):
         """{name: variable} of everything `snapshot` needs."""
@@ -283,6 +337,37 @@ class GradientRecorder:
         return raw
 
 
+def _sum_squares_of(variables):
+    return tf.stack([stats.sum_squares(v) for v in variables])
+
+
+def _update_sums(variables, snapshots):
+    """(||w||^2, ||w - w_before||^2, ||w_before||^2) per variable."""
+    weight = tf.stack([stats.sum_squares(v) for v in variables])
+    update = tf.stack(
+        [stats.sum_squares(tf.cast(v, tf.float32) - tf.cast(b, tf.float32)) for v, b in zip(variables, snapshots)]
+    )
+    before = tf.stack([stats.sum_squares(b) for b in snapshots])
+    return weight, update, before
+
+
+def _copy_weights(variables, snapshots):
+    for v, b in zip(variables, snapshots):
+        b.assign(v)
+    return tf.constant(True)
+
+
+def _moments(grad, scale):
+    return stats.gradient_moments(tf.cast(grad, tf.float32) / scale)
+
+
+def _layer_histograms(scale, *tensors):
+    """(range [2], equal-width counts, log10 counts) of one layer's gradients / scale."""
+    tensors = [tf.cast(t, tf.float32) / scale for t in tensors]
+    low, high = stats.finite_range(tensors)
+    return tf.stack([low, high]), stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
+
+
 class ActivationRecorder:
     """Device state of the activation statistics (saturation, dead units).
 
@@ -292,6 +377,7 @@ class ActivationRecorder:
         an element counts as saturated (saturation_derivative x its peak).
       activation_freq: statistics on train steps that are multiples of this.
       strategy: the `tf.distribute.Strategy` whose scope the variables need.
+      xla: the step is compiled with XLA.
 
     Each replica sees its own share of the batch, so the counts and sums are
     ON_READ variables with SUM aggregation: a host read adds the replicas'
@@ -302,19 +388,21 @@ class ActivationRecorder:
 
     >>> import tensorflow as tf
     >>> rec = ActivationRecorder(units=[2], thresholds=[0.0591], activation_freq=1)
-    >>> rec.record(0, tf.nn.relu, tf.constant([[-1.0, 2.0], [-3.0, 4.0]]), tf.constant(1, tf.int64))
+    >>> rec.record(0, tf.constant([[-1.0, 2.0], [-3.0, 4.0]]), tf.constant(1, tf.int64), function=tf.nn.relu)
     >>> snap = rec.read()
     >>> snap.step, snap.active[0].tolist(), float(snap.moments[0][0])
     (1, [0.0, 2.0], 2.0)
     """
 
-    def __init__(self, *, units, thresholds, activation_freq, strategy=None):
+    def __init__(self, *, units, thresholds, activation_freq, strategy=None, xla=False):
         self.units = [int(u) for u in units]
         self.thresholds = [float(t) for t in thresholds]
         self.activation_freq = int(activation_freq)
         self._read_function = None
+        self._measure_functions = {}
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+        self._inline = bool(xla) or distributed
 
         def state(name, shape, dtype=tf.float32, init=0, aggregation=tf.VariableAggregation.SUM):
             kwargs = dict(trainable=False, name=f"tb_gradflow_activation_{name}")
@@ -336,17 +424,38 @@ class ActivationRecorder:
     def is_sample_step(self, step):
         return tf.equal(tf.cast(step, tf.int64) % self.activation_freq, 0)
 
-    def record(self, index, function, z, step, unit_axis=-1):
-        """In-step: statistics of activation `index` applied to `z`, on sample steps only."""
+    def record(self, index, tensor, step, unit_axis=-1, function=None, output_op=None):
+        """In-step: statistics of activation `index`, on sample steps only.
+
+        Either `tensor` is the activation's input z and `function` the
+        activation, or `tensor` is its output a and `output_op` the op type
+        that made it (a key of `stats.OUTPUT_DERIVATIVES`). The statistics
+        run in an isolated call under a tf.cond, like the gradient ones (see
+        GradientRecorder.record_gradients).
+        """
         step = tf.cast(step, tf.int64)
+        measure_fn = self._measure_functions.get(index)
+        if measure_fn is None:
+            threshold = self.thresholds[index]
+
+            def measure_tensor(t):
+                if output_op is not None:
+                    moments, active = stats.activation_statistics_from_output(output_op, t, threshold, unit_axis)
+                else:
+                    moments, active = stats.activation_statistics(function, t, threshold, unit_axis)
+                low, high = stats.finite_range([t])
+                return moments, active, tf.stack([low, high]), stats.equal_width_counts([t], low, high)
+
+            measure_fn = measure_tensor
+            if not self._inline:
+                measure_fn = tf.function(measure_tensor, experimental_attributes={"_noinline": True})
+            self._measure_functions[index] = measure_fn
 
         def measure():
-            moments, active = stats.activation_statistics(function, z, self.thresholds[index], unit_axis)
-            low, high = stats.finite_range([z])
-            counts = stats.equal_width_counts([z], low, high)
+            moments, active, low_high, counts = measure_fn(tensor)
             self.moments[index].assign(moments)
             self.active[index].assign(active)
-            self.histogram_range[index].assign(tf.stack([low, high]))
+            self.histogram_range[index].assign(low_high)
             self.histogram_counts[index].assign(counts)
             self.step.assign(step)
             return tf.constant(True)

@@ -140,8 +140,24 @@ def activation_derivative(function, z):
     return a, d
 
 
+# Activations whose derivative follows from their output a = f(z), by the
+# op that computes a from z: the same formulas as TensorFlow's own gradients
+# of these ops (ReluGrad, SigmoidGrad, TanhGrad, EluGrad, SeluGrad, ...),
+# which read the output too.
+_SELU_SCALE, _SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
+OUTPUT_DERIVATIVES = {
+    "Relu": lambda a: tf.cast(a > 0, a.dtype),
+    "Relu6": lambda a: tf.cast(tf.logical_and(a > 0, a < 6), a.dtype),
+    "Sigmoid": lambda a: a * (1 - a),
+    "Tanh": lambda a: 1 - a * a,
+    "Elu": lambda a: tf.where(a > 0, tf.ones_like(a), a + 1),
+    "Selu": lambda a: tf.where(a > 0, _SELU_SCALE * tf.ones_like(a), a + _SELU_SCALE * _SELU_ALPHA),
+    "Exp": lambda a: a,
+}
+
+
 def activation_statistics(function, z, threshold, unit_axis=-1):
-    """Statistics of one activation call, for ActivationRecorder.
+    """Statistics of one activation call from its input z, for ActivationRecorder.
 
     Returns (moments float32 [6], active float32 [units]):
       moments: saturated count (|f'(z)| < threshold), element count, finite
@@ -150,6 +166,22 @@ def activation_statistics(function, z, threshold, unit_axis=-1):
       active: per unit (the `unit_axis` of z), the elements with f'(z) != 0.
     """
     a, d = activation_derivative(function, z)
+    return _activation_moments(a, d, threshold, unit_axis)
+
+
+def activation_statistics_from_output(op_type, a, threshold, unit_axis=-1):
+    """As `activation_statistics`, from the output a of an `OUTPUT_DERIVATIVES` op.
+
+    >>> import tensorflow as tf
+    >>> moments, active = activation_statistics_from_output("Relu", tf.constant([[0.0, 2.0]]), 0.5)
+    >>> moments.numpy().tolist()[:2], active.numpy().tolist()
+    ([1.0, 2.0], [0.0, 1.0])
+    """
+    a = tf.stop_gradient(a)
+    return _activation_moments(a, OUTPUT_DERIVATIVES[op_type](a), threshold, unit_axis)
+
+
+def _activation_moments(a, d, threshold, unit_axis):
     d = tf.abs(tf.cast(d, tf.float32))
     a = tf.cast(tf.reshape(a, [-1]), tf.float32)
     finite = tf.math.is_finite(a)

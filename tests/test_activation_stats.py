@@ -101,6 +101,9 @@ def reference_statistics(model, x, thresholds):
             "activation_mean": float(np.mean(a)),
             "activation_std": float(np.std(a)),
             "z_range": (float(z.min()), float(z.max())),
+            # float32, as the step computes a: the histogram of an activation
+            # read at its output spans these.
+            "a_range": (float(FUNCTION[name](z).astype(np.float32).min()), float(FUNCTION[name](z).astype(np.float32).max())),
         }
         h = a.astype(np.float32)
     return out
@@ -140,6 +143,7 @@ def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None):
             share = reference_statistics(reference_model, xb[:replica_share], rules.DEFAULT_THRESHOLDS)
             for name, first in share.items():
                 reference[k][name]["first_replica_z_range"] = first["z_range"]
+                reference[k][name]["first_replica_a_range"] = first["a_range"]
         reference_model.fit(xb, yb, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     return reference
 
@@ -235,7 +239,10 @@ def test_preactivation_histograms_in_the_histograms_plugin(runs):
             ref = result["reference"][d.step][layer.name.split("/")[-1]]
             assert buckets.shape == (metadata.HISTOGRAM_BUCKETS, 3)
             assert buckets[:, 2].sum() == BATCH * 128
-            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["z_range"], rtol=1e-5)
+            # Sigmoid's derivative follows from its output, so the capture
+            # reads the output a, not z (layer table: activation_read).
+            assert layer.activation_read == "output"
+            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["a_range"], rtol=1e-5, atol=1e-7)
     assert not any(metadata.HISTOGRAM_KIND_PREACTIVATION in tag and "out" in tag for tag in tensors)
 
 
@@ -448,7 +455,9 @@ def test_mirrored_strategy_statistics_cover_the_global_batch(tmp_path):
             buckets = np.asarray(d.numpy)
             ref = result["reference"][d.step][layer.name.split("/")[-1]]
             assert buckets[:, 2].sum() == BATCH * 128
-            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], ref["first_replica_z_range"], rtol=1e-5)
+            np.testing.assert_allclose(
+                [buckets[0, 0], buckets[-1, 1]], ref["first_replica_a_range"], rtol=1e-5, atol=1e-7
+            )
 
 
 if __name__ == "__main__":

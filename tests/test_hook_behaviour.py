@@ -118,6 +118,9 @@ def _determinism_main(out_dir):
     with_hook = train(sequential(optimizer="sgd"), xn, yn, [GradFlow(log_dir, update_freq=1, histogram_freq=1)])
     result["nan"] = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(without, with_hook))
     result["nan_weights_are_nan"] = bool(np.isnan(with_hook[0]).all())
+    # NaN weights per layer (a, b, out: kernel and bias each): SGD with
+    # momentum keeps an element NaN once a gradient element was NaN.
+    result["nan_weight_counts"] = [int(np.isnan(with_hook[i]).sum() + np.isnan(with_hook[i + 1]).sum()) for i in (0, 2, 4)]
     result["nan_log_dir"] = log_dir
     # Mixed precision: the LossScaleOptimizer skips the NaN step (weights and
     # optimizer.iterations unchanged, the loss scale halves); the hook still
@@ -157,11 +160,22 @@ def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
     assert counts.steps.tolist() == [1, 2, 3, 4, 5]
     sizes = np.array([layer.parameter_count for layer in table.layers], np.float64)
     np.testing.assert_array_equal(counts.values[0], 0.0)
-    # From step 2 on, every element of every layer's gradient is NaN.
-    np.testing.assert_array_equal(counts.values[1:], np.broadcast_to(sizes, counts.values[1:].shape))
+    # From step 2 on, every element of the first layer's gradient is NaN (the
+    # NaN is in its input). How far the NaN travels past a ReLU depends on
+    # the CPU: a ReLU fused into its MatMul by oneDNN turns NaN into 0, an
+    # unfused one keeps it; either way the hook reports what the step had.
+    first = [layer.name for layer in table.layers].index("seq/a")
+    np.testing.assert_array_equal(counts.values[1:, first], sizes[first])
+    assert np.all(counts.values <= sizes)
+    # Independent of the counts: an element whose gradient was NaN at any
+    # step leaves a NaN weight (SGD with momentum), and only then.
+    nan_weights = np.array(determinism["nan_weight_counts"], np.float64)
+    assert np.all(counts.values <= nan_weights), (counts.values, nan_weights)
+    np.testing.assert_array_equal(counts.values[1:].max(axis=0) > 0, nan_weights > 0)
     # Norm statistics cover finite elements: no NaN propagates into them.
     norms = reader.layer_series("train", "grad_norm")
-    assert np.all(norms.values[1:] == 0.0) and np.all(norms.values[0] > 0)
+    assert np.all(np.isfinite(norms.values)) and np.all(norms.values[0] > 0)
+    assert np.all(norms.values[1:, first] == 0.0)
 
     from tensorboard import context
     provider = logdir_data_provider(determinism["nan_log_dir"], ())
@@ -172,7 +186,7 @@ def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
     )["train"]
     alert = {d.step: d.value for d in scalars[tag]}
     assert alert[1] == 0.0
-    assert all(alert[s] == len(table.layers) for s in (2, 3, 4, 5)), alert
+    assert all(alert[s] == np.count_nonzero(counts.values[s - 1]) >= 1 for s in (2, 3, 4, 5)), alert
 
 
 def read_alerts(log_dir):
@@ -194,9 +208,13 @@ def test_nonfinite_under_loss_scaling(determinism):
     counts = reader.layer_series("train", "nonfinite_count")
     assert counts.steps.tolist() == [2, 4, 6]
     sizes = np.array([layer.parameter_count for layer in table.layers], np.float64)
-    np.testing.assert_array_equal(counts.values, [np.zeros_like(sizes), sizes, np.zeros_like(sizes)])
+    first = [layer.name for layer in table.layers].index("seq/a")
+    np.testing.assert_array_equal(counts.values[[0, 2]], 0.0)
+    # The first layer's input holds the NaN; how far it travels past the ReLU
+    # depends on the CPU (see test_nonfinite_gradients_counted_alerted_and_harmless).
+    assert counts.values[1, first] == sizes[first] and np.all(counts.values[1] <= sizes)
     alert = read_alerts(determinism["mixed_nan_log_dir"])
-    assert alert == {2: 0.0, 4: float(len(table.layers)), 6: 0.0}, alert
+    assert alert == {2: 0.0, 4: float(np.count_nonzero(counts.values[1])), 6: 0.0}, alert
 
 
 # ---------------------------------------------- write failure (subprocess)
@@ -378,12 +396,15 @@ def test_uncompiled_model(tmp_path):
     x, y = data(BATCH)
     with pytest.raises(ValueError, match="compile"):
         model.fit(x, y[:, :2], verbose=0, callbacks=[GradFlow(str(tmp_path))])
-    # Keras refuses before any callback runs; called directly, the callback
-    # says the same.
+    # Keras refuses before any callback runs. Called directly, the callback
+    # warns and stays out of the way (a custom train_step may apply its
+    # gradients through optimizers of its own), writing nothing.
     callback = GradFlow(str(tmp_path))
     callback.set_model(model)
-    with pytest.raises(ValueError, match="needs a compiled model"):
+    with pytest.warns(UserWarning, match="has no model.optimizer. Nothing is recorded"):
         callback.on_train_begin()
+    callback.on_train_batch_end(0)
+    callback.on_train_end()
     assert event_files(str(tmp_path)) == {}
 
 

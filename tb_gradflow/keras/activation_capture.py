@@ -36,6 +36,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from tb_gradflow.keras import patching
+
 # Probe grid of the activation's derivative: its peak and whether it
 # vanishes at both ends.
 PROBE_LOW, PROBE_HIGH, PROBE_POINTS = -30.0, 30.0, 60001
@@ -82,6 +84,49 @@ def probe(function, saturation_derivative=0.0591):
     peak = float(d.max())
     threshold = saturation_derivative * peak
     return ProbeResult(True, peak, bool(d[0] < threshold and d[-1] < threshold))
+
+
+READ_INPUT, READ_OUTPUT = "input", "output"
+
+
+def read_point(function):
+    """Where the activation's statistics can be read without changing the step.
+
+    Returns (read, output_op, reason): read is READ_OUTPUT (the output a of
+    a single `stats.OUTPUT_DERIVATIVES` op applied to z), READ_INPUT (z
+    already feeds more than one op, in the activation or its gradient) or
+    None (not capturable without changing the step; `reason` says why).
+
+    TensorFlow's graph optimizer (with oneDNN, and XLA's CPU backend) fuses
+    MatMul/Conv + BiasAdd + activation into one kernel only when z has no
+    other consumer, and the fused kernel's arithmetic differs (a fused ReLU
+    even turns NaN into 0). One more reader of such a z would change the
+    training run; a z that already has several readers, or the output a
+    (which the activation's own gradient reads), can be read freely. The
+    answer comes from the activation's own graph, traced once on a
+    placeholder, with its gradient.
+    """
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            z = tf.compat.v1.placeholder(tf.float32, [4, 3])
+            a = function(z)
+            if not isinstance(a, tf.Tensor) or a.graph is not graph:
+                return None, None, "its output is not a tensor of the step"
+            tf.gradients(a, z, grad_ys=tf.ones_like(a))
+            readers = sum(1 for op in graph.get_operations() for t in op.inputs if t is z)
+    except Exception as e:  # A callable that does not take a graph tensor.
+        return None, None, f"tracing it failed ({type(e).__name__}: {e})"
+    from tb_gradflow import stats
+
+    if a.op.type in stats.OUTPUT_DERIVATIVES and len(a.op.inputs) == 1 and a.op.inputs[0] is z:
+        return READ_OUTPUT, a.op.type, ""
+    if readers >= 2:
+        return READ_INPUT, None, ""
+    return None, None, (
+        "its input z feeds one op only, which the graph optimizer may fuse into the layer's kernel, "
+        "and its derivative does not follow from its output; reading z would change the training arithmetic"
+    )
 
 
 def _function_name(function):
@@ -157,6 +202,31 @@ def _discover_units(model, pending):
     return found
 
 
+def _recurrent_layers(model):
+    """{id(layer): name of the RNN layer it runs in}, for RNN layers and their cells."""
+    import keras
+
+    inside = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.RNN):
+            for sub in layer._flatten_layers(include_self=True, recursive=True):
+                inside.setdefault(id(sub), layer.name)
+    return inside
+
+
+def _why_not_wrappable(layer, attribute, inside_rnn):
+    """Why `layer.<attribute>` cannot be wrapped in the train step, or ""."""
+    if id(layer) in inside_rnn:
+        return (
+            f"it runs inside the recurrent loop of {inside_rnn[id(layer)]!r}, once per time step "
+            "(the cell's activations are not wrapped)"
+        )
+    declared = getattr(type(layer), attribute, None)
+    if isinstance(declared, property) and declared.fset is None:
+        return f"{attribute} is a read-only property of {type(layer).__name__}"
+    return ""
+
+
 @dataclasses.dataclass
 class Captured:
     layer: object
@@ -169,6 +239,9 @@ class Captured:
     index: int = -1  # recorder slot; -1 when not captured
     status: str = ""
     name: str = ""  # the activation's name, for the layer table
+    read: str = ""  # READ_INPUT or READ_OUTPUT once captured
+    output_op: str = ""  # with READ_OUTPUT: the op type that computes a from z
+    recorded: bool = False  # the sampling trace reached it
 
 
 def candidates(model):
@@ -203,21 +276,33 @@ class ActivationCapture:
         found = candidates(model)
         discovered = _discover_units(model, [(layer, attribute) for layer, attribute in found
                                              if _units(layer, _unit_axis(layer)) is None])
+        inside_rnn = _recurrent_layers(model)
         for layer, attribute in found:
             function = getattr(layer, attribute)
             unit_axis = _unit_axis(layer)
+            blocked = _why_not_wrappable(layer, attribute, inside_rnn)
+            if blocked:
+                entry = Captured(layer, attribute, False, None, 0, unit_axis, ProbeResult(False, float("nan"), False))
+                entry.name = _function_name(function) if attribute == "activation" else type(layer).__name__.lower()
+                entry.status = f"not captured: {blocked}"
+                self.captured.append(entry)
+                continue
             result = probe(function, saturation_derivative)
             entry = Captured(layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute), 0, unit_axis, result)
             name = _function_name(function) if attribute == "activation" else type(layer).__name__.lower()
             entry.name = name
             units = _units(layer, unit_axis) or discovered.get(id(layer))
+            read, output_op, why = read_point(function) if result.elementwise and not result.error else (None, None, "")
             if result.error:
                 entry.status = f"not captured: probing {name} failed ({result.error})"
             elif not result.elementwise:
                 entry.status = f"not captured: {name} is not elementwise (saturation needs a per-element derivative)"
             elif units is None:
                 entry.status = "not captured: the number of units is unknown before the step is traced"
+            elif read is None:
+                entry.status = f"not captured: {why}"
             else:
+                entry.read, entry.output_op = read, output_op or ""
                 entry.units = units
                 entry.index = sum(1 for c in self.captured if c.index >= 0)
                 entry.status = IN_STEP
@@ -231,11 +316,21 @@ class ActivationCapture:
 
     def install(self, recorder, step_fn):
         """Wraps the captured activations; `step_fn()` gives, in the step, the
-        number of the train step whose forward pass is running."""
+        number of the train step whose forward pass is running. A layer whose
+        attribute cannot be replaced is marked "not captured" with the reason."""
+        self._patches = []
         for entry in self.captured:
             if entry.index < 0:
                 continue
-            setattr(entry.layer, entry.attribute, self._wrapper(entry, getattr(entry.layer, entry.attribute), recorder, step_fn))
+            try:
+                patch = patching.wrap(
+                    entry.layer, entry.attribute,
+                    lambda inner, entry=entry: self._wrapper(entry, inner, recorder, step_fn),
+                )
+            except Exception as e:  # A read-only property, a frozen custom layer.
+                entry.status = f"not captured: its {entry.attribute} cannot be wrapped ({type(e).__name__}: {e})"
+                continue
+            self._patches.append(patch)
         self._installed = True
 
     def _wrapper(self, entry, original, recorder, step_fn):
@@ -252,10 +347,28 @@ class ActivationCapture:
                         f"units, {entry.units} expected"
                     )
                 else:
-                    recorder.record(entry.index, original, z, step_fn(), entry.unit_axis)
+                    if entry.read == READ_OUTPUT and not (
+                        isinstance(out, tf.Tensor) and out.op.type == entry.output_op and out.op.inputs[0] is z
+                    ):
+                        entry.status = "not captured: in the step its output is not the op it was probed to be"
+                    elif entry.read == READ_OUTPUT:
+                        entry.recorded = True
+                        recorder.record(entry.index, out, step_fn(), entry.unit_axis, output_op=entry.output_op)
+                    else:
+                        entry.recorded = True
+                        recorder.record(entry.index, z, step_fn(), entry.unit_axis, function=original)
             return out
 
         return capturing
+
+
+    def settle(self):
+        """After the sampling step is traced: an activation the trace never
+        reached (not called in the train step, or only with arguments the
+        capture does not read) delivers no data, and its row says so."""
+        for entry in self.captured:
+            if entry.status == IN_STEP and not entry.recorded:
+                entry.status = "not captured: it was not called on a tensor in the train step"
 
     def sampling_train_step(self, train_step):
         """`train_step` with the activation wrappers live while it traces.
@@ -283,13 +396,7 @@ class ActivationCapture:
 
     def restore(self):
         """Puts every wrapped attribute back; safe to call twice."""
-        if not self._installed:
-            return
-        for entry in self.captured:
-            if entry.index < 0:
-                continue
-            if entry.had_own:
-                setattr(entry.layer, entry.attribute, entry.original)
-            else:
-                entry.layer.__dict__.pop(entry.attribute, None)
+        for patch in getattr(self, "_patches", []):
+            patch.remove()
+        self._patches = []
         self._installed = False

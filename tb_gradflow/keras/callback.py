@@ -1,6 +1,8 @@
 """The Keras callback: per-layer gradient telemetry from an unmodified `fit`."""
 
+import os
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -9,9 +11,11 @@ import tensorflow as tf
 from tb_gradflow import rules
 from tb_gradflow.keras import activation_capture
 from tb_gradflow.keras import model_layers
+from tb_gradflow.keras import patching
 from tb_gradflow.recorder import ActivationRecorder
 from tb_gradflow.recorder import GradientRecorder
 from tb_gradflow.run_logger import RunLogger
+from tb_gradflow.writer import LogDirError
 
 
 def _innermost_optimizer(optimizer):
@@ -94,8 +98,6 @@ class GradFlow(keras.callbacks.Callback):
         activation_freq=100,
     ):
         super().__init__()
-        import os
-
         self.log_dir = os.fspath(log_dir)
         self.update_freq = _check_positive_int("update_freq", update_freq, 1)
         self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
@@ -114,16 +116,88 @@ class GradFlow(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
+        self._active = False
+        self._pending = False
+        self._table_written = False
+        self._warned = set()
         model = self.model
         optimizer = getattr(model, "optimizer", None)
+        others = _other_optimizers(model)
+        self._uncaptured_optimizers = others
         if optimizer is None:
-            raise ValueError("GradFlow needs a compiled model: call model.compile(optimizer=...) before fit.")
-        variables = list(model.trainable_variables)
-        if not variables:
+            # A custom train_step may apply gradients through optimizers of
+            # its own (a GAN's generator and discriminator). The hook sees
+            # model.optimizer only, so it records nothing rather than stop a
+            # run that trains fine.
+            self._warn_once(
+                "no-optimizer",
+                f"GradFlow: model {model.name!r} has no model.optimizer"
+                + (f"; the gradients applied through {', '.join(others)} are not captured" if others else "")
+                + ". Nothing is recorded for this fit.",
+            )
+            return
+        if others:
+            self._warn_once(
+                "other-optimizers",
+                f"GradFlow captures the gradients applied by model.optimizer only; those applied through "
+                f"{', '.join(others)} of model {model.name!r} are not captured (the layer table says so).",
+            )
+        if not model.trainable_variables:
+            if not _all_built(model):
+                # Weights created by the first step (a subclassed model that
+                # builds on first call): instrument once they exist.
+                self._pending = True
+                return
             raise ValueError(
                 f"GradFlow: model {model.name!r} has no trainable weights, so there are no gradients to "
                 "monitor (is every layer frozen with trainable=False?)."
             )
+        self._setup()
+
+    def _setup(self):
+        """Instruments the model; an unexpected error leaves it unhooked, with a warning."""
+        try:
+            self._instrument()
+        except (ValueError, LogDirError):
+            self._discard()
+            raise  # The documented argument errors.
+        except Exception as e:
+            self._give_up("instrumenting the model", e)
+            return
+        self._active = True
+
+    def _discard(self):
+        try:
+            self.restore_model()
+        finally:
+            logger = getattr(self, "_logger", None)
+            if logger is not None:
+                logger.close()
+
+    def _give_up(self, doing, error):
+        """Warns once, restores the model and lets training go on unhooked."""
+        self._warn_once(
+            "gave-up",
+            f"GradFlow: {doing} failed ({type(error).__name__}: {error}); training continues without "
+            "gradient monitoring.",
+        )
+        self._active = False
+        in_fit = self._installed is not None
+        self._discard()
+        if in_fit:
+            # fit calls model.train_function for every execution: give it
+            # the unhooked one.
+            self.model.make_train_function(force=True)
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _instrument(self):
+        model = self.model
+        optimizer = model.optimizer
+        variables = list(model.trainable_variables)
         # The host reads the statistics only between executions. A write step
         # inside an execution would be overwritten before it is read (and its
         # aggregation interval cut short), so writes fall on execution ends.
@@ -146,6 +220,10 @@ class GradFlow(keras.callbacks.Callback):
             self._owners = self._owners + [c.layer for c in self._capture.captured if id(c.layer) not in known]
         self._strategy = model.distribute_strategy
         self._replicas = self._strategy.num_replicas_in_sync
+        # Steps continue after the last step an earlier fit of this model
+        # wrote to this run (fine-tuning: fit, unfreeze, compile, fit on),
+        # also when compile made a new optimizer whose iterations restart at 0.
+        first_step = max(int(optimizer.iterations.numpy()), _LAST_STEPS.get(model, {}).get(self._run_key(), 0))
         self._recorder = GradientRecorder(
             sizes=[int(np.prod(v.shape)) for v in variables],
             layer_of_variable=self._layer_of_variable,
@@ -153,31 +231,30 @@ class GradFlow(keras.callbacks.Callback):
             update_freq=self._update_freq,
             histogram_freq=self._histogram_freq,
             strategy=self._strategy,
-            initial_step=int(optimizer.iterations.numpy()),
+            initial_step=first_step,
+            xla=bool(model.jit_compile),
         )
+        if self.update_ratio:
+            self._recorder.track_weights([_raw(v) for v in variables])
         self._has_gradient = None
-        try:
-            if self._capture is not None and self._capture.units:
-                self._activation_recorder = ActivationRecorder(
-                    units=self._capture.units,
-                    thresholds=self._capture.thresholds,
-                    activation_freq=self._activation_freq,
-                    strategy=self._strategy,
-                )
-                recorder = self._recorder
-                # The forward pass runs before optimizer.apply advances the
-                # recorder's step: this step's number is the counter + 1.
-                self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value() + 1)
-            # After the activation wrappers: it restores `call` to them.
-            self._call_order = model_layers.CallOrderRecorder(self._owners)
-            self._install(optimizer)
-        except BaseException:
-            # Leave the model as it was; the error is the user's to see.
-            self.restore_model()
-            self._logger.close()
-            raise
-        self._host_step = int(optimizer.iterations.numpy())
-        self._table_written = False
+        if self._capture is not None and self._capture.units:
+            self._activation_recorder = ActivationRecorder(
+                units=self._capture.units,
+                thresholds=self._capture.thresholds,
+                activation_freq=self._activation_freq,
+                strategy=self._strategy,
+                xla=bool(model.jit_compile),
+            )
+            recorder = self._recorder
+            # The forward pass runs before optimizer.apply advances the
+            # recorder's step: this step's number is the counter + 1.
+            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value() + 1)
+        self._call_order = model_layers.CallOrderRecorder(self._owners)
+        self._install(optimizer)
+        self._host_step = first_step
+
+    def _run_key(self):
+        return os.path.realpath(self.run_dir)
 
     def _whole_executions(self, name, steps, consequence):
         """`steps` rounded up to a multiple of steps_per_execution, with a warning."""
@@ -198,7 +275,6 @@ class GradFlow(keras.callbacks.Callback):
         position = {id(_raw(v)): i for i, v in enumerate(self._variables)}
         position.update({id(v): i for i, v in enumerate(self._variables)})
         callback = self
-        original_apply = optimizer.apply
         distributed = self._replicas > 1
         # `dynamic_scale` exists only once the optimizer is built, which
         # without a strategy happens while the step traces: test the type.
@@ -214,60 +290,55 @@ class GradFlow(keras.callbacks.Callback):
                     aligned[i] = g
             return aligned
 
-        def apply(grads, trainable_variables=None):
-            grads = list(grads)
-            if not optimizer.built and trainable_variables is not None:
-                # What the optimizer's own `apply` does first; the loss scale
-                # read below needs it built.
-                with keras.name_scope(optimizer.name, caller=optimizer):
-                    optimizer.build(list(trainable_variables))
-                optimizer.built = True
-            step = recorder.advance_step()
-            aligned = align(grads, trainable_variables)
-            callback._note_gradients(aligned)
-            if not distributed:
-                unscaled = aligned
-                if scaled:
-                    # LossScaleOptimizer.apply sees scaled gradients; report the
-                    # ones the inner optimizer applies (the same division).
-                    scale = tf.cast(optimizer.dynamic_scale, tf.float32)
-                    unscaled = [None if g is None else tf.cast(g, tf.float32) / scale for g in aligned]
-                recorder.record_gradients(step, unscaled)
-            weights = [_raw(v) for v in self._variables]
-            before = recorder.snapshot_weights(step, weights, xla=bool(self.model.jit_compile)) if self.update_ratio else None
-            result = original_apply(grads, trainable_variables)
-            recorder.record_weights(step, weights, before)
-            return result
+        def make_apply(inner_apply):
+            def apply(grads, trainable_variables=None):
+                grads = list(grads)
+                if not optimizer.built and trainable_variables is not None:
+                    # What the optimizer's own `apply` does first; the loss
+                    # scale read below needs it built.
+                    with keras.name_scope(optimizer.name, caller=optimizer):
+                        optimizer.build(list(trainable_variables))
+                    optimizer.built = True
+                step = recorder.advance_step()
+                aligned = align(grads, trainable_variables)
+                callback._note_gradients(aligned)
+                if not distributed:
+                    # LossScaleOptimizer.apply sees scaled gradients; the
+                    # recorder reports the ones the inner optimizer applies
+                    # (the same division, inside its isolated statistics).
+                    scale = tf.cast(optimizer.dynamic_scale, tf.float32) if scaled else None
+                    recorder.record_gradients(step, aligned, scale=scale)
+                result = inner_apply(grads, trainable_variables)
+                recorder.record_weights(step, [_raw(v) for v in self._variables])
+                return result
 
-        installed = {"optimizer": optimizer, "apply": optimizer.__dict__.get("apply")}
-        optimizer.apply = apply
-        self._installed = installed
+            return apply
+
+        self._installed = [patching.wrap(optimizer, "apply", make_apply)]
         if distributed:
             # Under a strategy `apply` sees each replica's share; the global
             # gradient exists only after the optimizer's own all-reduce.
-            inner = _innermost_optimizer(optimizer)
-            original_reduce = inner._all_reduce_sum_gradients
+            def make_reduce(inner_reduce):
+                def all_reduce_sum_gradients(grads_and_vars):
+                    reduced = list(inner_reduce(grads_and_vars))
+                    step = recorder.current_step()
+                    # Aligned by variable: the optimizer has already dropped
+                    # the variables without a gradient (frozen, unused branch).
+                    recorder.record_gradients(step, align([g for g, _ in reduced], [v for _, v in reduced]))
+                    return reduced
 
-            def all_reduce_sum_gradients(grads_and_vars):
-                reduced = original_reduce(grads_and_vars)
-                reduced = list(reduced)
-                step = recorder.current_step()
-                # Aligned by variable: the optimizer has already dropped the
-                # variables without a gradient (frozen, unused branch).
-                recorder.record_gradients(
-                    step, align([g for g, _ in reduced], [v for _, v in reduced])
-                )
-                return reduced
+                return all_reduce_sum_gradients
 
-            installed["inner"] = inner
-            installed["reduce"] = inner.__dict__.get("_all_reduce_sum_gradients")
-            inner._all_reduce_sum_gradients = all_reduce_sum_gradients
-        self._installed = installed
+            self._installed.append(
+                patching.wrap(_innermost_optimizer(optimizer), "_all_reduce_sum_gradients", make_reduce)
+            )
         self._capture_point = (
             "optimizer._all_reduce_sum_gradients (global gradient after the all-reduce)"
             if distributed
             else "optimizer.apply" + (" (unscaled by the loss scale)" if scaled else "")
         )
+        if self._uncaptured_optimizers:
+            self._capture_point += "; not captured: gradients applied through " + ", ".join(self._uncaptured_optimizers)
         self._make_train_functions()
 
     def _make_train_functions(self):
@@ -286,16 +357,12 @@ class GradFlow(keras.callbacks.Callback):
         self._sampling_function = None
         if self._activation_recorder is None:
             return
-        own = model.__dict__.get("train_step")
         # Keras' make_train_function takes `self.train_step` as it is now.
-        model.train_step = self._capture.sampling_train_step(model.train_step)
+        patch = patching.wrap(model, "train_step", self._capture.sampling_train_step)
         try:
             model.make_train_function(force=True)
         finally:
-            if own is None:
-                model.__dict__.pop("train_step", None)
-            else:
-                model.train_step = own
+            patch.remove()
         self._sampling_function = model.train_function
 
     def _note_gradients(self, aligned):
@@ -307,9 +374,10 @@ class GradFlow(keras.callbacks.Callback):
 
         If `fit` raises, Keras calls no `on_train_end`: call this to drop the
         instrumented train step (a later fit would otherwise keep running it,
-        harmlessly but at its cost).
+        harmlessly but at its cost). Wrappers of other callbacks stay in
+        place, whatever the order the callbacks are restored in.
         """
-        installed, self._installed = self._installed, None
+        installed, self._installed = getattr(self, "_installed", None), None
         self._sampling_function = self._gradient_only_function = None
         call_order = getattr(self, "_call_order", None)
         if call_order is not None:
@@ -319,41 +387,53 @@ class GradFlow(keras.callbacks.Callback):
             capture.restore()
         if installed is None:
             return
-        optimizer = installed["optimizer"]
-        if installed["apply"] is None:
-            optimizer.__dict__.pop("apply", None)
-        else:
-            optimizer.apply = installed["apply"]
-        if "inner" in installed:
-            if installed["reduce"] is None:
-                installed["inner"].__dict__.pop("_all_reduce_sum_gradients", None)
-            else:
-                installed["inner"]._all_reduce_sum_gradients = installed["reduce"]
+        for patch in installed:
+            patch.remove()
         self.model.train_function = None
 
     # ------------------------------------------------------------- per batch
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_begin = batch
-        if self._sampling_function is not None:
+        if self._active and self._sampling_function is not None:
             # Keras calls `model.train_function` afresh for every execution.
             last = self._host_step + self._steps_per_execution
             sample = not self._table_written or last // self._activation_freq > self._host_step // self._activation_freq
             self.model.train_function = self._sampling_function if sample else self._gradient_only_function
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._pending and self.model.trainable_variables:
+            # The first step created the weights; the next one is hooked.
+            self._pending = False
+            self._setup()
+            return
+        if not self._active:
+            return
+        try:
+            self._after_execution(batch)
+        except Exception as e:
+            self._give_up("reading or writing the statistics", e)
+
+    def _after_execution(self, batch):
         steps = batch - getattr(self, "_batch_begin", batch) + 1
         previous, self._host_step = self._host_step, self._host_step + steps
         if not self._table_written:
             self._write_layer_table()
         if self._host_step // self._update_freq > previous // self._update_freq:
-            self._logger.log(self._recorder.read())
+            self._log(self._recorder.read())
         if self._activation_recorder is not None and (
             self._host_step // self._activation_freq > previous // self._activation_freq
         ):
             self._logger.log_activations(self._activation_recorder.read())
 
+    def _log(self, raw):
+        self._logger.log(raw)
+        if self._logger.last_step >= 0:
+            _LAST_STEPS.setdefault(self.model, {})[self._run_key()] = self._logger.last_step
+
     def _write_layer_table(self):
         self._call_order.restore()  # The step is traced; stop recording.
+        if self._capture is not None:
+            self._capture.settle()
         has_gradient = self._has_gradient or [True] * len(self._variables)
         table, order = model_layers.build_layer_table(
             self._owners, self._layer_of_variable, self._variables, has_gradient, self._call_order.order,
@@ -375,16 +455,38 @@ class GradFlow(keras.callbacks.Callback):
         self._table_written = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._table_written:
+        if self._active and self._table_written:
             self._logger.flush()
 
     def on_train_end(self, logs=None):
+        if not self._active:
+            self.restore_model()
+            return
         try:
             if self._table_written:
                 # The last, partial interval (a no-op if it was just written).
-                self._logger.log(self._recorder.read())
+                self._log(self._recorder.read())
                 if self._activation_recorder is not None:
                     self._logger.log_activations(self._activation_recorder.read())
-            self._logger.close()
+        except Exception as e:
+            self._warn_once("gave-up", f"GradFlow: writing the last statistics failed ({type(e).__name__}: {e}).")
         finally:
-            self.restore_model()
+            self._discard()
+
+
+# Per model: {run directory: last step written}, so a later fit into the same
+# run continues the step count. Weak: it never keeps a model alive.
+_LAST_STEPS = weakref.WeakKeyDictionary()
+
+
+def _other_optimizers(model):
+    """Names of optimizer attributes of `model` other than model.optimizer."""
+    names = []
+    for name, value in vars(model).items():
+        if isinstance(value, keras.optimizers.Optimizer) and value is not getattr(model, "optimizer", None) and not name.startswith("_"):
+            names.append(name)
+    return names
+
+
+def _all_built(model):
+    return all(getattr(layer, "built", True) for layer in model._flatten_layers(include_self=True, recursive=True))

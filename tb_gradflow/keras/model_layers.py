@@ -15,6 +15,7 @@ assignment order, which says nothing about depth.
 
 import numpy as np
 
+from tb_gradflow.keras import patching
 from tb_gradflow.proto import plugin_data_pb2
 
 
@@ -56,29 +57,25 @@ class CallOrderRecorder:
     """
 
     def __init__(self, layers):
-        self._saved = []
+        self._patches = []
         self._seen = set()
         self.order = []
         for layer in layers:
-            self._saved.append((layer, "call" in layer.__dict__, layer.__dict__.get("call")))
-            layer.call = self._recording(layer, layer.call)
+            self._patches.append(patching.wrap(layer, "call", lambda inner, layer=layer: self._recording(layer, inner)))
 
-    def _recording(self, layer, original):
+    def _recording(self, layer, inner):
         def recording_call(*args, **kwargs):
             if id(layer) not in self._seen:
                 self._seen.add(id(layer))
                 self.order.append(layer)
-            return original(*args, **kwargs)
+            return inner(*args, **kwargs)
 
         return recording_call
 
     def restore(self):
-        for layer, had_own, own in self._saved:
-            if had_own:
-                layer.call = own
-            else:
-                layer.__dict__.pop("call", None)
-        self._saved = []
+        for patch in self._patches:
+            patch.remove()
+        self._patches = []
 
 
 def _activation_name(layer):
@@ -156,6 +153,7 @@ def build_layer_table(
                 activation_peak_derivative=captured.probe.peak if captured.probe.peak == captured.probe.peak else 0.0,
                 activation_two_sided=captured.probe.two_sided,
                 activation_units=captured.units,
+                activation_read=captured.read if captured.status == "in-step" else "",
             )
         layers.append(
             plugin_data_pb2.Layer(
