@@ -80,8 +80,12 @@ def event_files(log_dir):
     return out
 
 
-def run_script(mode, out_dir):
+def run_script(mode, out_dir, onednn=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if onednn is not None:
+        # Read when TensorFlow loads. Forced on, every x86 machine runs
+        # oneDNN's fused kernels, as AVX-512 CPUs do by default.
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), mode, out_dir],
         env=env, capture_output=True, text=True, timeout=300,
@@ -141,9 +145,9 @@ def _determinism_main(out_dir):
     print(json.dumps(result))
 
 
-@pytest.fixture(scope="module")
-def determinism(tmp_path_factory):
-    return run_script("determinism", str(tmp_path_factory.mktemp("determinism")))
+@pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
+def determinism(request, tmp_path_factory):
+    return run_script("determinism", str(tmp_path_factory.mktemp("determinism")), onednn=request.param)
 
 
 @pytest.mark.parametrize("config", ["plain", "jit_compile", "sgd", "activations", "activations_jit_compile"])
