@@ -48,6 +48,9 @@ class RawSnapshot:
     # [V] ||w_before||^2, the update ratio's denominator (metadata.UPDATE_RATIO);
     # None: fall back to weight_sum_squares (weights after the update).
     weight_before_sum_squares: np.ndarray = None
+    # [V] sum of squares of the gradient the optimizer applied after clipping
+    # (metadata.CLIP_FACTOR); None: the optimizer does not clip.
+    applied_sum_squares: np.ndarray = None
 
 
 def _ratio(numerator, denominator):
@@ -82,9 +85,17 @@ def _statistics(moments, sizes, nonfinite, interval_max, interval_min, weight_sq
     return out
 
 
+def _with_clip_factor(out, applied_sq, sum_sq, has_gradient):
+    if applied_sq is not None:
+        factor = np.sqrt(_ratio(np.asarray(applied_sq, np.float64), np.asarray(sum_sq, np.float64)))
+        factor[~np.asarray(has_gradient, bool)] = np.nan
+        out[metadata.CLIP_FACTOR] = factor
+    return out
+
+
 def per_variable(raw):
     """{statistic: float64 [n_variables]}; NaN where a variable has no gradient."""
-    return _statistics(
+    out = _statistics(
         raw.moments,
         raw.sizes,
         raw.nonfinite_interval,
@@ -95,6 +106,7 @@ def per_variable(raw):
         raw.has_gradient,
         raw.weight_before_sum_squares,
     )
+    return _with_clip_factor(out, raw.applied_sum_squares, raw.moments[:, SUM_SQUARES], raw.has_gradient)
 
 
 def per_layer(raw, *, layer_of_variable, n_layers):
@@ -128,6 +140,9 @@ def per_layer(raw, *, layer_of_variable, n_layers):
         has_gradient,
         None if raw.weight_before_sum_squares is None else segment(raw.weight_before_sum_squares),
     )
+    if raw.applied_sum_squares is not None:
+        applied = segment(np.where(raw.has_gradient, raw.applied_sum_squares, 0.0))
+        _with_clip_factor(out, applied, moments[:, SUM_SQUARES], has_gradient)
     # Layers with no trainable variable at all (frozen) have no statistic.
     without_variables = segment(np.ones(layer_of_variable.shape)) == 0
     for values in out.values():

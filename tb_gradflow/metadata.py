@@ -39,6 +39,11 @@ NONFINITE_COUNT = "nonfinite_count"  # NaN/Inf elements, summed since the last w
 ZERO_FRACTION = "zero_fraction"  # share of elements exactly 0.
 WEIGHT_NORM = "weight_norm"  # L2 norm of the weights after the update.
 UPDATE_RATIO = "update_ratio"  # ||w_after - w_before|| / ||w_before||.
+# ||gradient applied|| / ||gradient the loss produced||: 1 where the optimizer's
+# clipnorm / global_clipnorm / clipvalue left the gradient alone, < 1 where it
+# clipped. Written only when the optimizer clips; every other gradient
+# statistic is of the gradient the loss produced.
+CLIP_FACTOR = "clip_factor"
 
 STATISTICS = (
     GRAD_NORM,
@@ -51,6 +56,7 @@ STATISTICS = (
     ZERO_FRACTION,
     WEIGHT_NORM,
     UPDATE_RATIO,
+    CLIP_FACTOR,
 )
 
 # Activation statistics (docs/event_contract.md, "Activation statistics"):

@@ -45,10 +45,13 @@ class GradientRecorder:
       initial_step: train steps already taken (the first `advance_step`
         returns initial_step + 1).
       xla: the step is compiled with XLA (`jit_compile=True`).
+      clipping: the optimizer clips the gradients; `record_applied` records
+        the clipped ones (metadata.CLIP_FACTOR).
     """
 
     def __init__(
-        self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0, xla=False
+        self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0, xla=False,
+        clipping=False,
     ):
         self.sizes = np.asarray(sizes, np.int64)
         self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
@@ -103,6 +106,10 @@ class GradientRecorder:
             self.log10_counts = state("log10_counts", [self.n_layers, metadata.LOG10_BUCKETS], tf.int32)
             self.histogram_step = state("histogram_step", [], tf.int64, -1)
             self.train_step = state("train_step", [], tf.int64, int(initial_step))
+            self.clipping = bool(clipping)
+            if self.clipping:
+                self.applied_sum_squares = state("applied_sum_squares", [n_vars], init=float("nan"))
+                self.applied_step = state("applied_step", [], tf.int64, -1)
 
     def advance_step(self):
         """In-step, once per train step: the 1-based number of this step.
@@ -225,6 +232,16 @@ class GradientRecorder:
         self.log10_counts.assign(tf.stack(log_counts))
         self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
 
+    def record_applied(self, step, grads):
+        """In-step, after the optimizer clipped: the sums of squares of the
+        gradients it applies (aligned with `sizes`; None allowed). One
+        scalar reduction per gradient, as in `record_gradients`."""
+        sums = tf.stack(
+            [2.0 * tf.nn.l2_loss(tf.cast(g, tf.float32)) if g is not None else tf.constant(0.0) for g in grads]
+        )
+        self.applied_sum_squares.assign(sums)
+        self.applied_step.assign(tf.cast(step, tf.int64))
+
     def _isolated(self, function):
         """`function` as a call that grappler optimizes on its own (not inlined).
 
@@ -302,6 +319,8 @@ class GradientRecorder:
                  "weight_sum_squares", "update_sum_squares", "snapshot_step", "weight_step",
                  "histogram_step", "histogram_range", "histogram_counts", "log10_counts"]
         names.append("weight_before_sum_squares")
+        if self.clipping:
+            names += ["applied_sum_squares", "applied_step"]
         return {name: getattr(self, name) for name in names}
 
     def read(self):
@@ -329,6 +348,11 @@ class GradientRecorder:
             # interval has none of its own.
             for name in ("weight_sum_squares", "update_sum_squares", "weight_before_sum_squares"):
                 setattr(raw, name, np.full_like(getattr(raw, name), np.nan))
+        if "applied_step" in values:
+            # Clipping happens on update steps only (gradient accumulation):
+            # a clip factor belongs to the row only if it is of its step.
+            applied = np.asarray(values["applied_sum_squares"], np.float64)
+            raw.applied_sum_squares = applied if int(values["applied_step"]) == raw.step else np.full_like(applied, np.nan)
         raw.histogram_step = int(values["histogram_step"])
         if raw.histogram_step >= 0:
             raw.histogram_range = values["histogram_range"]
@@ -430,8 +454,9 @@ class ActivationRecorder:
         Either `tensor` is the activation's input z and `function` the
         activation, or `tensor` is its output a and `output_op` the op type
         that made it (a key of `stats.OUTPUT_DERIVATIVES`). The statistics
-        run in an isolated call under a tf.cond, like the gradient ones (see
-        GradientRecorder.record_gradients).
+        run in an isolated call, like the gradient ones (see
+        GradientRecorder.record_gradients), on every step of the sampling
+        train function; they are kept on sample steps only.
         """
         step = tf.cast(step, tf.int64)
         measure_fn = self._measure_functions.get(index)
@@ -451,16 +476,22 @@ class ActivationRecorder:
                 measure_fn = tf.function(measure_tensor, experimental_attributes={"_noinline": True})
             self._measure_functions[index] = measure_fn
 
-        def measure():
-            moments, active, low_high, counts = measure_fn(tensor)
-            self.moments[index].assign(moments)
-            self.active[index].assign(active)
-            self.histogram_range[index].assign(low_high)
-            self.histogram_counts[index].assign(counts)
-            self.step.assign(step)
-            return tf.constant(True)
+        # No control flow in the forward pass: the sampling train function
+        # runs only on executions that hold a sample step, so the statistics
+        # are computed on each of its steps and kept on sample steps only (a
+        # select, not a branch). Fewer nodes that reorder the forward pass;
+        # see docs/event_contract.md, "Exactness", for why order matters.
+        sample = self.is_sample_step(step)
+        moments, active, low_high, counts = measure_fn(tensor)
 
-        tf.cond(self.is_sample_step(step), measure, lambda: tf.constant(False))
+        def keep(variable, value):
+            variable.assign(tf.where(sample, value, variable.read_value()))
+
+        keep(self.moments[index], moments)
+        keep(self.active[index], active)
+        keep(self.histogram_range[index], low_high)
+        keep(self.histogram_counts[index], counts)
+        self.step.assign(tf.where(sample, step, self.step.read_value()))
 
     def state(self):
         out = {"step": self.step}

@@ -82,9 +82,16 @@ class GradFlow(keras.callbacks.Callback):
         "Activation statistics".
 
     Raises (at `on_train_begin`, before the first step):
-      ValueError: an argument is out of range, the model has no trainable
-        weights, or the model is not compiled with an optimizer.
+      ValueError: an argument is out of range, or the model (built) has no
+        trainable weights.
       tb_gradflow.writer.LogDirError: `log_dir` cannot be written.
+
+    Nothing else stops `fit`: a model without `model.optimizer` trains
+    unmonitored (with a warning); a model whose weights are created by its
+    first step is hooked from the second step; an unexpected error in the
+    hook's setup or reads warns once and training goes on unhooked. With op
+    determinism the run is bit-identical with and without the callback,
+    oneDNN on or off (docs/event_contract.md, "Exactness").
     """
 
     def __init__(
@@ -207,7 +214,12 @@ class GradFlow(keras.callbacks.Callback):
             "activation_freq", self.activation_freq, "activation statistics are taken"
         )
         self._histogram_freq = self._whole_executions("histogram_freq", self.histogram_freq, "histograms are written")
-        self._logger = RunLogger(self.run_dir, self.thresholds)
+        self._strategy = model.distribute_strategy
+        self._replicas = self._strategy.num_replicas_in_sync
+        # Under MultiWorkerMirroredStrategy every worker runs the same step
+        # and reads the same (global) statistics; only the chief writes.
+        chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
+        self._logger = RunLogger(self.run_dir, self.thresholds) if chief else _SilentLogger()
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
         self._capture = None
@@ -218,8 +230,6 @@ class GradFlow(keras.callbacks.Callback):
             # activation heatmaps share one depth order.
             known = {id(layer) for layer in self._owners}
             self._owners = self._owners + [c.layer for c in self._capture.captured if id(c.layer) not in known]
-        self._strategy = model.distribute_strategy
-        self._replicas = self._strategy.num_replicas_in_sync
         # Steps continue after the last step an earlier fit of this model
         # wrote to this run (fine-tuning: fit, unfreeze, compile, fit on),
         # also when compile made a new optimizer whose iterations restart at 0.
@@ -233,6 +243,7 @@ class GradFlow(keras.callbacks.Callback):
             strategy=self._strategy,
             initial_step=first_step,
             xla=bool(model.jit_compile),
+            clipping=self._clips(optimizer),
         )
         if self.update_ratio:
             self._recorder.track_weights([_raw(v) for v in variables])
@@ -252,6 +263,16 @@ class GradFlow(keras.callbacks.Callback):
         self._call_order = model_layers.CallOrderRecorder(self._owners)
         self._install(optimizer)
         self._host_step = first_step
+
+    def _clips(self, optimizer):
+        """Whether to record the clipped gradients: the optimizer clips, one device.
+
+        Under a multi-replica strategy Keras clips each replica's share
+        before the all-reduce, so there is no global clipped gradient to
+        compare with."""
+        inner = _innermost_optimizer(optimizer)
+        clips = any((getattr(inner, a, None) or 0) > 0 for a in ("clipnorm", "global_clipnorm", "clipvalue"))
+        return clips and self._replicas == 1
 
     def _run_key(self):
         return os.path.realpath(self.run_dir)
@@ -302,6 +323,13 @@ class GradFlow(keras.callbacks.Callback):
                 step = recorder.advance_step()
                 aligned = align(grads, trainable_variables)
                 callback._note_gradients(aligned)
+                # The optimizer drops None gradients before it clips: the
+                # clipped list's positions, for the clip wrapper below.
+                callback._clip_positions = [
+                    position.get(id(v), position.get(id(_raw(v))))
+                    for g, v in zip(grads, trainable_variables or self._variables)
+                    if g is not None
+                ]
                 if not distributed:
                     # LossScaleOptimizer.apply sees scaled gradients; the
                     # recorder reports the ones the inner optimizer applies
@@ -332,6 +360,20 @@ class GradFlow(keras.callbacks.Callback):
             self._installed.append(
                 patching.wrap(_innermost_optimizer(optimizer), "_all_reduce_sum_gradients", make_reduce)
             )
+        if recorder.clipping:
+            def make_clip(inner_clip):
+                def clip_gradients(grads):
+                    clipped = inner_clip(grads)
+                    aligned_clipped = [None] * len(self._variables)
+                    for i, g in zip(callback._clip_positions, clipped):
+                        if i is not None:
+                            aligned_clipped[i] = g
+                    recorder.record_applied(recorder.current_step(), aligned_clipped)
+                    return clipped
+
+                return clip_gradients
+
+            self._installed.append(patching.wrap(_innermost_optimizer(optimizer), "_clip_gradients", make_clip))
         self._capture_point = (
             "optimizer._all_reduce_sum_gradients (global gradient after the all-reduce)"
             if distributed
@@ -472,6 +514,28 @@ class GradFlow(keras.callbacks.Callback):
             self._warn_once("gave-up", f"GradFlow: writing the last statistics failed ({type(e).__name__}: {e}).")
         finally:
             self._discard()
+
+
+class _SilentLogger:
+    """A non-chief worker's RunLogger: it keeps count and writes nothing."""
+
+    def __init__(self):
+        self.last_step = -1
+
+    def set_layer_table(self, **kwargs):
+        pass
+
+    def log(self, raw):
+        self.last_step = max(self.last_step, raw.step)
+
+    def log_activations(self, snapshot):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
 
 # Per model: {run directory: last step written}, so a later fit into the same

@@ -61,6 +61,7 @@ STATISTIC_LABELS = {
     metadata.WEIGHT_NORM: "weight norm (L2)",
     metadata.NONFINITE_COUNT: "non-finite gradient elements",
     metadata.ZERO_FRACTION: "fraction of zero gradient elements",
+    metadata.CLIP_FACTOR: "clip factor (applied / produced norm)",
 }
 
 
