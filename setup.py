@@ -29,7 +29,11 @@ setuptools.setup(
     extras_require={
         # The training side: the Keras callback and the custom-loop writer.
         "tensorflow": ["tensorflow>=2.16", "keras>=3.0"],
-        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0"],
+        # keras-hub itself is installed with --no-deps by the test command:
+        # its tensorflow-text requirement would pull in a second TensorFlow.
+        # These are what it imports.
+        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0",
+                 "regex", "kagglehub", "tokenizers"],
         # examples/seed003_activations.py trains on scikit-learn's bundled digits.
         "examples": ["scikit-learn>=1.0"],
     },
