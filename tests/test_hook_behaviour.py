@@ -316,6 +316,57 @@ def test_second_hooked_fit_continues_the_steps(restored_run, tmp_path):
     assert np.all(np.isfinite(norms.values))
 
 
+def _instance_attributes(model):
+    """{(owner, attribute): the object set on the instance} for every
+    attribute a hook replaces (Dense keeps its own `activation` there)."""
+    found = {("optimizer", "apply"): model.optimizer.__dict__.get("apply")}
+    for layer in model._flatten_layers(include_self=True):
+        for a in ("call", "activation", "train_step"):
+            found[(layer.name, a)] = layer.__dict__.get(a)
+    return found
+
+
+@pytest.mark.parametrize("order", ["as_entered", "reversed"])
+def test_two_callbacks_leave_the_model_as_found(tmp_path, order):
+    """Two GradFlow callbacks in one fit, ending in either order: the model
+    and optimizer are exactly as before, and a later plain fit runs no hook."""
+    model = sequential(optimizer="sgd")
+    x, y = data(4 * BATCH)
+    first = GradFlow(str(tmp_path / "a"), update_freq=1, histogram_freq=1, activation_freq=1)
+    second = GradFlow(str(tmp_path / "b"), update_freq=2, histogram_freq=0, activation_freq=2)
+    callbacks = [first, second] if order == "as_entered" else [second, first]
+    before = _instance_attributes(model)
+    train(model, x, y, callbacks)
+    after = _instance_attributes(model)
+    assert after.keys() == before.keys()
+    changed = [key for key in before if after[key] is not before[key]]
+    assert changed == [], changed
+    assert model.train_function is None
+    # Both recorded the same steps of the same gradients.
+    a = Reader.for_logdir(str(tmp_path / "a")).layer_series("train", "grad_norm")
+    b = Reader.for_logdir(str(tmp_path / "b")).layer_series("train", "grad_norm")
+    assert a.steps.tolist() == [1, 2, 3, 4] and b.steps.tolist() == [2, 4]
+    np.testing.assert_allclose(a.values[[1, 3]], b.values, rtol=1e-6)
+    files = event_files(str(tmp_path))
+    snapshot = int(first._recorder.snapshot_step.numpy())
+    train(model, x, y)
+    assert int(first._recorder.snapshot_step.numpy()) == snapshot
+    assert event_files(str(tmp_path)) == files
+
+
+def test_fine_tuning_continues_the_step_count(tmp_path):
+    """Fit, compile again (a new optimizer, iterations back at 0), fit on:
+    the run's steps go on from the last one written, never repeat."""
+    model = sequential(optimizer="sgd")
+    x, y = data(4 * BATCH)
+    train(model, x, y, [GradFlow(str(tmp_path), update_freq=1, histogram_freq=0)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    assert int(model.optimizer.iterations.numpy()) == 0
+    train(model, x, y, [GradFlow(str(tmp_path), update_freq=1, histogram_freq=0)])
+    norms = Reader.for_logdir(str(tmp_path)).layer_series("train", "grad_norm")
+    assert norms.steps.tolist() == list(range(1, 9))
+
+
 def test_frozen_and_unused_layers_have_no_gradient(tmp_path):
     keras.utils.set_random_seed(1)
     model = WithUnusedAndFrozen(name="partial")
