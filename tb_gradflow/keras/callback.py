@@ -68,8 +68,9 @@ class GradFlow(keras.callbacks.Callback):
         Rounded up to a multiple of `steps_per_execution` like `update_freq`.
       thresholds: `tb_gradflow.rules.Thresholds` for the alerts.
       update_ratio: measure the update-to-weight ratio
-        ||w_after - w_before|| / ||w_before|| (copies the weights on logged
-        steps).
+        ||w_after - w_before|| / ||w_before|| on logged steps (keeps one copy
+        of the trainable weights in memory, refreshed before each logged
+        step).
       activation_freq: every this many train steps, activation statistics of
         every layer with a non-linear activation (saturated and dead
         fractions, activation mean and std, a pre-activation histogram),
