@@ -15,9 +15,12 @@ For every layer whose `activation` attribute is a non-linear callable (Dense,
 Conv*, EinsumDense, `keras.layers.Activation`, custom layers that expose
 one), `install` replaces the attribute on the instance with a wrapper that
 returns `original(z)` unchanged and, while a train step made by
-`sampling_train_step` is being traced, adds the statistics of z under a
-`tf.cond` that is true on steps that are multiples of `activation_freq`
-(ActivationRecorder). The statistics come from the activations of the step
+`sampling_train_step` is being traced, adds the statistics of the activation
+(ActivationRecorder), kept on steps that are multiples of `activation_freq`.
+They are read where reading changes nothing in the step (`read_point`): at
+the output a when f' follows from a (ReLU, sigmoid, tanh, ...), at the input
+z when z already has several readers, else not at all (the layer table says
+why). The statistics come from the activations of the step
 being trained: no extra forward pass. The callback runs that sampling train
 function only on executions that hold a sample step and the gradient-only
 train function on the others, so the steps in between run exactly the graph
