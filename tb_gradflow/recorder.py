@@ -59,7 +59,6 @@ class GradientRecorder:
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
         self._read_function = None
-        self.xla = bool(xla)
         self._isolated_functions = {}
         self._variables_of_layer = [
             [i for i, layer in enumerate(self.layer_of_variable) if layer == li] for li in range(self.n_layers)
@@ -71,7 +70,7 @@ class GradientRecorder:
         # Under a multi-replica strategy the recorder runs in each replica's
         # context, where a nested isolated call cannot take the distributed
         # variables; there the statistics run inline.
-        self._inline = self.xla or distributed
+        self._inline = bool(xla) or distributed
         self._sync = (
             dict(synchronization=tf.VariableSynchronization.ON_READ, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             if distributed
@@ -163,7 +162,8 @@ class GradientRecorder:
         # steps with a non-finite gradient, each variable under its own
         # tf.cond (a joint one would keep every gradient alive until the last).
         rows = []
-        one = tf.constant(1.0)
+        divisor = tf.constant(1.0) if scale is None else scale
+        nan = tf.constant(float("nan"))
         for g in grads:
             if g is None:
                 rows.append(tf.zeros([aggregate.NUM_MOMENTS]))
@@ -173,11 +173,10 @@ class GradientRecorder:
                 # A power of two: dividing the sum is exact, like dividing g.
                 raw_sq = raw_sq / (scale * scale)
             detail = tf.logical_or(write, tf.logical_not(tf.math.is_finite(raw_sq)))
-            nan = tf.constant(float("nan"))
             rows.append(
                 tf.cond(
                     detail,
-                    lambda g=g: self._isolated(_moments)(g, one if scale is None else scale),
+                    lambda g=g: self._isolated(_moments)(g, divisor),
                     # Sum |g|, max |g| and the zero count are not measured: NaN says so.
                     lambda raw_sq=raw_sq: tf.stack([raw_sq, nan, nan, nan, tf.constant(0.0)]),
                 )
@@ -221,7 +220,7 @@ class GradientRecorder:
             # One layer's gradients per cond, for the same reason as above.
             low_high, count, log_count = tf.cond(
                 hist,
-                lambda tensors=tensors: self._isolated(_layer_histograms)(one if scale is None else scale, *tensors),
+                lambda tensors=tensors: self._isolated(_layer_histograms)(divisor, *tensors),
                 lambda li=li: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
             )
             ranges.append(low_high)
@@ -252,8 +251,7 @@ class GradientRecorder:
             return function
         cached = self._isolated_functions.get(function)
         if cached is None:
-            cached = tf.function(function, experimental_attributes={"_noinline": True}, reduce_retracing=False)
-            self._isolated_functions[function] = cached
+            cached = self._isolated_functions[function] = noinline(function)
         return cached
 
     def track_weights(self, variables):
@@ -359,6 +357,12 @@ class GradientRecorder:
             raw.histogram_counts = values["histogram_counts"]
             raw.log10_counts = values["log10_counts"]
         return raw
+
+
+def noinline(function):
+    """`function` as a tf.function that grappler optimizes on its own, not
+    inlined into the train step (see GradientRecorder.record_gradients)."""
+    return tf.function(function, experimental_attributes={"_noinline": True}, reduce_retracing=False)
 
 
 def _sum_squares_of(variables):
@@ -473,7 +477,7 @@ class ActivationRecorder:
 
             measure_fn = measure_tensor
             if not self._inline:
-                measure_fn = tf.function(measure_tensor, experimental_attributes={"_noinline": True})
+                measure_fn = noinline(measure_tensor)
             self._measure_functions[index] = measure_fn
 
         # No control flow in the forward pass: the sampling train function

@@ -302,12 +302,15 @@ class GradFlow(keras.callbacks.Callback):
         # without a strategy happens while the step traces: test the type.
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+        def index_of(variable):
+            return position.get(id(variable), position.get(id(_raw(variable))))
+
         def align(grads, trainable_variables):
             if trainable_variables is None:
                 return list(grads)
             aligned = [None] * len(self._variables)
             for g, v in zip(grads, trainable_variables):
-                i = position.get(id(v), position.get(id(_raw(v))))
+                i = index_of(v)
                 if i is not None:
                     aligned[i] = g
             return aligned
@@ -324,13 +327,12 @@ class GradFlow(keras.callbacks.Callback):
                 step = recorder.advance_step()
                 aligned = align(grads, trainable_variables)
                 callback._note_gradients(aligned)
-                # The optimizer drops None gradients before it clips: the
-                # clipped list's positions, for the clip wrapper below.
-                callback._clip_positions = [
-                    position.get(id(v), position.get(id(_raw(v))))
-                    for g, v in zip(grads, trainable_variables or self._variables)
-                    if g is not None
-                ]
+                if recorder.clipping:
+                    # The optimizer drops None gradients before it clips: the
+                    # clipped list's positions, for the clip wrapper below.
+                    callback._clip_positions = [
+                        index_of(v) for g, v in zip(grads, trainable_variables or self._variables) if g is not None
+                    ]
                 if not distributed:
                     # LossScaleOptimizer.apply sees scaled gradients; the
                     # recorder reports the ones the inner optimizer applies
