@@ -367,6 +367,37 @@ def test_fine_tuning_continues_the_step_count(tmp_path):
     assert norms.steps.tolist() == list(range(1, 9))
 
 
+class ReadOnlyCall(keras.layers.Layer):
+    """An unusual custom layer: `call` is a read-only property, so the hook
+    cannot wrap it to record the call order."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4), name="kernel")
+
+    @property
+    def call(self):
+        return lambda x: keras.ops.matmul(x, self.kernel)
+
+
+def test_layer_whose_call_cannot_be_wrapped_is_monitored_all_the_same(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((FEATURES,)), Dense(8, activation="tanh", name="a"),
+                              ReadOnlyCall(name="odd"), Dense(TARGETS, name="out")], name="odd_model")
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y = data(4 * BATCH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "training continues unhooked"
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=1, histogram_freq=0)])
+    reader = Reader.for_logdir(str(tmp_path))
+    names = [layer.name for layer in reader.layer_table("train").layers]
+    assert sorted(names) == ["odd_model/a", "odd_model/odd", "odd_model/out"]
+    # The layers whose calls were seen keep their call order; the odd one
+    # follows them.
+    assert names == ["odd_model/a", "odd_model/out", "odd_model/odd"]
+    norms = reader.layer_series("train", "grad_norm")
+    assert norms.steps.tolist() == [1, 2, 3, 4] and np.all(norms.values > 0)
+
+
 def test_frozen_and_unused_layers_have_no_gradient(tmp_path):
     keras.utils.set_random_seed(1)
     model = WithUnusedAndFrozen(name="partial")

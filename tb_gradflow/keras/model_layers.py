@@ -53,7 +53,10 @@ class CallOrderRecorder:
     """Records the order in which layers are first called while a step traces.
 
     Patches `call` on the given layer instances (Keras' `__call__` looks it up
-    on the instance) and restores them exactly with `restore()`.
+    on the instance) and restores them exactly with `restore()`. A layer
+    whose `call` cannot be replaced (a read-only property, say) is left
+    alone: it keeps its place after the layers seen, like a layer never
+    called, and monitoring goes on.
     """
 
     def __init__(self, layers):
@@ -61,7 +64,11 @@ class CallOrderRecorder:
         self._seen = set()
         self.order = []
         for layer in layers:
-            self._patches.append(patching.wrap(layer, "call", lambda inner, layer=layer: self._recording(layer, inner)))
+            try:
+                patch = patching.wrap(layer, "call", lambda inner, layer=layer: self._recording(layer, inner))
+            except (AttributeError, TypeError):
+                continue
+            self._patches.append(patch)
 
     def _recording(self, layer, inner):
         def recording_call(*args, **kwargs):
