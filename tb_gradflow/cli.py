@@ -3,10 +3,15 @@
     $ tb-gradflow check logs/seed001
     $ tb-gradflow check logs/seed001 --json --fail-on nonfinite,exploding
 
-Exit status: 0 no alert fired (among the --fail-on kinds), 1 at least one
-did, 2 the command could not run (no such directory, no tb_gradflow data,
-bad arguments). Runs are read with the same Reader and rules as the
-TensorBoard plugin, with the thresholds the training hook recorded.
+Exit status: 0 no alert fired (among the --fail-on kinds) and every run
+was read; 1 at least one alert fired; 2 the command could not run (no such
+directory, no tb_gradflow data at all, bad arguments); 3 no alert fired but
+at least one run could not be read (cut short, corrupt, written by a newer
+tb_gradflow; the JSON's "unreadable" list and the text output name each with
+the reason). Runs are judged one by one: a broken run never hides the
+others. Runs are read with the same Reader and rules as the TensorBoard
+plugin, with the thresholds the training hook recorded. docs/cli.md
+describes the JSON document.
 """
 
 import argparse
@@ -20,7 +25,7 @@ from tb_gradflow import rules
 # (docs/cli.md describes every field).
 JSON_FORMAT = "tb_gradflow.check/1"
 
-EXIT_OK, EXIT_ALERTS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_ALERTS, EXIT_ERROR, EXIT_UNREADABLE = 0, 1, 2, 3
 
 
 def _finite_or_none(value):
@@ -28,14 +33,32 @@ def _finite_or_none(value):
 
 
 def check_impl(logdir, fail_on=rules.KINDS):
-    """The check as data: (report dict, exit status). Pure reading, no printing."""
-    from tb_gradflow.reader import Reader
+    """The check as data: (report dict, exit status). Pure reading, no printing.
+
+    Raises:
+      FileNotFoundError: `logdir` is not a directory.
+    """
+    from tb_gradflow.reader import Reader, UnreadableRun, UnreadableRunError
 
     reader = Reader.for_logdir(logdir)
-    runs = reader.runs()
-    report = {"format": JSON_FORMAT, "logdir": str(logdir), "fail_on": list(fail_on), "runs": [], "alert_count": 0}
-    for run in runs:
-        steps, verdicts, table = reader.verdicts(run)
+    readable, unreadable = reader.survey()
+    report = {
+        "format": JSON_FORMAT,
+        "logdir": str(logdir),
+        "fail_on": list(fail_on),
+        "runs": [],
+        "unreadable": [],
+        "alert_count": 0,
+    }
+    for run in readable:
+        try:
+            steps, verdicts, table = reader.verdicts(run)
+        except UnreadableRunError as e:
+            unreadable.append(UnreadableRun(run, e.reason))
+            continue
+        except Exception as e:  # one run's surprise must not hide the others
+            unreadable.append(UnreadableRun(run, f"reading it failed ({type(e).__name__}: {e})"))
+            continue
         alerts = rules.summarize(steps, verdicts, [layer.name for layer in table.layers])
         report["runs"].append(
             {
@@ -51,13 +74,19 @@ def check_impl(logdir, fail_on=rules.KINDS):
             }
         )
         report["alert_count"] += sum(1 for a in alerts if a.kind in fail_on)
-    status = EXIT_ALERTS if report["alert_count"] else EXIT_OK
+    report["unreadable"] = [u.to_json() for u in sorted(unreadable, key=lambda u: u.run)]
+    if report["alert_count"]:
+        status = EXIT_ALERTS
+    elif report["unreadable"]:
+        status = EXIT_UNREADABLE
+    else:
+        status = EXIT_OK
     return report, status
 
 
 def format_text(report):
     lines = []
-    if not report["runs"]:
+    if not report["runs"] and not report["unreadable"]:
         return f"no tb_gradflow runs under {report['logdir']}"
     for run in report["runs"]:
         header = f"{run['run']}: {run['layers']} layers, {run['logged_steps']} logged steps"
@@ -74,10 +103,13 @@ def format_text(report):
             lines.append(
                 f"  {a['layer']:<{width}}  {a['kind']:<10}  {a['first_step']:>10}  {worst:>11}  {a['steps_fired']:>5}"
             )
-    lines.append(
-        f"{report['alert_count']} alert(s) of kinds {', '.join(report['fail_on'])}"
-        + (" -> failing" if report["alert_count"] else "")
-    )
+    for problem in report["unreadable"]:
+        lines.append(f"{problem['run']}: cannot be read: {problem['reason']}")
+    summary = f"{report['alert_count']} alert(s) of kinds {', '.join(report['fail_on'])}"
+    if report["unreadable"]:
+        summary += f", {len(report['unreadable'])} run(s) unreadable"
+    failing = report["alert_count"] or report["unreadable"]
+    lines.append(summary + (" -> failing" if failing else ""))
     return "\n".join(lines)
 
 
@@ -131,13 +163,16 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(f"tb-gradflow: {e}", file=sys.stderr)
         return EXIT_ERROR
-    if not report["runs"]:
+    except Exception as e:  # never a traceback: say what failed, exit 2
+        print(f"tb-gradflow: cannot read {args.logdir!r}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not report["runs"] and not report["unreadable"]:
         status = EXIT_ERROR
         if not args.json:
             print(f"tb-gradflow: no tb_gradflow data under {args.logdir!r}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
-    elif report["runs"]:
+    elif report["runs"] or report["unreadable"]:
         print(format_text(report))
     return status
 

@@ -189,7 +189,7 @@ def parse_plugin_data(content):
         raise ValueError(f"not tb_gradflow plugin data: {e}") from e
     if result.version > PROTO_VERSION:
         raise UnsupportedVersionError(
-            f"tb_gradflow data version {result.version} is newer than this "
-            f"reader's {PROTO_VERSION}; upgrade tb_gradflow"
+            f"it was written in tb_gradflow data format version {result.version}, and this "
+            f"tb_gradflow reads versions up to {PROTO_VERSION}: upgrade tb_gradflow to read it"
         )
     return result

@@ -185,13 +185,16 @@ def write_xss_run(run_dir):
 
 @functools.lru_cache(maxsize=None)
 def demo_logdir(seed001_logdir):
-    """seed 001's runs (trained by conftest's seed001_logdir) under seed001/, plus xss/ (synthetic)."""
+    """seed 001's runs (trained by conftest's seed001_logdir) under seed001/, plus
+    xss/ and names/ (synthetic: an injection name, a 10,000-character name and a
+    right-to-left override) and killed/ (a layer table without rows: unreadable)."""
     logdir = _tmpdir("demo")
     target = os.path.join(logdir, "seed001")
     if not os.path.isdir(target):
         shutil.copytree(seed001_logdir, target)
-    if not os.path.isdir(os.path.join(logdir, "xss")):
-        write_xss_run(os.path.join(logdir, "xss"))
+    for name, write in (("xss", write_xss_run), ("names", write_names_run), ("killed", write_table_only_run)):
+        if not os.path.isdir(os.path.join(logdir, name)):
+            write(os.path.join(logdir, name))
     return logdir
 
 
@@ -281,4 +284,92 @@ def combined_logdir(seed001_logdir):
         target = os.path.join(logdir, name)
         if not os.path.isdir(target):
             shutil.copytree(source, target)
+    return logdir
+
+
+# ------------------------------------------------------------------ broken logs
+# Runs as jobs and disks break them, made for real: the writer's own files cut
+# short, a corrupt layer table, data of a newer format version.
+LONG_LAYER = "deep/" + "block_" * 1665 + "end"  # 10,000 characters
+RLO_LAYER = "head/\u202eexe.gnp"  # a right-to-left override turning the rest around
+CUT_REASON_WORDS = "no statistic rows"
+
+
+def write_table_only_run(run_dir):
+    """A job killed after its layer table and before its first statistic row."""
+    writer = EventWriter(run_dir)
+    writer.write_layer_table(0, layer_table(["killed/dense_0", "killed/dense_1"]))
+    writer.close()
+
+
+def write_corrupt_table_run(run_dir, n_steps=20):
+    """Statistic rows whose layer table is not a LayerTable (a corrupt record payload)."""
+    write_synthetic_run(run_dir, n_layers=3, n_steps=n_steps, seed=5)
+    writer = EventWriter(run_dir, filename_suffix=".gradflow.corrupt")
+    # The last layer table wins; this one is bytes protobuf cannot parse.
+    garbage = np.array(b"\x0a\xff\xff\xff\xff\x0f" + bytes(range(256)), dtype=object)
+    writer._emit(n_steps + 1, [writer._summary_value(metadata.LAYER_TABLE_TAG, garbage,
+                                                      metadata.create_layer_table_metadata())])
+    writer.close()
+
+
+def write_newer_version_run(run_dir, version=None):
+    """A run written by a (hypothetical) newer tb_gradflow: PROTO_VERSION + 1 in every series' metadata."""
+    saved = metadata.PROTO_VERSION
+    metadata.PROTO_VERSION = version or saved + 1
+    try:
+        write_synthetic_run(run_dir, n_layers=3, n_steps=20, seed=6)
+    finally:
+        metadata.PROTO_VERSION = saved
+
+
+def write_names_run(run_dir):
+    """A run whose layers are named LONG_LAYER and RLO_LAYER (synthetic, alerts fire on the first)."""
+    write_synthetic_run(run_dir, names=[LONG_LAYER, RLO_LAYER, "names/out"], n_steps=60, seed=7, histogram_every=20)
+
+
+def event_file(run_dir):
+    """The single event file of a run directory."""
+    names = [n for n in os.listdir(run_dir) if n.startswith("events.out.tfevents")]
+    assert len(names) == 1, names
+    return os.path.join(run_dir, names[0])
+
+
+def truncate_copy(source_run, target_run, size):
+    """`source_run` copied to `target_run` with its event file cut to `size` bytes."""
+    os.makedirs(target_run, exist_ok=True)
+    source = event_file(source_run)
+    with open(source, "rb") as f:
+        data = f.read(size)
+    with open(os.path.join(target_run, os.path.basename(source)), "wb") as f:
+        f.write(data)
+
+
+@functools.lru_cache(maxsize=None)
+def faulty_logdir():
+    """good/a and good/b beside: killed/train (table, no rows), corrupt/train
+    (undecodable layer table), newer/train (format version 2), partial/train
+    (statistics without the rules' inputs) and cut/train (an event file cut
+    in the middle of a record)."""
+    logdir = _tmpdir("faulty")
+    write_synthetic_run(os.path.join(logdir, "good", "a"), n_layers=4, n_steps=60, seed=1, nonfinite_at=(30, 1))
+    write_synthetic_run(os.path.join(logdir, "good", "b"), n_layers=3, n_steps=40, seed=2, histogram_every=10)
+    write_table_only_run(os.path.join(logdir, "killed", "train"))
+    write_corrupt_table_run(os.path.join(logdir, "corrupt", "train"))
+    write_newer_version_run(os.path.join(logdir, "newer", "train"))
+    write_synthetic_run(os.path.join(logdir, "partial", "train"), n_layers=2, n_steps=10,
+                        statistics=(metadata.GRAD_NORM,))
+    source = _tmpdir("faulty_source")
+    write_synthetic_run(source, n_layers=3, n_steps=30, seed=3)
+    truncate_copy(source, os.path.join(logdir, "cut", "train"), os.path.getsize(event_file(source)) * 2 // 3 + 5)
+    return logdir
+
+
+@functools.lru_cache(maxsize=None)
+def good_only_logdir():
+    """The good runs of faulty_logdir() alone: a broken run beside them must not change their responses."""
+    logdir = _tmpdir("good_only")
+    target = os.path.join(logdir, "good")
+    if not os.path.isdir(target):
+        shutil.copytree(os.path.join(faulty_logdir(), "good"), target)
     return logdir

@@ -16,6 +16,12 @@ MODULES = [
     "tb_gradflow.keras.model_layers",
     "tb_gradflow.keras.activation_capture",
     "tb_gradflow.plugin.downsample",
+    "tb_gradflow.plugin.params",
+    "tb_gradflow.plugin.responses",
+    "tb_gradflow.plugin.static_files",
+    "tb_gradflow.plugin.gradflow_plugin",
+    "tb_gradflow.event_file",
+    "tb_gradflow.series_cache",
     "tb_gradflow.loop",
 ]
 

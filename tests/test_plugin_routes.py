@@ -142,7 +142,8 @@ def test_static_route_serves_nothing_else(demo, path):
 def test_runs_lists_each_run_with_what_it_holds(demo):
     body = demo.get("/runs")
     runs = {r["run"]: r for r in body["runs"]}
-    assert set(runs) == {"seed001/relu/train", "seed001/sigmoid/train", "seed001/tanh/train", "xss"}
+    assert set(runs) == {"seed001/relu/train", "seed001/sigmoid/train", "seed001/tanh/train", "xss", "names"}
+    assert [u["run"] for u in body["unreadable"]] == ["killed"] and "no statistic rows" in body["unreadable"][0]["reason"]
     sigmoid = runs["seed001/sigmoid/train"]
     assert sigmoid["layer_count"] == 5
     assert set(sigmoid["statistics"]) >= {"grad_norm", "grad_rms", "grad_max_abs", "update_ratio"}
@@ -151,6 +152,15 @@ def test_runs_lists_each_run_with_what_it_holds(demo):
     assert sigmoid["max_step"] == 960 and sigmoid["update_freq"] == 10
     assert [s["name"] for s in body["statistics"]][:4] == ["grad_norm", "grad_rms", "grad_max_abs", "update_ratio"]
     assert [k["kind"] for k in body["alert_kinds"]][:3] == ["vanishing", "exploding", "nonfinite"]
+
+
+def test_a_statistic_without_a_label_is_listed_under_its_own_name(synthetic, monkeypatch):
+    from tb_gradflow.plugin import responses
+
+    monkeypatch.delitem(responses.STATISTIC_LABELS, metadata.CLIP_FACTOR)
+    choices = synthetic.get("/runs")["statistics"]
+    assert [c["name"] for c in choices][:2] == ["grad_norm", "grad_rms"]
+    assert choices[-1] == {"name": metadata.CLIP_FACTOR, "label": metadata.CLIP_FACTOR}
 
 
 def test_layers_in_depth_order_with_untouched_names(demo):

@@ -1,5 +1,13 @@
 """A small thread-safe cache of decoded series, invalidated by a stamp.
 
+    >>> cache = SeriesCache(max_bytes=2**20)
+    >>> cache.get_or_compute(("run", "grad_norm"), stamp=(10, 1.5), compute=lambda: "decoded")
+    'decoded'
+    >>> cache.get_or_compute(("run", "grad_norm"), stamp=(10, 1.5), compute=lambda: "not called")
+    'decoded'
+    >>> cache.get_or_compute(("run", "grad_norm"), stamp=(20, 2.5), compute=lambda: "new rows")
+    'new rows'
+
 TensorBoard serves requests on several threads and reloads the logdir in the
 background. Each entry is stored with a stamp (the series' `max_step` and
 `max_wall_time` from a cheap `list_tensors`): a reload that appended data
