@@ -13,10 +13,14 @@ setuptools.setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["tb_gradflow", "tb_gradflow.*"]),
+    # The dashboard's files live in one place, plugin_frontend/src/, and are
+    # installed as the package tb_gradflow.plugin.static: the wheel ships them
+    # and an editable install serves the working tree (no copy, no build).
+    packages=setuptools.find_packages(include=["tb_gradflow", "tb_gradflow.*"]) + ["tb_gradflow.plugin.static"],
+    package_dir={"tb_gradflow.plugin.static": "plugin_frontend/src"},
     package_data={
         "tb_gradflow": ["proto/*.proto"],
-        "tb_gradflow.plugin": ["static/*", "static/**/*"],
+        "tb_gradflow.plugin.static": ["*.js", "*.css"],
     },
     # The reading side (plugin, reader, CLI) needs no TensorFlow: a team
     # TensorBoard server installs only this and tensorboard.
@@ -32,8 +36,10 @@ setuptools.setup(
         # keras-hub itself is installed with --no-deps by the test command:
         # its tensorflow-text requirement would pull in a second TensorFlow.
         # These are what it imports.
-        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0",
-                 "regex", "kagglehub", "tokenizers"],
+        # setuptools: tests/test_plugin_frontend.py builds the wheel without
+        # build isolation. hypothesis: the plugin routes are fuzzed.
+        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0", "hypothesis>=6",
+                 "setuptools>=64", "regex", "kagglehub", "tokenizers"],
         # examples/seed003_activations.py trains on scikit-learn's bundled digits.
         "examples": ["scikit-learn>=1.0"],
     },

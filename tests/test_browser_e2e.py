@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from plugin_fixtures import XSS_LAYER, demo_logdir, tensorboard_server
+from plugin_fixtures import LONG_LAYER, RLO_LAYER, XSS_LAYER, demo_logdir, tensorboard_server
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def test_heatmap_has_painted(browser_page):
     pixels = frame.evaluate(PAINTED_PIXELS_JS)
     assert pixels["painted"] > 0.3 * pixels["total"], pixels
     assert pixels["colours"] > 20, pixels  # a colour map, not a blank fill
-    assert frame.locator("#heatmaps canvas.heatmap-canvas").count() == 4  # one per run
+    assert frame.locator("#heatmaps canvas.heatmap-canvas").count() == 5  # one per readable run
 
 
 def test_alerts_table_names_the_sigmoid_runs_first_hidden_layer(browser_page):
@@ -137,6 +137,50 @@ def test_injection_layer_name_renders_as_text(browser_page):
     assert cells.first.inner_text() == XSS_LAYER
     assert frame.locator("img").count() == 0
     assert events["dialogs"] == []
+
+
+NAME_LABELS_JS = """
+() => {
+  const rows = [...document.querySelectorAll("tr.alert-row[data-run='names']")];
+  const label = (row) => row.querySelector("td.layer-cell .name");
+  const long = rows.find((r) => r.dataset.layer.startsWith("deep/"));
+  const rlo = rows.find((r) => r.dataset.layer.startsWith("head/"));
+  const panel = document.querySelector("section.heatmap-panel[data-run='names']");
+  return {
+    longHeight: long.getBoundingClientRect().height,
+    longText: label(long).textContent,
+    longTitle: label(long).title,
+    rloText: label(rlo).textContent,
+    rloTitle: label(rlo).title,
+    rloIsolated: getComputedStyle(label(rlo)).unicodeBidi,
+    panelHeight: panel.getBoundingClientRect().height,
+    rawOverrides: [...document.querySelectorAll("body *")].filter(
+      (n) => n.children.length === 0 && /[\u202a-\u202e\u2066-\u2069]/.test(n.textContent)).length,
+  };
+}
+"""
+
+
+def test_long_and_bidi_names_are_shortened_in_the_middle_and_whole_on_hover(browser_page):
+    _, frame, _, _ = browser_page
+    frame.wait_for_selector("tr.alert-row[data-run='names']", timeout=30_000)
+    labels = frame.evaluate(NAME_LABELS_JS)
+    assert labels["longHeight"] < 60, labels["longHeight"]  # one line, not 36,000 px
+    text = labels["longText"]
+    assert len(text) <= 64 and "…" in text and text.startswith("deep/block_") and text.endswith("end"), text
+    assert labels["longTitle"] == LONG_LAYER  # the whole name on hover
+    # The override is shown, not obeyed: the label reads in the order written.
+    assert labels["rloText"] == labels["rloTitle"] == RLO_LAYER.replace("\u202e", "⟨U+202E⟩")
+    assert labels["rloIsolated"] == "isolate"
+    assert labels["rawOverrides"] == 0
+    assert labels["panelHeight"] < 400
+
+
+def test_unreadable_runs_are_named_with_the_reason(browser_page):
+    _, frame, _, _ = browser_page
+    note = frame.locator("#unreadable li[data-run='killed']")
+    assert note.count() == 1 and "no statistic rows" in note.inner_text()
+    assert frame.locator("#heatmaps section.heatmap-panel[data-run='killed']").count() == 0
 
 
 def test_no_request_leaves_the_origin_and_no_script_error(browser_page):

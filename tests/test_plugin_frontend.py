@@ -1,45 +1,48 @@
-"""The frontend's source, its shipped copy and the rules it must keep (no Node needed)."""
+"""The frontend's one source, what the wheel ships of it, and the rules it must keep (no Node needed)."""
 
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = ROOT / "plugin_frontend" / "src"
-STATIC = ROOT / "tb_gradflow" / "plugin" / "static"
 SOURCES = sorted(p for p in SRC.iterdir() if p.suffix in (".js", ".css"))
 
 
-def test_shipped_static_files_equal_a_fresh_build():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "plugin_frontend" / "build.py"), "--check"], capture_output=True, text=True
+def test_the_wheel_ships_the_dashboard_source_as_it_is(tmp_path):
+    """One source: the files under plugin_frontend/src/ are what the wheel installs."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in STATIC.iterdir()) == [p.name for p in SOURCES]
+    (wheel,) = tmp_path.glob("tb_gradflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {
+            name.rsplit("/", 1)[1]: archive.read(name)
+            for name in archive.namelist()
+            if name.startswith("tb_gradflow/plugin/static/") and not name.endswith("/")
+        }
+    assert shipped.pop("__init__.py")  # the package marker (a docstring)
+    assert shipped == {p.name: p.read_bytes() for p in SOURCES}
+
+
+def test_the_installed_plugin_serves_the_files_of_the_source_tree():
+    """An editable install (the README's) serves plugin_frontend/src/ itself: no copy to go stale."""
+    from tb_gradflow.plugin import static_files
+
+    assert static_files.names() == {p.name for p in SOURCES}
     for source in SOURCES:
-        assert (STATIC / source.name).read_bytes() == source.read_bytes(), source.name
-
-
-def test_build_check_notices_a_stale_copy(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "plugin_frontend"))
-    try:
-        import build
-    finally:
-        sys.path.pop(0)
-    out = tmp_path / "static"
-    monkeypatch.setattr(build, "OUT", str(out))
-    assert build.main(["--check"]) == 1
-    build.main([])
-    assert build.main(["--check"]) == 0
-    (out / "app.js").write_text("// edited by hand\n")
-    (out / "leftover.js").write_text("")
-    assert build.differences() == (["app.js"], ["leftover.js"])
-    build.main([])
-    assert build.differences() == ([], [])
+        content, content_type = static_files.read(source.name)
+        assert content == source.read_bytes()
+        assert content_type == {".js": "text/javascript", ".css": "text/css"}[source.suffix]
+    assert not (ROOT / "tb_gradflow" / "plugin" / "static").exists()  # no second copy in the repo
+    for name in ("__init__.py", "../loader.py", "", "index.js/", "README.md"):
+        assert static_files.read(name) is None
 
 
 @pytest.mark.parametrize("source", [p for p in SOURCES if p.suffix == ".js"], ids=lambda p: p.name)
@@ -64,7 +67,5 @@ def test_entry_module_exports_render_and_the_page_follows_the_colour_scheme():
     assert "prefers-color-scheme: dark" in (SRC / "style.css").read_text()
 
 
-def test_static_files_are_package_data():
-    setup = (ROOT / "setup.py").read_text()
-    assert '"tb_gradflow.plugin": ["static/*"' in setup
-    assert "gradflow = tb_gradflow.plugin.loader:GradFlowLoader" in setup
+def test_entry_point_is_declared():
+    assert "gradflow = tb_gradflow.plugin.loader:GradFlowLoader" in (ROOT / "setup.py").read_text()

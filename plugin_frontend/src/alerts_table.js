@@ -2,7 +2,7 @@
 // row (click, Enter or Space) calls onChoose(alert), which focuses the heatmap.
 
 import { ALERT_COLORS, NONFINITE_RGB, rgbCss } from "./colormap.js";
-import { clear, el } from "./dom.js";
+import { clear, el, nameLabel } from "./dom.js";
 import { exact, integer, toNumber } from "./format.js";
 
 const KIND_LABELS = {
@@ -69,8 +69,8 @@ export class AlertsTable {
           },
         },
         [
-          el("td", { text: alert.run }),
-          el("td", { class: "layer-cell", text: alert.layer }),
+          el("td", {}, [nameLabel(alert.run)]),
+          el("td", { class: "layer-cell" }, [nameLabel(alert.layer)]),
           el("td", {}, [chip]),
           el("td", { class: "num", text: integer(alert.first_step) }),
           el("td", { class: "num", text: exact(toNumber(alert.worst_value)) }),

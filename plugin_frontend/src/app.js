@@ -9,8 +9,8 @@ import { drawHistogram, drawProfile } from "./charts.js";
 import {
   ALERT_COLORS, NONFINITE_RGB, NO_GRADIENT_RGB, RUN_COLORS, ZERO_RGB, rgbCss, viridisAt,
 } from "./colormap.js";
-import { clear, cssVar, el, setupCanvas } from "./dom.js";
-import { decade, exact, integer, toNumber } from "./format.js";
+import { clear, cssVar, el, nameLabel, setupCanvas } from "./dom.js";
+import { decade, exact, integer, middle, toNumber, visibleName } from "./format.js";
 import { HeatmapPanel, stepExtent } from "./heatmap.js";
 
 const MAX_DEFAULT_RUNS = 8;
@@ -52,6 +52,11 @@ class App {
       },
     });
     this.runList = el("div", { class: "run-list", attrs: { role: "group", "aria-label": "Runs" } });
+    // Runs the server could not read (cut-short or corrupt files, a newer
+    // format): named with the reason, apart from the runs that are shown.
+    this.unreadableNote = el("div", { class: "unreadable", attrs: { id: "unreadable", role: "note" } });
+    this.unreadableNote.hidden = true;
+    this.unreadable = new Map();
     this.legendCanvas = el("canvas", { class: "legend-canvas", attrs: { role: "img", "aria-label": "Colour scale" } });
     this.legendKeys = el("div", { class: "legend-keys" });
     this.legendTitle = el("div", { class: "legend-title" });
@@ -66,6 +71,7 @@ class App {
           el("button", { text: "reload", attrs: { type: "button", title: "Read the logdir again" }, on: { click: () => this.reload() } }),
         ]),
         this.runList,
+        this.unreadableNote,
       ]),
       el("label", { class: "control checkbox" }, [
         this.alignBox,
@@ -170,6 +176,7 @@ class App {
     this.runs = listing.runs;
     this.statistics = listing.statistics;
     for (const k of listing.alert_kinds) this.alertMeanings[k.kind] = k.meaning;
+    this.showUnreadable(listing.unreadable || []);
     if (!this.runs.length) {
       this.main.hidden = true;
       this.empty.hidden = false;
@@ -177,6 +184,7 @@ class App {
         el("h2", { text: "No gradient flow data in this logdir yet" }),
         el("p", { text: "Train with the tb_gradflow.GradFlow callback, e.g. model.fit(x, y, callbacks=[tb_gradflow.GradFlow(\"logs/run1\")]), then reload." }),
       );
+      if (this.unreadable.size) this.empty.append(this.unreadableNote);
       this.setStatus("");
       return;
     }
@@ -201,6 +209,8 @@ class App {
     try {
       const listing = await getJson("runs");
       this.runs = listing.runs;
+      this.unreadable.clear();
+      this.showUnreadable(listing.unreadable || []);
     } catch (e) {
       this.setStatus(`Could not list runs: ${e.message}`, true);
       return;
@@ -241,7 +251,7 @@ class App {
         el("label", { class: "run-item", title: `${info.layer_count} layers, last step ${info.max_step}` }, [
           box,
           swatch,
-          el("span", { class: "run-name", text: info.run }),
+          nameLabel(info.run, { cls: "run-name name" }),
         ]),
       );
     }
@@ -344,6 +354,7 @@ class App {
       const response = await getJson("alerts");
       this.alerts = response.alerts;
       Object.assign(this.alertMeanings, response.kinds);
+      this.showUnreadable(response.unreadable || []);
     } catch (e) {
       this.alerts = [];
       this.setStatus(`Could not load alerts: ${e.message}`, true);
@@ -668,7 +679,7 @@ class App {
     for (const p of this.profiles) {
       const swatch = el("span", { class: "swatch" });
       swatch.style.background = p.color;
-      this.profileLegend.append(el("span", { class: "legend-key" }, [swatch, p.run]));
+      this.profileLegend.append(el("span", { class: "legend-key" }, [swatch, nameLabel(p.run, { max: 40 })]));
     }
     this.drawProfile();
     if (run && layer) this.loadDistribution(run, layer, step, generation);
@@ -690,8 +701,8 @@ class App {
       return;
     }
     const lines = [
-      ["run", box.run],
-      ["layer", box.layer],
+      ["run", tipName(box.run)],
+      ["layer", tipName(box.layer)],
       [this.statisticLabel(), exact(box.value)],
     ];
     if (box.alerts.length) lines.push(["alerts", box.alerts.join(", ")]);
@@ -707,14 +718,14 @@ class App {
     }
     if (generation !== this.detailGeneration) return;
     clear(this.distBody);
-    this.distTitle.textContent = `${run} · ${layer}`;
+    this.setDistTitle(run, layer, "");
     if (!response.available) {
       this.distBody.append(el("p", { class: "empty", text: `No histogram: ${response.reason || "not available"}.` }));
       this.distLink.hidden = true;
       return;
     }
     const where = response.step === step ? `step ${integer(response.step)}` : `step ${integer(response.step)} (nearest histogram to ${integer(step)})`;
-    this.distTitle.textContent = `${run} · ${layer} · ${where}`;
+    this.setDistTitle(run, layer, where);
     const width = Math.max(200, this.distPanel.clientWidth - 24);
     const color = this.runColor(run);
     const kinds = [
@@ -736,12 +747,34 @@ class App {
     this.distLink.title = tag;
   }
 
+  /** The distribution panel's title: run · layer · where, names shortened, whole on hover. */
+  setDistTitle(run, layer, where) {
+    clear(this.distTitle);
+    this.distTitle.append(nameLabel(run, { max: 48 }), " · ", nameLabel(layer, { max: 48 }));
+    if (where) this.distTitle.append(` · ${where}`);
+  }
+
+  /** Adds runs the server could not read ([{run, reason}]) to the note under the run list. */
+  showUnreadable(list) {
+    for (const { run, reason } of list) this.unreadable.set(run, reason);
+    clear(this.unreadableNote);
+    this.unreadableNote.hidden = this.unreadable.size === 0;
+    if (!this.unreadable.size) return;
+    const n = this.unreadable.size;
+    this.unreadableNote.append(el("p", { class: "unreadable-title", text: `${n} run${n === 1 ? "" : "s"} could not be read:` }));
+    const items = el("ul");
+    for (const [run, reason] of this.unreadable) {
+      items.append(el("li", { attrs: { "data-run": run } }, [nameLabel(run, { max: 48 }), el("span", { class: "reason", text: ` — ${middle(visibleName(reason), 400)}` })]));
+    }
+    this.unreadableNote.append(items);
+  }
+
   // ------------------------------------------------------------------ tooltip
   showCellTooltip(hit, e, what = null) {
     const label = what || this.statisticLabel();
     const lines = [
-      ["run", hit.run],
-      ["layer", `${hit.layer.name}  (depth ${hit.layer.depth}${hit.layer.class_name ? ", " + hit.layer.class_name : ""}${hit.layer.activation ? ", " + hit.layer.activation : ""})`],
+      ["run", tipName(hit.run)],
+      ["layer", `${tipName(hit.layer.name)}  (depth ${hit.layer.depth}${hit.layer.class_name ? ", " + hit.layer.class_name : ""}${hit.layer.activation ? ", " + hit.layer.activation : ""})`],
       ["step", integer(hit.step)],
       [label, hit.layer.has_gradient === false ? "no gradient" : exact(hit.value)],
     ];
@@ -797,4 +830,9 @@ export async function render() {
   const app = new App(root);
   window.gradflowApp = app; // for debugging and the end-to-end test
   await app.start();
+}
+
+/** A name in a tooltip: whole up to 300 characters (bidi controls made visible), else cut in the middle. */
+function tipName(name) {
+  return middle(visibleName(name), 300);
 }

@@ -2,7 +2,7 @@
 // one step) and a layer's gradient distribution at one step.
 
 import { ALERT_COLORS, NONFINITE_RGB, rgbCss } from "./colormap.js";
-import { cssVar, fitLeft, setupCanvas } from "./dom.js";
+import { cssVar, fitMiddle, setupCanvas } from "./dom.js";
 import { decade, niceTicks, short } from "./format.js";
 
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
@@ -117,12 +117,12 @@ export function drawProfile(canvas, width, series, statisticLabel, labels = null
         ctx.rotate(-Math.PI / 5);
         ctx.textAlign = "right";
         ctx.textBaseline = "middle";
-        ctx.fillText(fitLeft(ctx, name, bottom * 1.45), 0, 0);
+        ctx.fillText(fitMiddle(ctx, name, bottom * 1.45), 0, 0);
         ctx.restore();
       } else {
         ctx.textAlign = "center";
         ctx.textBaseline = "top";
-        ctx.fillText(fitLeft(ctx, name, groupW - 4), cx, top + plotH + 6);
+        ctx.fillText(fitMiddle(ctx, name, groupW - 4), cx, top + plotH + 6);
       }
     }
   } else {

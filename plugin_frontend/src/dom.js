@@ -2,6 +2,8 @@
 // into the page through textContent or an attribute setter, never as markup:
 // a layer named `<img src=x onerror=alert(1)>` shows up as those characters.
 
+import { middle, shortName, visibleName } from "./format.js";
+
 /**
  * Creates an element. `props`: {class, text, title, attrs: {name: value},
  * on: {event: handler}, style: {prop: value}}; `children`: nodes or strings.
@@ -50,15 +52,25 @@ export function setupCanvas(canvas, cssWidth, cssHeight) {
   return ctx;
 }
 
-/** Text shortened from the left with an ellipsis to fit `maxWidth` px. */
-export function fitLeft(ctx, text, maxWidth) {
+/**
+ * A run or layer name as a span: shortened in the middle to `max` characters,
+ * the whole name (bidi controls made visible) on hover.
+ */
+export function nameLabel(name, { max = 64, cls = "name", tag = "span" } = {}) {
+  return el(tag, { class: cls, text: shortName(name, max), title: visibleName(name) });
+}
+
+/** A name shortened in the middle with "…" to fit `maxWidth` px on a canvas (bidi controls made visible). */
+export function fitMiddle(ctx, name, maxWidth) {
+  const text = visibleName(name);
   if (ctx.measureText(text).width <= maxWidth) return text;
-  let lo = 0;
-  let hi = text.length;
+  // Binary search on the kept character count; middle() splits it evenly.
+  let lo = 1;
+  let hi = Array.from(text).length;
   while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (ctx.measureText("…" + text.slice(mid)).width <= maxWidth) hi = mid;
-    else lo = mid + 1;
+    const mid = (lo + hi + 1) >> 1;
+    if (ctx.measureText(middle(text, mid)).width <= maxWidth) lo = mid;
+    else hi = mid - 1;
   }
-  return "…" + text.slice(lo);
+  return middle(text, lo);
 }

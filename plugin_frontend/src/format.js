@@ -60,3 +60,27 @@ export function niceTicks(lo, hi, count = 6) {
   }
   return ticks;
 }
+
+// Characters that reorder the text around them: the bidi embeddings,
+// overrides and isolates, and the invisible direction marks. A name is data;
+// one U+202E in it must not turn the rest of a label around.
+const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+
+/** The name with each bidi control character shown as "⟨U+202E⟩" instead of obeyed. */
+export function visibleName(name) {
+  return String(name).replace(BIDI_CONTROLS, (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
+}
+
+/** `text` shortened in the middle to at most `max` characters (code points), "…" marking the cut. */
+export function middle(text, max) {
+  const chars = Array.from(text);
+  if (chars.length <= max) return text;
+  const head = Math.ceil((max - 1) / 2);
+  const tail = max - 1 - head;
+  return chars.slice(0, head).join("") + "…" + chars.slice(chars.length - tail).join("");
+}
+
+/** A run or layer name for a label: bidi controls made visible, then shortened in the middle. */
+export function shortName(name, max = 64) {
+  return middle(visibleName(name), max);
+}

@@ -6,8 +6,8 @@
 // pixel per cell, and that image is scaled onto the plot.
 
 import { colorInto, colorLinearInto, ALERT_COLORS } from "./colormap.js";
-import { cssVar, el, fitLeft, setupCanvas } from "./dom.js";
-import { integer, niceTicks } from "./format.js";
+import { cssVar, el, fitMiddle, nameLabel, setupCanvas } from "./dom.js";
+import { integer, niceTicks, visibleName } from "./format.js";
 
 const LABEL_FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 const AXIS_HEIGHT = 20;
@@ -39,7 +39,7 @@ export class HeatmapPanel {
       class: "heatmap-canvas",
       attrs: { role: "img", "aria-label": `${linear ? "Activation heatmap" : "Heatmap"} of run ${run}` },
     });
-    this.title = el("span", { class: "panel-title", text: run });
+    this.title = nameLabel(run, { cls: "panel-title name", max: 96 });
     this.meta = el("span", { class: "panel-meta" });
     this.message = el("div", { class: "panel-message", text: "Loading…" });
     this.element = el("section", { class: "panel heatmap-panel", attrs: { "data-run": run } }, [
@@ -230,7 +230,7 @@ export class HeatmapPanel {
       ctx.fillStyle = selected ? fg : layer.has_gradient === false ? muted : fg;
       ctx.font = selected ? `bold ${LABEL_FONT}` : LABEL_FONT;
       const y = top + (l + 0.5) * layout.rowHeight;
-      ctx.fillText(fitLeft(ctx, layer.name, layout.left - 8), layout.left - 6, y);
+      ctx.fillText(fitMiddle(ctx, layer.name, layout.left - 8), layout.left - 6, y);
     }
 
     // Step axis.
@@ -261,7 +261,7 @@ export class HeatmapPanel {
     const ctx = this.canvas.getContext("2d");
     ctx.font = `bold ${LABEL_FONT}`;
     let gutter = 40;
-    for (const layer of m.layers) gutter = Math.max(gutter, ctx.measureText(layer.name).width + 14);
+    for (const layer of m.layers) gutter = Math.max(gutter, ctx.measureText(visibleName(layer.name).slice(0, 200)).width + 14);
     return Math.min(MAX_GUTTER, Math.ceil(gutter));
   }
 
