@@ -34,3 +34,9 @@ def __getattr__(name):
                 f"(pip install 'tb_gradflow[tensorflow]'): {e}"
             ) from e
     raise AttributeError(f"module 'tb_gradflow' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names too, so that dir() and a notebook's tab completion offer
+    # GradFlow before it has been imported (PEP 562).
+    return sorted(set(globals()) | set(_LAZY))

@@ -6,22 +6,28 @@
     >>> w.write_layer_statistics(10, {"grad_norm": np.array([0.1, 2.0])})
     >>> w.close()
 
-Events go through TensorBoard's own `EventFileWriter` (background thread,
-standard record format). A writer that fails mid-run warns once and then drops
-further events: a monitoring tool must never kill the training it watches.
+Events go to an `event_file.EventFile` (a background thread, TensorBoard's
+record format). A writer that fails mid-run (disk full, file too large) warns
+once and then drops further events, with no traceback from its thread: a
+monitoring tool must never kill the training it watches. A log directory
+deleted mid-run is noticed at the next write: one warning, and the directory
+is recreated with a new event file that starts with the layer table again
+(events of the steps in between are lost, as they were written to the
+deleted file).
 """
 
 import os
+import time
 import warnings
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 from tb_gradflow import metadata
+from tb_gradflow.event_file import EventFile
 
 
 class LogDirError(ValueError):
@@ -61,18 +67,24 @@ class EventWriter:
 
     def __init__(self, log_dir, filename_suffix=".gradflow"):
         log_dir = os.fspath(log_dir)
-        try:
-            os.makedirs(log_dir, exist_ok=True)
-            probe = os.path.join(log_dir, ".tb_gradflow_write_probe")
-            with open(probe, "wb") as f:
-                f.write(b"ok")
-            os.remove(probe)
-            self._writer = EventFileWriter(log_dir, filename_suffix=filename_suffix)
-        except OSError as e:
-            raise LogDirError(f"tb_gradflow cannot write to log_dir {log_dir!r}: {e}") from e
         self.log_dir = log_dir
+        self._filename_suffix = filename_suffix
+        try:
+            self._writer = self._open()
+        except Exception as e:  # OSError, or TensorFlow's gfile errors for remote paths
+            raise LogDirError(f"tb_gradflow cannot write to log_dir {log_dir!r}: {e}") from e
         self._tags_with_metadata = set()
         self._failed = None
+        self._layer_table_values = None  # re-written into a recreated log directory
+        self._recreated = 0
+
+    def _open(self):
+        os.makedirs(self.log_dir, exist_ok=True)
+        probe = os.path.join(self.log_dir, ".tb_gradflow_write_probe")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+        return EventFile(self.log_dir, filename_suffix=self._filename_suffix)
 
     @property
     def failed(self):
@@ -92,19 +104,48 @@ class EventWriter:
         if self._failed is not None or not values:
             return
         try:
-            event = event_pb2.Event(step=int(step))
-            import time
-
-            event.wall_time = time.time()
+            if not self._writer.exists():
+                self._recreate(step)
+                if self._failed is not None:
+                    return
+            event = event_pb2.Event(step=int(step), wall_time=time.time())
             event.summary.value.extend(values)
-            self._writer.add_event(event)
-        except Exception as e:  # Disk full, directory removed, ...: never fatal.
+            if not self._writer.write(event.SerializeToString()):
+                self._fail(self._writer.error)
+        except Exception as e:  # Never fatal: whatever the filesystem does.
             self._fail(e)
 
-    def _fail(self, error):
+    def _recreate(self, step):
+        """The event file vanished (its directory was deleted): warn once, start
+        a new file in a recreated directory, layer table and metadata first."""
+        old = self._writer
+        try:
+            self._writer = self._open()
+        except Exception as e:
+            self._fail(e, "its log directory was deleted and cannot be recreated")
+            return
+        old.close()
+        self._recreated += 1
+        if self._recreated == 1:
+            warnings.warn(
+                f"tb_gradflow: the log directory {self.log_dir!r} was deleted during training; it was "
+                f"recreated at step {step} and events continue there (the steps since the last write "
+                "before the deletion are lost).",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self._tags_with_metadata = set()
+        if self._layer_table_values is not None:
+            table_step, table_value = self._layer_table_values
+            event = event_pb2.Event(step=int(table_step), wall_time=time.time())
+            event.summary.value.append(table_value)
+            self._tags_with_metadata.add(table_value.tag)
+            self._writer.write(event.SerializeToString())
+
+    def _fail(self, error, what=None):
         self._failed = error
         warnings.warn(
-            f"tb_gradflow could not write events to {self.log_dir!r} ({error}); "
+            f"tb_gradflow could not write events to {self.log_dir!r} ({what or error}); "
             "training continues, further tb_gradflow events for this run are dropped.",
             RuntimeWarning,
             stacklevel=3,
@@ -113,10 +154,11 @@ class EventWriter:
     def write_layer_table(self, step, layer_table):
         """Writes the LayerTable proto (once per fit)."""
         array = np.array(layer_table.SerializeToString(), dtype=object)
-        self._emit(
-            step,
-            [self._summary_value(metadata.LAYER_TABLE_TAG, array, metadata.create_layer_table_metadata())],
-        )
+        value = summary_pb2.Summary.Value(tag=metadata.LAYER_TABLE_TAG, tensor=tensor_util.make_tensor_proto(array))
+        value.metadata.CopyFrom(metadata.create_layer_table_metadata())
+        self._layer_table_values = (step, value)
+        self._tags_with_metadata.add(metadata.LAYER_TABLE_TAG)
+        self._emit(step, [value])
 
     def write_layer_statistics(self, step, layer_stats, variable_stats=None):
         """Writes float32 vectors: {statistic: [n_layers]} and {statistic: [n_variables]}."""
@@ -202,15 +244,9 @@ class EventWriter:
         self._emit(step, values)
 
     def flush(self):
-        if self._failed is None:
-            try:
-                self._writer.flush()
-            except Exception as e:
-                self._fail(e)
+        if self._failed is None and not self._writer.flush():
+            self._fail(self._writer.error)
 
     def close(self):
-        try:
-            self._writer.close()
-        except Exception as e:
-            if self._failed is None:
-                self._fail(e)
+        if not self._writer.close() and self._failed is None:
+            self._fail(self._writer.error)

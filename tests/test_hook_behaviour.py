@@ -91,7 +91,7 @@ def run_script(mode, out_dir, onednn=None):
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), stderr=proc.stderr)
 
 
 # ------------------------------------------------ bit-identical (subprocess)
@@ -259,6 +259,8 @@ def test_write_failure_warns_once_and_training_completes(tmp_path):
     assert result["largest_file"] <= result["limit"]
     assert len(result["warnings"]) == 1, result["warnings"]
     assert "could not write events" in result["warnings"][0]
+    # One warning from the project, and no traceback from a writer thread.
+    assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
     assert result["identical"] is True
     assert result["restored"] is True
 
@@ -463,11 +465,20 @@ def test_no_trainable_weights(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"update_freq": 0}, "update_freq must be an integer >= 1"),
-        ({"update_freq": 2.5}, "update_freq must be an integer >= 1"),
-        ({"update_freq": True}, "update_freq must be an integer >= 1"),
-        ({"histogram_freq": -1}, "histogram_freq must be an integer >= 0"),
-        ({"activation_freq": -1}, "activation_freq must be an integer >= 0"),
+        ({"update_freq": 0}, r"update_freq must be an integer in \[1, 2147483647\], got 0"),
+        ({"update_freq": 2.5}, r"update_freq must be an integer in \[1, "),
+        ({"update_freq": True}, r"update_freq must be an integer in \[1, "),
+        ({"update_freq": 2**63}, r"update_freq must be an integer in \[1, 2147483647\], got 9223372036854775808"),
+        ({"update_freq": 10**30}, r"update_freq must be an integer in \[1, 2147483647\]"),
+        ({"histogram_freq": -1}, r"histogram_freq must be an integer in \[0, "),
+        ({"histogram_freq": 2**31}, r"histogram_freq must be an integer in \[0, 2147483647\]"),
+        ({"activation_freq": -1}, r"activation_freq must be an integer in \[0, "),
+        ({"activation_freq": 10**30}, r"activation_freq must be an integer in \[0, "),
+        ({"run_name": "../escape"}, "run_name must be a relative path inside log_dir, got '../escape'"),
+        ({"run_name": "a/../../escape"}, "run_name must be a relative path inside log_dir"),
+        ({"run_name": "/tmp/elsewhere"}, "run_name must be a relative path inside log_dir"),
+        ({"run_name": ".."}, "run_name must be a relative path inside log_dir"),
+        ({"run_name": 3}, "run_name must be a string"),
         ({"thresholds": {"vanishing_mean_abs": 1e-7}}, "thresholds must be a tb_gradflow.rules.Thresholds"),
         ({"thresholds": "strict"}, "thresholds must be a tb_gradflow.rules.Thresholds"),
     ],
@@ -475,6 +486,49 @@ def test_no_trainable_weights(tmp_path):
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GradFlow(tempfile.gettempdir(), **kwargs)
+
+
+def test_run_name_may_nest_inside_log_dir(tmp_path):
+    assert GradFlow(str(tmp_path), run_name="exp/./seed1").run_dir == os.path.join(str(tmp_path), "exp", "seed1")
+    assert GradFlow(str(tmp_path), run_name="").run_dir == str(tmp_path)
+
+
+def test_largest_period_trains(tmp_path):
+    """2**31 - 1 (the largest period) is "never" after the first row, not an overflow."""
+    model = sequential()
+    x, y = data(3 * BATCH)
+    train(model, x, y, [GradFlow(str(tmp_path), update_freq=2**31 - 1, histogram_freq=2**31 - 1,
+                                 activation_freq=2**31 - 1)])
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+
+class _DeleteLogDirAt(keras.callbacks.Callback):
+    def __init__(self, log_dir, batch):
+        super().__init__()
+        self.log_dir, self.batch = log_dir, batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.batch:
+            import shutil
+
+            shutil.rmtree(self.log_dir)
+
+
+def test_log_dir_deleted_mid_run_is_noticed_recreated_and_filled(tmp_path):
+    log_dir = str(tmp_path / "logs")
+    model = sequential()
+    x, y = data(8 * BATCH)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, x, y, [_DeleteLogDirAt(log_dir, 4), GradFlow(log_dir, update_freq=1, histogram_freq=0)])
+    ours = [str(w.message) for w in caught if "tb_gradflow" in str(w.message)]
+    assert len(ours) == 1 and "was deleted during training; it was recreated" in ours[0], ours
+    reader = Reader.for_logdir(log_dir)
+    assert reader.runs() == ["train"]
+    # The new event file starts with the layer table: steps 5..8 read as a run.
+    series = reader.layer_series("train", "grad_norm")
+    assert series.steps.tolist() == [5, 6, 7, 8]
+    assert np.all(np.isfinite(series.values))
 
 
 def test_uncompiled_model(tmp_path):

@@ -24,10 +24,36 @@ def _innermost_optimizer(optimizer):
     return optimizer
 
 
-def _check_positive_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"GradFlow argument {name} must be an integer >= {minimum}, got {value!r}")
+# Periods are compared with int64 step counters on the device; 2**31 - 1
+# steps (two billion) is "never" for any training run, and keeps step + period
+# far from overflowing.
+MAX_PERIOD = 2**31 - 1
+
+
+def _check_positive_int(name, value, minimum, maximum=MAX_PERIOD):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not minimum <= value <= maximum
+    ):
+        raise ValueError(
+            f"GradFlow argument {name} must be an integer in [{minimum}, {maximum}], got {value!r}"
+        )
     return int(value)
+
+
+def _run_dir(log_dir, run_name):
+    """log_dir/run_name, refusing a run_name that would leave log_dir."""
+    if not run_name:
+        return log_dir
+    if not isinstance(run_name, str):
+        raise ValueError(f"GradFlow argument run_name must be a string, got {type(run_name).__name__}")
+    normal = os.path.normpath(run_name)
+    if os.path.isabs(run_name) or normal == os.pardir or normal.startswith(os.pardir + os.sep) or "\0" in run_name:
+        raise ValueError(
+            f"GradFlow argument run_name must be a relative path inside log_dir, got {run_name!r}"
+        )
+    return os.path.join(log_dir, normal)
 
 
 def _raw(variable):
@@ -59,7 +85,7 @@ class GradFlow(keras.callbacks.Callback):
     Args:
       log_dir: the log directory, as for `keras.callbacks.TensorBoard`.
       update_freq: write statistics every this many train steps (batches;
-        an integer >= 1). Norm extremes and non-finite counts are aggregated
+        an integer in [1, 2**31 - 1]). Norm extremes and non-finite counts are aggregated
         over every step in between, so a short spike is never missed. With
         `steps_per_execution` > 1 it is rounded up to a multiple of it (the
         host can read only between executions), with a warning.
@@ -81,10 +107,14 @@ class GradFlow(keras.callbacks.Callback):
         step), so the steps in between pay nothing; the price is one more
         trace (and XLA compile) when `fit` starts. See docs/event_contract.md,
         "Activation statistics".
+      run_name: the run's directory under `log_dir` (a relative path that
+        stays inside it; "" writes into `log_dir` itself).
 
-    Raises (at `on_train_begin`, before the first step):
-      ValueError: an argument is out of range, or the model (built) has no
-        trainable weights.
+    Raises:
+      ValueError (at construction): an argument is out of range or of the
+        wrong type, or `run_name` would leave `log_dir`.
+      ValueError (at `on_train_begin`): the model (built) has no trainable
+        weights.
       tb_gradflow.writer.LogDirError: `log_dir` cannot be written.
 
     Nothing else stops `fit`: a model without `model.optimizer` trains
@@ -118,7 +148,7 @@ class GradFlow(keras.callbacks.Callback):
             )
         self.thresholds = thresholds
         self.update_ratio = bool(update_ratio)
-        self.run_dir = os.path.join(self.log_dir, run_name) if run_name else self.log_dir
+        self.run_dir = _run_dir(self.log_dir, run_name)
         self._installed = None
         self._sampling_function = None
 
