@@ -238,7 +238,7 @@ _PARAMS = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(route=st.sampled_from(ROUTES), params=_PARAMS)
 def test_fuzzed_parameters_never_answer_5xx(servers, route, params):
     faulty, _ = servers
