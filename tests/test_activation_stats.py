@@ -368,7 +368,7 @@ def test_activation_freq_zero_writes_nothing_and_reads_fine(tmp_path):
 
 @pytest.mark.parametrize("value", [-1, 1.5, True])
 def test_bad_activation_freq(value):
-    with pytest.raises(ValueError, match="activation_freq must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"activation_freq must be an integer in \[0, "):
         GradFlow(tempfile.gettempdir(), activation_freq=value)
 
 

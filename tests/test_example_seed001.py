@@ -64,7 +64,8 @@ def test_check_cli_json_is_stable(seed001_logdir):
     assert result.returncode == cli.EXIT_ALERTS, result.stderr
     report = json.loads(result.stdout)
     assert report["format"] == "tb_gradflow.check/1"
-    assert set(report) == {"format", "logdir", "fail_on", "runs", "alert_count"}
+    assert set(report) == {"format", "logdir", "fail_on", "runs", "unreadable", "alert_count"}
+    assert report["unreadable"] == []
     runs = {run["run"]: run for run in report["runs"]}
     assert set(runs) == {"relu/train", "sigmoid/train", "tanh/train"}
     alert = runs["sigmoid/train"]["alerts"][0]
