@@ -51,6 +51,8 @@ class RawSnapshot:
     # [V] sum of squares of the gradient the optimizer applied after clipping
     # (metadata.CLIP_FACTOR); None: the optimizer does not clip.
     applied_sum_squares: np.ndarray = None
+    # The dynamic loss scale of the latest step (mixed precision); NaN or None without one.
+    loss_scale: np.ndarray = None
 
 
 def _ratio(numerator, denominator):

@@ -38,7 +38,7 @@ def check_impl(logdir, fail_on=rules.KINDS):
     Raises:
       FileNotFoundError: `logdir` is not a directory.
     """
-    from tb_gradflow.reader import Reader, UnreadableRun, UnreadableRunError
+    from tb_gradflow.reader import Reader, UnreadableRun, UnreadableRunError, summarize
 
     reader = Reader.for_logdir(logdir)
     readable, unreadable = reader.survey()
@@ -59,7 +59,7 @@ def check_impl(logdir, fail_on=rules.KINDS):
         except Exception as e:  # one run's surprise must not hide the others
             unreadable.append(UnreadableRun(run, f"reading it failed ({type(e).__name__}: {e})"))
             continue
-        alerts = rules.summarize(steps, verdicts, [layer.name for layer in table.layers])
+        alerts = summarize(steps, verdicts, table)
         report["runs"].append(
             {
                 "run": run,
@@ -103,6 +103,8 @@ def format_text(report):
             lines.append(
                 f"  {a['layer']:<{width}}  {a['kind']:<10}  {a['first_step']:>10}  {worst:>11}  {a['steps_fired']:>5}"
             )
+            if a.get("explanation"):
+                lines.append(f"  {'':<{width}}  why: {a['explanation']}")
     for problem in report["unreadable"]:
         lines.append(f"{problem['run']}: cannot be read: {problem['reason']}")
     summary = f"{report['alert_count']} alert(s) of kinds {', '.join(report['fail_on'])}"

@@ -17,8 +17,9 @@
 Statistics are computed by the same on-device code as the `fit` callback
 (`GradientRecorder`) and written by the same host code (`RunLogger`), so the
 events are identical in form. Inside a `tf.function` the host write is a
-`tf.py_function` under a `tf.cond` that is true only every `update_freq`
-steps; other steps never leave the graph. (`jit_compile=True` functions
+`tf.py_function` under a `tf.cond` that is true only on the rows `schedule`
+picks (every step at first, then every `update_freq` steps); other steps
+never leave the graph. (`jit_compile=True` functions
 cannot call Python: call `write` from a non-XLA function there.)
 
 The update-to-weight ratio needs the weights before and after the optimizer
@@ -32,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_gradflow import rules
+from tb_gradflow import schedule
 from tb_gradflow.proto import plugin_data_pb2
 from tb_gradflow.recorder import GradientRecorder
 from tb_gradflow.run_logger import RunLogger
@@ -76,20 +78,24 @@ class GradientWriter:
 
     Args:
       log_dir: the run directory (events go straight into it).
-      update_freq: write statistics when `step % update_freq == 0`.
+      update_freq: the steady-state gap between statistic rows; the first
+        steps are written more densely (`tb_gradflow.schedule`).
       histogram_freq: histograms when `step % histogram_freq == 0`; 0 disables.
       thresholds: `tb_gradflow.rules.Thresholds` for the alerts.
+      dense_start: as for `GradFlow` (0: a row every `update_freq` steps).
 
     Raises:
       ValueError: an argument is out of range.
       tb_gradflow.writer.LogDirError: `log_dir` cannot be written.
     """
 
-    def __init__(self, log_dir, update_freq=100, histogram_freq=1000, thresholds=None):
+    def __init__(self, log_dir, update_freq=100, histogram_freq=1000, thresholds=None,
+                 dense_start=schedule.DENSE_START):
         from tb_gradflow.keras.callback import _check_positive_int
 
         self.update_freq = _check_positive_int("update_freq", update_freq, 1)
         self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
+        self.dense_start = _check_positive_int("dense_start", dense_start, 0, 1024)
         thresholds = thresholds if thresholds is not None else rules.DEFAULT_THRESHOLDS
         if not isinstance(thresholds, rules.Thresholds):
             raise ValueError(f"thresholds must be a tb_gradflow.rules.Thresholds, got {type(thresholds).__name__}")
@@ -116,6 +122,7 @@ class GradientWriter:
                 n_layers=len(table.layers),
                 update_freq=self.update_freq,
                 histogram_freq=self.histogram_freq,
+                dense_start=self.dense_start,
             )
         self._table = table
         self._variable_ids = [id(v) for v in variables]

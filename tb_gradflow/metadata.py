@@ -94,6 +94,12 @@ LOG10_BUCKETS = LOG10_HIGH - LOG10_LOW
 # Alert scalars belong to TensorBoard's "scalars" plugin (Scalars dashboard).
 ALERTS_PREFIX = f"{TAG_PREFIX}/alerts"
 
+# The dynamic loss scale at each statistic row (mixed precision only), a
+# "scalars" plugin series: the Scalars dashboard plots it, and the
+# non-finite rule reads it to tell a step LossScaleOptimizer skipped while
+# finding its scale from a gradient that is non-finite (rules.py).
+LOSS_SCALE_TAG = f"{TAG_PREFIX}/loss_scale"
+
 
 def layer_statistic_tag(statistic):
     return f"{TAG_PREFIX}/layer/{statistic}"

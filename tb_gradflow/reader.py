@@ -46,6 +46,11 @@ GRADIENT_HISTOGRAM_KINDS = (metadata.HISTOGRAM_KIND_GRADIENT, metadata.HISTOGRAM
 # by the plugin loader's --samples_per_plugin (see plugin/loader.py).
 ALL_SAMPLES = 10**9
 
+# Per-layer quantities the rules decide on, offered beside the written
+# statistics (the heatmap shows what alerts): name -> the rules kind whose
+# value it is. Derived when read, so older runs have them too.
+RULE_STATISTICS = {"vanishing_signal": rules.VANISHING}
+
 NO_ROWS_REASON = (
     "it has a layer table but no statistic rows yet (the job stopped before its first write, "
     "or its event file ends early)"
@@ -448,24 +453,102 @@ class Reader:
         series = {
             name: self.layer_series(run, name, ctx, n_layers=n_layers, tags=tags) for name in rules.REQUIRED_STATISTICS
         }
+        signal = self._backward_signal(run, ctx, tags, table)
+        if signal is not None:
+            series[rules.BACKWARD_SIGNAL] = signal
+        loss_scale = self._loss_scale(run, ctx)
+        if loss_scale is not None:
+            series[rules.LOSS_SCALE] = loss_scale
         # Every statistic is written in the same event, but a sampling reservoir
         # may still have kept different rows per tag: use the common steps.
         steps = series["grad_norm"].steps
-        for s in series.values():
-            steps = steps[np.isin(steps, s.steps)]
-        aligned = {
-            name: series[name].values[np.isin(series[name].steps, steps)] for name in rules.REQUIRED_STATISTICS
-        }
+        for name in rules.REQUIRED_STATISTICS + ((rules.BACKWARD_SIGNAL,) if signal is not None else ()):
+            steps = steps[np.isin(steps, series[name].steps)]
+        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items() if name != rules.LOSS_SCALE}
+        if loss_scale is not None:
+            # The scale of the latest row at or before each step (NaN before the first).
+            at = np.searchsorted(loss_scale.steps, steps, side="right") - 1
+            aligned[rules.LOSS_SCALE] = np.where(at >= 0, loss_scale.values[np.maximum(at, 0), 0], np.nan)
         has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
-        verdicts = rules.evaluate_series(aligned, has_gradient=has_gradient, thresholds=self.thresholds(run, ctx, table))
+        has_parameters = np.array([layer.parameter_count > 0 for layer in table.layers], bool)
+        verdicts = rules.evaluate_series(aligned, has_gradient=has_gradient, thresholds=self.thresholds(run, ctx, table),
+                                         has_parameters=has_parameters)
         activation_steps, activation_verdicts = self.activation_verdicts(run, ctx, table, tags)
         steps, verdicts = rules.merge_verdicts(steps, verdicts, activation_steps, activation_verdicts)
         return steps, verdicts, table
 
+    def rule_series(self, run, statistic, ctx=None):
+        """LayerSeries of a rule's own per-layer quantity (RULE_STATISTICS) at
+        the rows it is decided on (the vanishing rule: each layer's backward
+        signal over the largest of the layers after it).
+
+        Raises:
+          tensorboard.errors.NotFoundError: unknown statistic.
+          UnreadableRunError: as `verdicts`.
+        """
+        if statistic not in RULE_STATISTICS:
+            raise errors.NotFoundError(f"unknown rule statistic {statistic!r}")
+        steps, verdicts, _ = self.verdicts(run, ctx)
+        _, values = verdicts[RULE_STATISTICS[statistic]]
+        keep = ~np.all(np.isnan(values), axis=1) if values.size else np.zeros(0, bool)
+        return LayerSeries(np.asarray(steps)[keep], np.full(int(keep.sum()), np.nan), values[keep])
+
+    def statistic_series(self, run, statistic, ctx=None, tags=None):
+        """A written statistic (`layer_series`) or a rule's quantity (`rule_series`) by name."""
+        if statistic in RULE_STATISTICS:
+            return self.rule_series(run, statistic, ctx)
+        tags = tags if tags is not None else self.run_tags(run, ctx)
+        n_layers = len(self.layer_table(run, ctx, tags=tags).layers)
+        return self.layer_series(run, statistic, ctx, n_layers=n_layers, tags=tags)
+
+    def variable_series(self, run, statistic, ctx=None, tags=None):
+        """LayerSeries of one per-variable statistic (columns: LayerTable.variables).
+
+        Raises:
+          tensorboard.errors.NotFoundError: unknown run or statistic.
+        """
+        tags = tags if tags is not None else self.run_tags(run, ctx)
+        table = self.layer_table(run, ctx, tags=tags)
+        tag = metadata.variable_statistic_tag(statistic)
+        return self._series(run, tag, statistic, ctx, None, len(table.variables), tags)
+
+    def _backward_signal(self, run, ctx, tags, table):
+        """LayerSeries of rules.backward_signal, or None when the run has no
+        per-variable gradient RMS (the rules then use each layer's RMS)."""
+        if metadata.variable_statistic_tag(metadata.GRAD_RMS) not in tags or not len(table.variables):
+            return None
+        variable_rms = self.variable_series(run, metadata.GRAD_RMS, ctx, tags=tags)
+        index = rules.signal_variables(
+            [v.name for v in table.variables], [v.layer_index for v in table.variables],
+            [layer.name for layer in table.layers],
+        )
+        return LayerSeries(variable_rms.steps, variable_rms.wall_times,
+                           rules.backward_signal(variable_rms.values, index))
+
+    def _loss_scale(self, run, ctx):
+        """LayerSeries [steps, 1] of the dynamic loss scale, or None without one."""
+        try:
+            data = self._provider.read_scalars(
+                self._ctx(ctx), experiment_id=self._experiment_id, plugin_name="scalars", downsample=ALL_SAMPLES,
+                run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=[metadata.LOSS_SCALE_TAG]),
+            )
+        except errors.NotFoundError:
+            return None
+        points = sorted((data or {}).get(run, {}).get(metadata.LOSS_SCALE_TAG, []), key=lambda d: d.step)
+        if not points:
+            return None
+        return LayerSeries(np.array([p.step for p in points], np.int64), np.array([p.wall_time for p in points]),
+                           np.array([[p.value] for p in points], np.float64))
+
     def alerts(self, run, ctx=None):
         """list of rules.Alert for one run (raises as `verdicts`)."""
-        steps, verdicts, table = self.verdicts(run, ctx)
-        return rules.summarize(steps, verdicts, [layer.name for layer in table.layers])
+        return summarize(*self.verdicts(run, ctx))
+
+
+def summarize(steps, verdicts, table):
+    """rules.summarize for a run read back: its layer names and which layers get a gradient."""
+    return rules.summarize(steps, verdicts, [layer.name for layer in table.layers],
+                           has_gradient=[layer.has_gradient for layer in table.layers])
 
 
 def _verdicts_size(result):

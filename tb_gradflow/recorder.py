@@ -27,7 +27,35 @@ import tensorflow as tf
 
 from tb_gradflow import aggregate
 from tb_gradflow import metadata
+from tb_gradflow import schedule
 from tb_gradflow import stats
+
+
+_POWERS_OF_TWO = [1 << k for k in range(62)]
+
+
+def due_in_graph(step, period, dense_start=schedule.DENSE_START, unit=1):
+    """`schedule.is_due` as a graph op: a scalar bool for int64 `step`.
+
+    A few scalar ops per train step: the largest power of two <= the
+    execution count over `dense_start` is found by one comparison against a
+    constant vector (TensorFlow has no count-leading-zeros op).
+    """
+    step = tf.cast(step, tf.int64)
+    period, unit = int(period), int(unit)
+    if period <= 0:
+        return tf.constant(False)
+    on_boundary = tf.logical_and(step > 0, tf.equal(step % unit, 0))
+    executions = step // unit
+    steady = period // unit
+    if steady <= 1 or dense_start <= 0:
+        return tf.logical_and(on_boundary, tf.equal(executions % max(steady, 1), 0))
+    quotient = executions // dense_start
+    powers = tf.constant(_POWERS_OF_TWO, tf.int64)
+    largest = tf.reduce_max(tf.where(powers <= quotient, powers, tf.ones_like(powers)))
+    gap = tf.minimum(largest, steady)
+    due = tf.logical_or(tf.equal(executions % steady, 0), tf.equal(executions % gap, 0))
+    return tf.logical_and(on_boundary, due)
 
 
 class GradientRecorder:
@@ -38,8 +66,8 @@ class GradientRecorder:
         will be passed to `record_gradients`.
       layer_of_variable: layer index of each variable.
       n_layers: number of layers (rows of the per-layer arrays).
-      update_freq: weight statistics, and the start of each aggregation
-        interval, every this many steps.
+      update_freq: the steady-state gap between rows (`schedule.is_due`
+        decides the rows; each aggregation interval starts after one).
       histogram_freq: histograms every this many steps; 0 disables them.
       strategy: the `tf.distribute.Strategy` whose scope the variables need.
       initial_step: train steps already taken (the first `advance_step`
@@ -47,17 +75,22 @@ class GradientRecorder:
       xla: the step is compiled with XLA (`jit_compile=True`).
       clipping: the optimizer clips the gradients; `record_applied` records
         the clipped ones (metadata.CLIP_FACTOR).
+      dense_start: `schedule.DENSE_START`, or 0 for a row every
+        `update_freq` steps from the start.
+      unit: steps per execution (rows fall on execution boundaries).
     """
 
     def __init__(
         self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0, xla=False,
-        clipping=False,
+        clipping=False, dense_start=schedule.DENSE_START, unit=1,
     ):
         self.sizes = np.asarray(sizes, np.int64)
         self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
         self.n_layers = int(n_layers)
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
+        self.dense_start = int(dense_start)
+        self.unit = int(unit)
         self._read_function = None
         self._isolated_functions = {}
         self._variables_of_layer = [
@@ -105,6 +138,9 @@ class GradientRecorder:
             self.log10_counts = state("log10_counts", [self.n_layers, metadata.LOG10_BUCKETS], tf.int32)
             self.histogram_step = state("histogram_step", [], tf.int64, -1)
             self.train_step = state("train_step", [], tf.int64, int(initial_step))
+            # The dynamic loss scale the latest step's gradients were computed
+            # with (mixed precision); NaN without loss scaling.
+            self.loss_scale = state("loss_scale", [], init=float("nan"))
             self.clipping = bool(clipping)
             if self.clipping:
                 self.applied_sum_squares = state("applied_sum_squares", [n_vars], init=float("nan"))
@@ -128,7 +164,7 @@ class GradientRecorder:
 
     # Gates. `step` is the 1-based train step the gradients belong to.
     def is_write_step(self, step):
-        return tf.equal(step % self.update_freq, 0)
+        return due_in_graph(step, self.update_freq, self.dense_start, self.unit)
 
     def is_histogram_step(self, step):
         if self.histogram_freq <= 0:
@@ -163,6 +199,8 @@ class GradientRecorder:
         # tf.cond (a joint one would keep every gradient alive until the last).
         rows = []
         divisor = tf.constant(1.0) if scale is None else scale
+        if scale is not None:
+            self.loss_scale.assign(tf.cast(scale, tf.float32))
         nan = tf.constant(float("nan"))
         for g in grads:
             if g is None:
@@ -189,8 +227,8 @@ class GradientRecorder:
                 for members in self._variables_of_layer
             ]
         )
-        # The interval starts on the step after a write.
-        reset = tf.equal((step - 1) % self.update_freq, 0)
+        # The interval starts on the step after a write (and on step 1).
+        reset = tf.logical_or(tf.equal(step, 1), self.is_write_step(step - 1))
 
         def interval(var, new, reduce):
             var.assign(tf.where(reset, new, reduce(var, new)))
@@ -316,7 +354,7 @@ class GradientRecorder:
                  "variable_interval_min", "layer_interval_max", "layer_interval_min",
                  "weight_sum_squares", "update_sum_squares", "snapshot_step", "weight_step",
                  "histogram_step", "histogram_range", "histogram_counts", "log10_counts"]
-        names.append("weight_before_sum_squares")
+        names += ["weight_before_sum_squares", "loss_scale"]
         if self.clipping:
             names += ["applied_sum_squares", "applied_step"]
         return {name: getattr(self, name) for name in names}
@@ -422,10 +460,13 @@ class ActivationRecorder:
     (1, [0.0, 2.0], 2.0)
     """
 
-    def __init__(self, *, units, thresholds, activation_freq, strategy=None, xla=False):
+    def __init__(self, *, units, thresholds, activation_freq, strategy=None, xla=False,
+                 dense_start=schedule.DENSE_START, unit=1):
         self.units = [int(u) for u in units]
         self.thresholds = [float(t) for t in thresholds]
         self.activation_freq = int(activation_freq)
+        self.dense_start = int(dense_start)
+        self.unit = int(unit)
         self._read_function = None
         self._measure_functions = {}
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -450,7 +491,7 @@ class ActivationRecorder:
             self.step = state("step", [], tf.int64, -1, aggregation=first)
 
     def is_sample_step(self, step):
-        return tf.equal(tf.cast(step, tf.int64) % self.activation_freq, 0)
+        return due_in_graph(step, self.activation_freq, self.dense_start, self.unit)
 
     def record(self, index, tensor, step, unit_axis=-1, function=None, output_op=None):
         """In-step: statistics of activation `index`, on sample steps only.

@@ -3,39 +3,60 @@
     >>> import numpy as np
     >>> from tb_gradflow import rules
     >>> stats = {"grad_rms": np.array([1e-5, 5e-2, 1e-1]),
-    ...          "grad_mean_abs": np.array([1e-5, 5e-2, 1e-1]),
     ...          "grad_norm": np.array([1e-4, 1e-1, 1.0]),
     ...          "grad_norm_interval_max": np.array([1e-4, 1e-1, 1.0]),
-    ...          "nonfinite_count": np.array([0.0, 0.0, 0.0])}
+    ...          "nonfinite_count": np.array([0.0, 0.0, 0.0]),
+    ...          "backward_signal": np.array([2e-6, 3e-3, 1e-1])}
     >>> t = rules.Thresholds(vanishing_patience=1)
     >>> row = rules.evaluate_step(stats, has_gradient=np.ones(3, bool), history=[], thresholds=t)
     >>> row["vanishing"].fired.tolist()
     [True, False, False]
 
-Every function here is pure (numpy in, numpy out). The training hook runs
-`evaluate_step` as it writes; the plugin and `tb-gradflow check` run
-`evaluate_series` over what they read back, with the thresholds the hook
-recorded in the layer table. Same code, same inputs: they cannot disagree.
+Every function here is pure (numpy in, numpy out). Each rule has one
+implementation, over a run's rows (`evaluate_series`,
+`evaluate_activation_series`); the training hook's per-row verdicts
+(`evaluate_step`, `evaluate_activation_step`) are the last row of it over the
+rows it keeps. The plugin and `tb-gradflow check` evaluate what they read
+back, with the thresholds the hook recorded in the layer table. Same code,
+same inputs: they cannot disagree. benchmarks/bench_diagnosis.py scores the
+rules on labelled healthy and sick networks (README, "Alerts").
 
 Where each default comes from:
 
-* `vanishing_relative_rms = 0.1`: a layer whose gradient RMS is 10x (one
-  decade) below the largest RMS among the layers after it, closer to the
-  output. Vanishing is directional: Glorot & Bengio (2010) and Bradley (2009)
-  describe back-propagated gradients shrinking as they travel towards the
-  input; a ReLU net whose *first* layer has the largest gradient is healthy.
-  Nielsen ("Neural Networks and Deep Learning", ch. 5) measures a sigmoid net
-  whose first hidden layer learns "roughly 100 times slower" than the fourth,
-  about 4.6x per layer, so a decade already spans ~1.5 layers of that decay.
-  Seed 001's sigmoid MLP sits at ~13x; its tanh and ReLU twins stay above 0.1
-  on more than 99% of logged steps.
+* Vanishing compares the *backward signal* of each layer: the gradient RMS
+  of its bias or normalisation beta, dL/d(shift of each output unit), which
+  is Nielsen's measure of how fast a layer learns (dC/db = delta, "Neural
+  Networks and Deep Learning", ch. 5) and means the same in a Dense, a
+  convolution, a recurrent cell or a LayerNormalization. Weight gradients do
+  not: they are the layer's input times that signal, so a net whose forward
+  activations shrink (weights initialised too small, a squashing activation)
+  has weight gradients of similar size in every layer while its backward
+  signal decays a hundredfold per few layers. Layers without such a variable
+  (embeddings, convolutions without bias, LayerScale) have no signal of
+  their own; attention's query and key biases are left out because a
+  softmax ignores a common shift (the key bias gets no gradient at all).
+  Runs logged without per-variable statistics use each layer's gradient RMS.
+* `vanishing_relative_signal = 0.05`: a layer whose signal is 20x below
+  the largest signal of the layers after it, closer to the output, *and* so
+  is every layer before it, each one's signal growing towards the next: the
+  signal has faded layer by layer from the input up to it. Vanishing is
+  directional (Glorot & Bengio 2010, Bradley 2009: gradients shrink as they
+  travel towards the input); a quiet layer behind a healthy first layer (a
+  squeeze-excite bottleneck, a branch behind a LayerScale of 1e-6, a
+  zero-initialised residual branch) is structure. Nielsen measures about
+  4.6x less signal per sigmoid layer ("roughly 100 times slower" over three),
+  so 20x is two layers of that decay. The benchmark's healthy networks keep
+  their first signal above 0.1 of the output side's, except small CNNs whose
+  early convolutions sit at 0.02-0.07 of the classifier's without the signal
+  growing in between (the growth condition tells them apart); its sick ones
+  are at 1e-5-1e-6, and seed 001's sigmoid MLP, which learns nothing in 30
+  epochs, at 0.035 growing through every layer.
+* A layer with trainable weights that gets no gradient, or one exactly zero,
+  on `vanishing_patience` rows is vanishing too (value 0): a layer detached
+  from the loss by mistake, or a layer whose units all died.
 * `vanishing_patience = 3`: the condition must hold on 3 consecutive logged
   steps (SageMaker Debugger rules use the same idea, "patience"), so a single
-  quiet batch does not alert. Seed 001's ReLU run dips below 0.1 on 3 isolated
-  steps out of 320.
-* `vanishing_mean_abs = 1e-7`: mean |g| below 1e-7, the default threshold of
-  SageMaker Debugger's VanishingGradient rule. Catches a whole net gone quiet,
-  which the relative rule cannot see.
+  quiet batch does not alert.
 * `exploding_growth = 100`: the largest gradient norm a layer had since the last
   write is 100x the median of its own last `exploding_window` (20) logged norms,
   once `exploding_min_history` (5) norms exist. Relative to the layer's own
@@ -43,6 +64,11 @@ Where each default comes from:
   models; 100x mirrors the vanishing factor.
 * non-finite: any NaN or Inf gradient element (SageMaker ExplodingTensor with
   only_nan=False). Counted, never stripped: a hook that drops them hides the bug.
+  Under a dynamic loss scale (mixed precision) a row is an alert only once
+  the scale is down to `nonfinite_loss_scale_floor` = 1: Keras'
+  LossScaleOptimizer starts at 2**15, skips a step that overflows and halves
+  the scale, so overflows at the start are it finding its level; a
+  non-finite gradient that persists brings the scale to 1 within ~15 steps.
 
 Activation rules (rows every `activation_freq` steps, `evaluate_activation_*`):
 
@@ -67,7 +93,9 @@ Activation rules (rows every `activation_freq` steps, `evaluate_activation_*`):
 * `dead_inactivity = 0.01`, `dead_window = 10`: a unit is inactive when
   f'(z) != 0 on fewer than 1% of its activations over the last 10 activation
   rows (SageMaker Debugger's DeadRelu threshold_inactivity = 1%). Measured by
-  the writer, which sees every row; recorded here.
+  the writer, which sees every row; recorded here. The rule waits until the
+  window holds 10 rows: over one or two batches a unit of a small layer (a
+  squeeze-excite bottleneck of 4 units) can be silent without being dead.
 * `dead_layer_fraction = 0.5`: the dead-unit alert fires when more than 50% of
   a layer's units are inactive (DeadRelu's threshold_layer = 50%; CS231n: "as
   much as 40% of your network can be dead" with a too-high learning rate). No
@@ -96,7 +124,7 @@ LARGER_IS_WORSE = {VANISHING: False, EXPLODING: True, NONFINITE: True, SATURATIO
 
 # What each kind's value means, for tables and docs.
 VALUE_MEANING = {
-    VANISHING: "gradient RMS relative to the largest RMS of the layers after it",
+    VANISHING: "backward signal (bias gradient RMS) relative to the largest of the layers after it; 0: no gradient",
     EXPLODING: "interval-max gradient norm over the median of the layer's recent norms",
     NONFINITE: "NaN/Inf gradient elements since the previous write",
     SATURATION: "share of the layer's unit activations with a saturated derivative",
@@ -108,12 +136,11 @@ VALUE_MEANING = {
 class Thresholds:
     """Alert thresholds; every field is documented in this module's docstring.
 
-    >>> Thresholds(vanishing_relative_rms=1e-3).vanishing_relative_rms
+    >>> Thresholds(vanishing_relative_signal=1e-3).vanishing_relative_signal
     0.001
     """
 
-    vanishing_relative_rms: float = 0.1
-    vanishing_mean_abs: float = 1e-7
+    vanishing_relative_signal: float = 0.05
     vanishing_patience: int = 3
     exploding_growth: float = 100.0
     exploding_window: int = 20
@@ -124,6 +151,7 @@ class Thresholds:
     dead_inactivity: float = 0.01
     dead_window: int = 10
     dead_layer_fraction: float = 0.5
+    nonfinite_loss_scale_floor: float = 1.0
 
     def __post_init__(self):
         def positive(name):
@@ -131,11 +159,11 @@ class Thresholds:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"threshold {name} must be a finite number > 0, got {value!r}")
 
-        for name in ("vanishing_relative_rms", "vanishing_mean_abs", "exploding_growth"):
+        for name in ("vanishing_relative_signal", "exploding_growth", "nonfinite_loss_scale_floor"):
             positive(name)
-        if not self.vanishing_relative_rms < 1:
+        if not self.vanishing_relative_signal < 1:
             raise ValueError(
-                f"threshold vanishing_relative_rms must be < 1, got {self.vanishing_relative_rms!r}"
+                f"threshold vanishing_relative_signal must be < 1, got {self.vanishing_relative_signal!r}"
             )
         for name in ("saturation_derivative", "saturation_layer_fraction", "dead_inactivity", "dead_layer_fraction"):
             value = getattr(self, name)
@@ -160,7 +188,7 @@ class Thresholds:
     @property
     def activation_history_length(self):
         """How many previous activation rows `evaluate_activation_step` needs."""
-        return max(self.saturation_patience - 1, 0)
+        return max(self.saturation_patience - 1, self.dead_window - 1, 0)
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -188,95 +216,89 @@ class StepVerdict:
     value: np.ndarray  # float [n_layers], NaN where the rule has no value
 
 
-def _vanishing_condition(stats, has_gradient, thresholds):
-    """(condition, relative) for one row: the rule before patience is applied."""
-    rms = np.asarray(stats["grad_rms"], dtype=np.float64)
-    mean_abs = np.asarray(stats["grad_mean_abs"], dtype=np.float64)
-    usable = has_gradient & np.isfinite(rms)
-    masked = np.where(usable, rms, -np.inf)
-    # Largest RMS among the layers after each layer (closer to the output);
-    # the last axis is layers, so one row and a [steps, layers] series both work.
+# --------------------------------------------------------------- the backward signal
+# The leaf names of the variables whose gradient is the backward signal at a
+# layer's output: a bias (Dense, Conv, recurrent cells, EinsumDense) or a
+# normalisation's beta. Their gradient is dL/d(shift of each output unit),
+# summed over the batch and positions: Nielsen's measure of how fast a layer
+# learns (dC/db = delta), and one that means the same in every layer kind.
+SIGNAL_VARIABLES = ("bias", "beta")
+# Attention's query and key projections: a softmax does not change when all
+# its logits shift together, so the key bias gets no gradient at all and the
+# query bias almost none, whatever the network's health.
+_SHIFT_INVARIANT_LAYERS = ("query", "key", "_query_dense", "_key_dense", "query_dense", "key_dense")
+
+
+def signal_variables(variable_names, layer_of_variable, layer_names):
+    """Per layer, the index of the variable carrying its backward signal (-1: none).
+
+    >>> signal_variables(["d/kernel", "d/bias", "bn/gamma", "bn/beta", "mha/key/bias"],
+    ...                  [0, 0, 1, 1, 2], ["d", "bn", "mha/key"]).tolist()
+    [1, 3, -1]
+    """
+    index = np.full(len(layer_names), -1, np.int64)
+    for i, (name, layer) in enumerate(zip(variable_names, layer_of_variable)):
+        leaf = str(name).rsplit("/", 1)[-1].split(":")[0]
+        layer_leaf = str(layer_names[layer]).rsplit("/", 1)[-1]
+        if leaf in SIGNAL_VARIABLES and index[layer] < 0 and layer_leaf not in _SHIFT_INVARIANT_LAYERS:
+            index[layer] = i
+    return index
+
+
+def backward_signal(variable_rms, signal_index, layer_rms=None):
+    """[..., n_layers] gradient RMS of each layer's signal variable, NaN where it has none.
+
+    Runs logged without per-variable statistics (`variable_rms` None: older
+    runs, writers of per-layer statistics only) use each layer's gradient
+    RMS instead.
+    """
+    signal_index = np.asarray(signal_index, np.int64)
+    if variable_rms is None:
+        return np.asarray(layer_rms, np.float64)
+    variable_rms = np.asarray(variable_rms, np.float64)
+    picked = np.take(variable_rms, np.maximum(signal_index, 0), axis=-1)
+    return np.where(signal_index >= 0, picked, np.nan)
+
+
+def _vanishing_rows(signal, grad_norm, has_gradient, has_parameters, thresholds):
+    """(condition, relative) per row [..., n_layers], before patience.
+
+    relative: the layer's backward signal over the largest signal of the
+    layers after it (closer to the output). A layer is vanishing when its
+    relative signal is below `vanishing_relative_signal` and so is that of
+    every layer before it: the signal has faded all the way from the input
+    up to it. A small signal in the middle of a network whose input layers
+    still get theirs (a squeeze-excite bottleneck, a branch behind a
+    LayerScale or a zero-initialised residual branch) is structure, not a
+    vanishing gradient. A layer that gets no gradient at all (none, or
+    exactly zero) is vanishing too, with relative value 0.
+    """
+    signal = np.asarray(signal, np.float64)
+    usable = np.isfinite(signal)
+    masked = np.where(usable, signal, -np.inf)
     after = np.maximum.accumulate(masked[..., ::-1], axis=-1)[..., ::-1]
     after = np.concatenate([after[..., 1:], np.full(after.shape[:-1] + (1,), -np.inf)], axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        relative = np.where(usable & (after > 0), rms / np.where(after > 0, after, 1.0), np.nan)
-    condition = usable & (
-        (np.nan_to_num(relative, nan=np.inf) < thresholds.vanishing_relative_rms)
-        | (mean_abs < thresholds.vanishing_mean_abs)
+        relative = np.where(usable & (after > 0), signal / np.where(after > 0, after, 1.0), np.nan)
+    # The signal must also grow from each layer to the next one that has a
+    # signal: a fade builds up layer by layer. (A CNN's early signals can sit
+    # 1/30 below its classifier's without growing in between: healthy.)
+    n = signal.shape[-1]
+    position = np.where(usable, np.arange(n), n)
+    following = np.minimum.accumulate(position[..., ::-1], axis=-1)[..., ::-1]
+    following = np.concatenate([following[..., 1:], np.full(following.shape[:-1] + (1,), n)], axis=-1)
+    padded = np.concatenate([signal, np.full(signal.shape[:-1] + (1,), np.inf)], axis=-1)
+    grows = np.take_along_axis(padded, following, axis=-1) >= signal
+    low = usable & grows & (np.nan_to_num(relative, nan=np.inf) < thresholds.vanishing_relative_signal)
+    # A usable layer that is not low ends the faded region for every layer after it.
+    healthy_before = np.logical_or.accumulate(usable & ~low, axis=-1)
+    faded = low & ~healthy_before
+    no_gradient = np.asarray(has_parameters, bool) & (
+        ~np.asarray(has_gradient, bool) | (np.asarray(grad_norm, np.float64) == 0)
     )
+    condition = faded | no_gradient
+    relative = np.where(no_gradient, 0.0, relative)
     return condition, relative
-
-
-def _vanishing(stats, has_gradient, history, thresholds):
-    condition, relative = _vanishing_condition(stats, has_gradient, thresholds)
-    # Patience: the condition must also have held on the previous logged
-    # steps, so one quiet batch does not raise an alert.
-    previous = history[len(history) - (thresholds.vanishing_patience - 1) :] if thresholds.vanishing_patience > 1 else []
-    if len(previous) < thresholds.vanishing_patience - 1:
-        condition = np.zeros_like(condition)
-    for row in previous:
-        condition = condition & _vanishing_condition(row, has_gradient, thresholds)[0]
-    # The last layer has no layer after it; if the absolute rule caught it,
-    # report 0 ("silent") rather than no value.
-    return StepVerdict(fired=condition, value=np.where(condition & np.isnan(relative), 0.0, relative))
-
-
-def _exploding(stats, has_gradient, history, thresholds):
-    interval_max = np.asarray(stats["grad_norm_interval_max"], dtype=np.float64)
-    n = interval_max.shape[0]
-    recent = [np.asarray(row["grad_norm"], dtype=np.float64) for row in history[-thresholds.exploding_window :]]
-    if len(recent) < thresholds.exploding_min_history:
-        return StepVerdict(fired=np.zeros(n, bool), value=np.full(n, np.nan))
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_warnings():
-        stacked = np.stack(recent)
-        stacked = np.where(np.isfinite(stacked), stacked, np.nan)
-        baseline = np.nanmedian(stacked, axis=0)
-        growth = np.where(baseline > 0, interval_max / baseline, np.nan)
-    fired = has_gradient & np.isfinite(growth) & (growth > thresholds.exploding_growth)
-    return StepVerdict(fired=fired, value=growth)
-
-
-def _nonfinite(stats, has_gradient):
-    count = np.asarray(stats["nonfinite_count"], dtype=np.float64)
-    return StepVerdict(fired=has_gradient & (count > 0), value=count)
-
-
-@contextlib.contextmanager
-def _quiet_nan_warnings():
-    """nanmedian warns on all-NaN columns (a layer that was NaN throughout)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
-# The per-layer statistics the rules read. Writers must log them all.
-REQUIRED_STATISTICS = ("grad_rms", "grad_mean_abs", "grad_norm", "grad_norm_interval_max", "nonfinite_count")
-
-
-def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS):
-    """Verdicts of every rule at one logged step.
-
-    Args:
-      stats: mapping statistic name -> float array [n_layers] at this step.
-      has_gradient: bool array [n_layers]; layers without one never alert.
-      history: the previous logged steps' `stats` mappings, oldest first
-        (only the last `thresholds.history_length` are used).
-      thresholds: a `Thresholds`.
-
-    Returns:
-      dict kind -> StepVerdict.
-    """
-    has_gradient = np.asarray(has_gradient, dtype=bool)
-    verdicts = {
-        VANISHING: _vanishing(stats, has_gradient, history, thresholds),
-        EXPLODING: _exploding(stats, has_gradient, history, thresholds),
-        NONFINITE: _nonfinite(stats, has_gradient),
-    }
-    # Gradient rows hold no activation statistics: those kinds never fire here
-    # (see evaluate_activation_step).
-    for kind in ACTIVATION_KINDS:
-        verdicts[kind] = StepVerdict(fired=np.zeros(has_gradient.shape, bool), value=np.full(has_gradient.shape, np.nan))
-    return verdicts
 
 
 def _held_for(condition, patience):
@@ -287,6 +309,14 @@ def _held_for(condition, patience):
     held = np.zeros_like(condition)
     held[patience - 1 :] = (counts[patience:] - counts[:-patience]) == patience
     return held
+
+
+@contextlib.contextmanager
+def _quiet_nan_warnings():
+    """nanmedian warns on all-NaN columns (a layer that was NaN throughout)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _nanmedian_last_axis(values):
@@ -321,33 +351,83 @@ def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256):
     return fired, growth
 
 
-def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS):
-    """Verdicts for a whole run: `evaluate_step` applied row after row, vectorised.
+def _nonfinite_series(count, has_gradient, loss_scale, thresholds):
+    """(fired, count): non-finite gradient elements, except the steps a dynamic
+    loss scale skipped while it was still finding its level.
+
+    Under mixed precision `LossScaleOptimizer` multiplies the loss by a large
+    scale (2**15 in Keras), skips a step whose scaled gradient overflows and
+    halves the scale: overflows at the start are how it finds its level, not
+    a fault. They alert only once the scale has fallen to
+    `nonfinite_loss_scale_floor` (1: no scaling left, so the gradient itself
+    is non-finite), which a non-finite gradient that persists reaches within
+    ~15 steps.
+    """
+    count = np.asarray(count, np.float64)
+    fired = np.asarray(has_gradient, bool) & (count > 0)
+    if loss_scale is not None:
+        scale = np.asarray(loss_scale, np.float64).reshape(count.shape[0], 1)
+        skipped = np.isfinite(scale) & (scale > thresholds.nonfinite_loss_scale_floor)
+        fired = fired & ~skipped
+    return fired, count
+
+
+# The statistics the gradient rules read: written per layer (REQUIRED), or
+# derived from the per-variable ones (the backward signal, see backward_signal).
+REQUIRED_STATISTICS = ("grad_rms", "grad_norm", "grad_norm_interval_max", "nonfinite_count")
+BACKWARD_SIGNAL = "backward_signal"
+LOSS_SCALE = "loss_scale"
+
+
+def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
+    """Verdicts of the gradient rules for a run's rows, in step order.
 
     Args:
-      series: mapping statistic name -> float array [n_steps, n_layers], rows in
-        step order (as written).
+      series: mapping statistic name -> float array [n_steps, n_layers]:
+        REQUIRED_STATISTICS, and BACKWARD_SIGNAL when known (else each
+        layer's grad_rms stands in); optionally LOSS_SCALE, [n_steps], the
+        dynamic loss scale at each row (mixed precision).
       has_gradient: bool array [n_layers].
+      has_parameters: bool array [n_layers], the layers with trainable
+        variables (default: all); a layer among them without a gradient is
+        vanishing, a layer without parameters (a bare Activation row) never.
 
     Returns:
       dict kind -> (fired bool [n_steps, n_layers], value float [n_steps, n_layers]).
-      (tests/test_rules.py checks it equals the row-by-row `evaluate_step`.)
+      `evaluate_step` is the last row of this.
     """
     stats = {name: np.asarray(series[name], dtype=np.float64) for name in REQUIRED_STATISTICS}
     n_steps, n_layers = stats["grad_norm"].shape
     has_gradient = np.asarray(has_gradient, dtype=bool)
-    condition, relative = _vanishing_condition(stats, has_gradient, thresholds)
+    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    signal = np.asarray(series[BACKWARD_SIGNAL], np.float64) if BACKWARD_SIGNAL in series else stats["grad_rms"]
+    condition, relative = _vanishing_rows(signal, stats["grad_norm"], has_gradient, has_parameters, thresholds)
     vanishing = _held_for(condition, thresholds.vanishing_patience)
     exploding, growth = _exploding_series(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds)
-    count = stats["nonfinite_count"]
+    nonfinite, count = _nonfinite_series(stats["nonfinite_count"], has_gradient, series.get(LOSS_SCALE), thresholds)
     out = {
-        VANISHING: (vanishing, np.where(vanishing & np.isnan(relative), 0.0, relative)),
+        VANISHING: (vanishing, relative),
         EXPLODING: (exploding, growth),
-        NONFINITE: (has_gradient & (count > 0), count),
+        NONFINITE: (nonfinite, count),
     }
     for kind in ACTIVATION_KINDS:
         out[kind] = (np.zeros((n_steps, n_layers), bool), np.full((n_steps, n_layers), np.nan))
     return out
+
+
+def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
+    """Verdicts at one logged step: the last row of `evaluate_series` over
+    `history` (the previous rows' stats, oldest first; the last
+    `thresholds.history_length` are enough) followed by `stats`.
+
+    Returns:
+      dict kind -> StepVerdict.
+    """
+    rows = list(history[max(len(history) - thresholds.history_length, 0) :]) + [stats]
+    names = [name for name in rows[-1] if all(name in r for r in rows)]
+    series = {name: np.stack([np.asarray(r[name], np.float64) for r in rows]) for name in names}
+    whole = evaluate_series(series, has_gradient=has_gradient, thresholds=thresholds, has_parameters=has_parameters)
+    return {kind: StepVerdict(fired=fired[-1], value=value[-1]) for kind, (fired, value) in whole.items()}
 
 
 # The per-layer activation statistics the activation rules read.
@@ -374,45 +454,24 @@ def _saturation_condition(stats, monitored, two_sided, thresholds):
     return applies & (np.nan_to_num(fraction, nan=0.0) > thresholds.saturation_layer_fraction), fraction
 
 
-def evaluate_activation_step(stats, *, monitored, two_sided, history, thresholds=DEFAULT_THRESHOLDS):
-    """Verdicts of the activation rules at one activation row.
+def evaluate_activation_series(series, *, monitored, two_sided, thresholds=DEFAULT_THRESHOLDS, rows_before=0):
+    """Verdicts of the activation rules for a run's activation rows, in step order.
 
     Args:
-      stats: mapping activation statistic -> float array [n_layers] (at least
-        REQUIRED_ACTIVATION_STATISTICS; NaN where a layer is not captured).
+      series: mapping activation statistic -> float array [n_rows, n_layers]
+        (at least REQUIRED_ACTIVATION_STATISTICS; NaN where a layer is not
+        captured).
       monitored: bool [n_layers], the layers whose activation is captured.
       two_sided: bool [n_layers], activations that saturate on both sides (the
         saturation rule applies to these only; see the module docstring).
-      history: the previous activation rows' `stats`, oldest first.
-
-    Returns:
-      dict kind -> StepVerdict for ACTIVATION_KINDS.
-    """
-    monitored = np.asarray(monitored, dtype=bool)
-    two_sided = np.asarray(two_sided, dtype=bool)
-    condition, fraction = _saturation_condition(stats, monitored, two_sided, thresholds)
-    previous = history[len(history) - (thresholds.saturation_patience - 1) :] if thresholds.saturation_patience > 1 else []
-    if len(previous) < thresholds.saturation_patience - 1:
-        condition = np.zeros_like(condition)
-    for row in previous:
-        condition = condition & _saturation_condition(row, monitored, two_sided, thresholds)[0]
-    inactive = np.asarray(stats["inactive_fraction"], dtype=np.float64)
-    dead = monitored & np.isfinite(inactive) & (np.nan_to_num(inactive, nan=0.0) > thresholds.dead_layer_fraction)
-    return {
-        SATURATION: StepVerdict(fired=condition, value=np.where(monitored & two_sided, fraction, np.nan)),
-        DEAD_UNITS: StepVerdict(fired=dead, value=np.where(monitored, inactive, np.nan)),
-    }
-
-
-def evaluate_activation_series(series, *, monitored, two_sided, thresholds=DEFAULT_THRESHOLDS):
-    """`evaluate_activation_step` over a run's activation rows, vectorised.
-
-    Args:
-      series: mapping activation statistic -> float array [n_rows, n_layers].
+      rows_before: activation rows of the run before the first one given
+        (`evaluate_activation_step` passes its truncated history's offset).
 
     Returns:
       dict kind -> (fired bool [n_rows, n_layers], value float [n_rows, n_layers])
-      for ACTIVATION_KINDS.
+      for ACTIVATION_KINDS. The dead-unit rule waits for a full window of
+      `dead_window` rows: on fewer, "inactive" means "did not fire on these
+      few batches", not dead.
     """
     stats = {name: np.asarray(series[name], dtype=np.float64) for name in REQUIRED_ACTIVATION_STATISTICS}
     monitored = np.asarray(monitored, dtype=bool)
@@ -420,11 +479,38 @@ def evaluate_activation_series(series, *, monitored, two_sided, thresholds=DEFAU
     condition, fraction = _saturation_condition(stats, monitored, two_sided, thresholds)
     saturated = _held_for(condition, thresholds.saturation_patience)
     inactive = stats["inactive_fraction"]
-    dead = monitored & np.isfinite(inactive) & (np.nan_to_num(inactive, nan=0.0) > thresholds.dead_layer_fraction)
+    full_window = (rows_before + np.arange(inactive.shape[0]) >= thresholds.dead_window - 1)[:, None]
+    dead = full_window & monitored & np.isfinite(inactive) & (
+        np.nan_to_num(inactive, nan=0.0) > thresholds.dead_layer_fraction
+    )
     return {
         SATURATION: (saturated, np.where(monitored & two_sided, fraction, np.nan)),
         DEAD_UNITS: (dead, np.where(monitored, inactive, np.nan)),
     }
+
+
+def evaluate_activation_step(stats, *, monitored, two_sided, history, thresholds=DEFAULT_THRESHOLDS, rows_seen=None):
+    """Verdicts at one activation row: the last row of
+    `evaluate_activation_series` over `history` (previous rows, oldest
+    first) followed by `stats`.
+
+    Args:
+      rows_seen: activation rows of the run before this one (default:
+        len(history)); `history` may keep only the last
+        `thresholds.activation_history_length`.
+
+    Returns:
+      dict kind -> StepVerdict for ACTIVATION_KINDS.
+    """
+    keep = thresholds.activation_history_length
+    recent = list(history[max(len(history) - keep, 0) :]) if keep else []
+    rows_seen = len(history) if rows_seen is None else rows_seen
+    rows = recent + [stats]
+    series = {name: np.stack([np.asarray(r[name], np.float64) for r in rows])
+              for name in REQUIRED_ACTIVATION_STATISTICS}
+    whole = evaluate_activation_series(series, monitored=monitored, two_sided=two_sided, thresholds=thresholds,
+                                       rows_before=rows_seen - len(recent))
+    return {kind: StepVerdict(fired=fired[-1], value=value[-1]) for kind, (fired, value) in whole.items()}
 
 
 def merge_verdicts(steps, verdicts, activation_steps, activation_verdicts):
@@ -475,23 +561,30 @@ class Alert:
     worst_step: int
     worst_value: float
     steps_fired: int  # how many logged steps it held at
+    # Why, where the data can say: the activation alerts on the layer or the
+    # layers between it and the output while a vanishing alert held, or
+    # that the layer gets no gradient at all. "" when nothing more is known.
+    explanation: str = ""
 
     def to_json(self):
         return dataclasses.asdict(self)
 
 
-def summarize(steps, verdicts, layer_names):
+def summarize(steps, verdicts, layer_names, has_gradient=None):
     """Collapses per-step verdicts into one `Alert` per (layer, kind) that fired.
 
     Args:
       steps: int array [n_steps].
-      verdicts: the result of `evaluate_series`.
+      verdicts: the result of `evaluate_series` (or `merge_verdicts`).
       layer_names: list of n_layers names.
+      has_gradient: bool [n_layers] (for the explanations; default all True).
 
     Returns:
       list of Alert, ordered by first step, then depth, then kind.
     """
     steps = np.asarray(steps)
+    n_layers = len(layer_names)
+    has_gradient = np.ones(n_layers, bool) if has_gradient is None else np.asarray(has_gradient, bool)
     alerts = []
     for kind in KINDS:
         fired, values = verdicts[kind]
@@ -500,6 +593,9 @@ def summarize(steps, verdicts, layer_names):
             candidates = values[rows, layer_index]
             finite = np.where(np.isnan(candidates), -np.inf if LARGER_IS_WORSE[kind] else np.inf, candidates)
             pick = int(np.argmax(finite) if LARGER_IS_WORSE[kind] else np.argmin(finite))
+            explanation = ""
+            if kind == VANISHING:
+                explanation = _explain_vanishing(verdicts, rows, int(layer_index), layer_names, has_gradient, candidates)
             alerts.append(
                 Alert(
                     layer=layer_names[layer_index],
@@ -510,7 +606,31 @@ def summarize(steps, verdicts, layer_names):
                     worst_step=int(steps[rows[pick]]),
                     worst_value=float(candidates[pick]),
                     steps_fired=int(rows.size),
+                    explanation=explanation,
                 )
             )
     alerts.sort(key=lambda a: (a.first_step, a.layer_index, KINDS.index(a.kind)))
     return alerts
+
+
+def _explain_vanishing(verdicts, rows, layer, layer_names, has_gradient, values):
+    """Cause and effect in one line: the backward signal reaching `layer`
+    passes through the activations of the layer and the layers after it; if
+    any of them were saturated or dead while the alert held, say which."""
+    if not has_gradient[layer]:
+        return "it receives no gradient: nothing connects its weights to the loss (a detached or unused layer)"
+    if np.all(values == 0):
+        return "its gradient is exactly zero"
+    span = slice(int(rows[0]), int(rows[-1]) + 1)
+    causes = []
+    for kind, word in ((DEAD_UNITS, "dead"), (SATURATION, "saturated")):
+        if kind not in verdicts:
+            continue
+        fired, value = verdicts[kind]
+        culprits = [j for j in range(layer, len(layer_names)) if fired[span, j].any()]
+        if culprits:
+            worst = {j: np.nanmax(np.where(fired[span, j], value[span, j], np.nan)) for j in culprits}
+            named = ", ".join(f"{layer_names[j]} ({worst[j]:.0%})" for j in culprits[:3])
+            more = f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
+            causes.append(f"the activations of {named}{more} are {word}")
+    return "; ".join(causes)

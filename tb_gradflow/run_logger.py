@@ -42,6 +42,7 @@ class RunLogger:
         self.last_histogram_step = -1
         self.last_activation_step = -1
         self._activation_history = []
+        self._activation_rows_seen = 0
 
     @property
     def log_dir(self):
@@ -63,7 +64,11 @@ class RunLogger:
         self.table = table
         self._layer_of_variable = np.array([v.layer_index for v in table.variables], np.int64)
         self._has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
+        self._has_parameters = np.array([layer.parameter_count > 0 for layer in table.layers], bool)
         self._layer_names = [layer.name for layer in table.layers]
+        self._signal_index = rules.signal_variables(
+            [v.name for v in table.variables], self._layer_of_variable, self._layer_names
+        )
         n = len(table.layers)
         self._activation_rows = np.full(n, -1) if activation_rows is None else np.asarray(activation_rows, np.int64)
         self._monitored = self._activation_rows >= 0
@@ -102,10 +107,19 @@ class RunLogger:
             raw, layer_of_variable=self._layer_of_variable, n_layers=len(self._layer_names)
         )
         self.writer.write_layer_statistics(raw.step, layer_stats, variable_stats)
-        verdicts = rules.evaluate_step(
-            layer_stats, has_gradient=self._has_gradient, history=self._history, thresholds=self.thresholds
+        rule_stats = {name: layer_stats[name] for name in rules.REQUIRED_STATISTICS}
+        rule_stats[rules.BACKWARD_SIGNAL] = rules.backward_signal(
+            variable_stats[metadata.GRAD_RMS], self._signal_index
         )
-        self._history.append({name: layer_stats[name] for name in rules.REQUIRED_STATISTICS})
+        loss_scale = float(raw.loss_scale) if raw.loss_scale is not None else float("nan")
+        if np.isfinite(loss_scale):
+            self.writer.write_scalars(raw.step, {metadata.LOSS_SCALE_TAG: loss_scale}, description="tb_gradflow loss scale")
+            rule_stats[rules.LOSS_SCALE] = np.float64(loss_scale)
+        verdicts = rules.evaluate_step(
+            rule_stats, has_gradient=self._has_gradient, history=self._history, thresholds=self.thresholds,
+            has_parameters=self._has_parameters,
+        )
+        self._history.append(rule_stats)
         del self._history[: -self.thresholds.history_length]
         # Activation kinds are decided on activation rows (log_activations).
         gradient_verdicts = {kind: verdicts[kind] for kind in rules.GRADIENT_KINDS}
@@ -161,8 +175,9 @@ class RunLogger:
         row_stats = {name: values[name] for name in rules.REQUIRED_ACTIVATION_STATISTICS}
         verdicts = rules.evaluate_activation_step(
             row_stats, monitored=self._monitored, two_sided=self._two_sided,
-            history=self._activation_history, thresholds=self.thresholds,
+            history=self._activation_history, thresholds=self.thresholds, rows_seen=self._activation_rows_seen,
         )
+        self._activation_rows_seen += 1
         self._activation_history.append(row_stats)
         del self._activation_history[: len(self._activation_history) - self.thresholds.activation_history_length]
         self.writer.write_scalars(snapshot.step, self._alert_scalars(verdicts))

@@ -234,11 +234,11 @@ class EventWriter:
             )
         self._emit(step, values)
 
-    def write_scalars(self, step, scalars):
+    def write_scalars(self, step, scalars, description="tb_gradflow alert"):
         """{tag: float} as float32 scalars of the standard scalars plugin."""
         values = []
         for tag, value in scalars.items():
-            md = scalar_metadata.create_summary_metadata(display_name=tag, description="tb_gradflow alert")
+            md = scalar_metadata.create_summary_metadata(display_name=tag, description=description)
             md.data_class = summary_pb2.DATA_CLASS_SCALAR
             values.append(self._summary_value(tag, np.float32(value), md))
         self._emit(step, values)

@@ -47,6 +47,7 @@ from tensorboard.plugins.histogram import summary_v2 as histogram_summary  # noq
 from tensorboard.util import tensor_util  # noqa: E402
 
 from tb_gradflow import metadata  # noqa: E402
+from tb_gradflow import schedule  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
 from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
 
@@ -186,6 +187,9 @@ CONFIGS = {
     "write_every_3_jit": (sequential_model, adam, {"jit_compile": True}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
     "mixed_float16": (mixed_model, adam, {}, 1, 2, 4, ["m_a", "m_b", "m_out"]),
 }
+# The write_every_3 configurations turn the dense start off, so that their
+# intervals span several steps; the others log with the default schedule.
+DENSE_START = {"write_every_3": 0, "write_every_3_jit": 0}
 BATCH = 8
 
 
@@ -254,7 +258,8 @@ def reference_run(model, optimizer, x, y, batch, steps, grad_model=None, replica
     return out
 
 
-def train_hooked(model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir, strategy=None):
+def train_hooked(model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir, strategy=None,
+                 dense_start=schedule.DENSE_START):
     """(initial weights, hooked model) after one hooked fit."""
     keras.utils.set_random_seed(7)
     scope = strategy.scope() if strategy is not None else _null()
@@ -264,7 +269,7 @@ def train_hooked(model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_
     initial = model.get_weights()
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     x, y = data(BATCH * replicas * batches)
-    callback = GradFlow(log_dir, update_freq=update_freq, histogram_freq=histogram_freq)
+    callback = GradFlow(log_dir, update_freq=update_freq, histogram_freq=histogram_freq, dense_start=dense_start)
     model.fit(x, y, batch_size=BATCH * replicas, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
     return initial, model, callback
 
@@ -280,8 +285,10 @@ class _null:
 def run_config(name, log_root):
     model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, _ = CONFIGS[name]
     log_dir = os.path.join(log_root, name)
+    dense_start = DENSE_START.get(name, schedule.DENSE_START)
     initial, model, callback = train_hooked(
-        model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir
+        model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir,
+        dense_start=dense_start,
     )
     # The reference: no hook, same weights, same optimizer, one batch per fit.
     # steps_per_execution and XLA change how steps are dispatched, not the
@@ -293,7 +300,8 @@ def run_config(name, log_root):
     ref.compile(optimizer=optimizer_fn(), loss="mse", **ref_kwargs)
     x, y = data(BATCH * batches)
     reference = reference_run(ref, ref.optimizer, x, y, BATCH, batches)
-    return {"log_dir": log_dir, "reference": reference, "update_freq": update_freq, "batches": batches}
+    return {"log_dir": log_dir, "reference": reference, "update_freq": update_freq, "batches": batches,
+            "dense_start": dense_start, "unit": compile_kwargs.get("steps_per_execution", 1)}
 
 
 # -------------------------------------------------------------- comparison
@@ -406,8 +414,9 @@ def compare(config, result, expected_layers=None):
                 config, f"variable {statistic} at step {step}", values[i],
                 expected_statistics(reference, int(step), variable_groups)[statistic], atol,
             )
-    # Written every update_freq steps, up to the last step of the run.
-    expected_steps = list(range(update_freq, result["batches"] + 1, update_freq))
+    # Written on the rows of the schedule, up to the last step of the run.
+    expected_steps = [s for s in range(1, result["batches"] + 1)
+                      if schedule.is_due(s, update_freq, result.get("dense_start", 0), result.get("unit", 1))]
     assert steps_written.tolist() == expected_steps, (config, steps_written.tolist())
 
     # Interval extremes of the layer norm, non-finite counts.
@@ -415,7 +424,8 @@ def compare(config, result, expected_layers=None):
     low = reader.layer_series("train", "grad_norm_interval_min")
     nonfinite = reader.layer_series("train", "nonfinite_count")
     for i, step in enumerate(high.steps):
-        interval = range(int(step) - update_freq + 1, int(step) + 1)
+        # Each interval starts on the step after the previous row.
+        interval = range(int(high.steps[i - 1]) + 1 if i else 1, int(step) + 1)
         norms = np.array([[layer_norm(reference, s, g) for g in layer_groups] for s in interval])
         check_close(config, f"interval max at {step}", high.values[i], norms.max(axis=0))
         check_close(config, f"interval min at {step}", low.values[i], norms.min(axis=0))
@@ -544,6 +554,7 @@ def _mirrored_main(out_dir):
                 "reference": reference,
                 "update_freq": update_freq,
                 "batches": batches,
+                "dense_start": schedule.DENSE_START,
                 "capture_point": callback._capture_point,
             }
         finally:

@@ -21,6 +21,7 @@ from werkzeug import wrappers
 
 from plugin_fixtures import SATURATION_STATISTIC, XSS_LAYER, demo_logdir, synthetic_logdir
 from tb_gradflow import metadata
+from tb_gradflow import schedule
 from tb_gradflow.plugin import gradflow_plugin
 from tb_gradflow.plugin.loader import GradFlowLoader
 from tb_gradflow.reader import Reader
@@ -167,7 +168,7 @@ def test_layers_in_depth_order_with_untouched_names(demo):
     body = demo.get("/layers", run="xss")
     assert [layer["name"] for layer in body["layers"]] == ["xss/hidden", XSS_LAYER, "xss/out"]
     assert [layer["depth"] for layer in body["layers"]] == [0, 1, 2]
-    assert "vanishing_relative_rms" in demo.get("/layers", run="seed001/sigmoid/train")["thresholds"]
+    assert "vanishing_relative_signal" in demo.get("/layers", run="seed001/sigmoid/train")["thresholds"]
 
 
 # ------------------------------------------------------------------ heatmap
@@ -176,7 +177,7 @@ def test_heatmap_cells_are_the_exact_logged_values(demo, seed001_logdir):
     series = Reader.for_logdir(demo_logdir(str(seed001_logdir["logdir"]))).layer_series(
         "seed001/sigmoid/train", "grad_rms"
     )
-    assert body["sample_count"] == series.steps.size == 96
+    assert body["sample_count"] == series.steps.size == sum(schedule.is_due(s, 10) for s in range(1, 961))
     assert body["downsampled"] is False and "cell_index" not in body
     assert body["column_first_step"] == series.steps.tolist() == body["column_last_step"]
     values = decode(body["values"], "<f4").reshape(body["column_count"], 5)
@@ -192,7 +193,7 @@ def test_heatmap_marks_the_vanishing_cells_of_the_sigmoid_runs_first_layer(demo)
     assert (flags[:, 0] & vanishing).any()
     assert not (flags[:, 3:] & vanishing).any()
     relu = demo.get("/heatmap", run="seed001/relu/train")
-    assert not decode(relu["alerts"], "u1").any()
+    assert not (decode(relu["alerts"], "u1") & vanishing).any()
     assert "alerts" not in demo.get("/heatmap", run="seed001/relu/train", alerts="false")
 
 
@@ -282,7 +283,7 @@ def test_alerts_name_the_sigmoid_runs_first_hidden_layer(demo):
     first = next(a for a in body["alerts"] if a["layer"] == "sigmoid/sigmoid1")
     assert set(first) >= {"run", "layer", "kind", "first_step", "worst_value", "worst_step", "steps_fired"}
     assert first["run"] == "seed001/sigmoid/train"
-    assert demo.get("/alerts", run="seed001/relu/train")["alerts"] == []
+    assert {a["kind"] for a in demo.get("/alerts", run="seed001/relu/train")["alerts"]} <= {"dead_units"}
     everything = demo.get("/alerts")
     assert {a["run"] for a in everything["alerts"]} >= {"seed001/sigmoid/train"}
     assert set(everything["kinds"]) >= {"vanishing", "exploding", "nonfinite"}

@@ -30,11 +30,49 @@ def test_vanishing_is_directional():
     healthy = [row([1.0, 0.5, 0.01])] * 5
     fired, _ = rules.evaluate_series(series(healthy), has_gradient=ALL)[rules.VANISHING]
     assert not fired.any()
-    # Early layer 100x below a later one: vanishing.
-    sick = [row([0.001, 0.05, 0.1])] * 5
+    # The backward signal at the first layer 1000x below a later one: vanishing.
+    sick = [row([1e-4, 0.05, 0.1])] * 5
     fired, value = rules.evaluate_series(series(sick), has_gradient=ALL)[rules.VANISHING]
     assert fired[-1].tolist() == [True, False, False]
-    assert value[-1, 0] == pytest.approx(0.001 / 0.1)
+    assert value[-1, 0] == pytest.approx(1e-4 / 0.1)
+
+
+def test_vanishing_is_a_fade_from_the_input_not_a_quiet_layer_in_the_middle():
+    """A small signal behind a healthy first layer (a squeeze-excite bottleneck,
+    a LayerScale branch, a zero-initialised residual branch) is structure."""
+    middle = [row([0.5, 1e-5, 1e-5, 1.0])] * 5
+    fired, value = rules.evaluate_series(series(middle), has_gradient=np.ones(4, bool))[rules.VANISHING]
+    assert not fired.any() and value[-1, 1] == pytest.approx(1e-5)
+    # Faded from the input up to layer 2: layers 0-2 alert, not the output layer.
+    fade = [row([1e-6, 1e-5, 1e-4, 1.0])] * 5
+    fired, _ = rules.evaluate_series(series(fade), has_gradient=np.ones(4, bool))[rules.VANISHING]
+    assert fired[-1].tolist() == [True, True, True, False]
+    # Small early signals that do not grow towards the output (a CNN's first
+    # convolutions below its classifier) are no fade.
+    flat = [row([0.03, 0.02, 1.0])] * 5
+    assert not rules.evaluate_series(series(flat), has_gradient=ALL)[rules.VANISHING][0].any()
+
+
+def test_vanishing_reads_the_backward_signal_when_it_is_known():
+    """The signal (bias gradients) decides; the per-layer RMS is only its stand-in."""
+    rows = [dict(row([1.0, 1.0, 1.0]), backward_signal=np.array([1e-5, 0.2, 1.0]))] * 3
+    fired, value = rules.evaluate_series(series(rows), has_gradient=ALL)[rules.VANISHING]
+    assert fired[-1].tolist() == [True, False, False] and value[-1, 0] == pytest.approx(1e-5 / 1.0)
+    # A layer without a signal variable (NaN) neither alerts nor ends the faded region.
+    rows = [dict(row([1.0, 1.0, 1.0]), backward_signal=np.array([1e-6, np.nan, 1.0]))] * 3
+    fired, _ = rules.evaluate_series(series(rows), has_gradient=ALL)[rules.VANISHING]
+    assert fired[-1].tolist() == [True, False, False]
+
+
+def test_signal_variables_are_biases_and_betas_but_not_attention_query_or_key():
+    names = ["dense/kernel", "dense/bias", "bn/gamma", "bn/beta", "mha/query/kernel", "mha/query/bias",
+             "mha/key/bias", "mha/value/bias", "embed/embeddings"]
+    layer_of = [0, 0, 1, 1, 2, 2, 3, 4, 5]
+    layers = ["dense", "bn", "mha/query", "mha/key", "mha/value", "embed"]
+    assert rules.signal_variables(names, layer_of, layers).tolist() == [1, 3, -1, -1, 7, -1]
+    rms = np.array([[9.0, 0.1, 9.0, 0.2, 9.0, 9.0, 9.0, 0.3, 9.0]])
+    signal = rules.backward_signal(rms, rules.signal_variables(names, layer_of, layers))
+    np.testing.assert_array_equal(signal, [[0.1, 0.2, np.nan, np.nan, 0.3, np.nan]])
 
 
 def test_vanishing_needs_patience():
@@ -47,19 +85,39 @@ def test_vanishing_needs_patience():
     assert fired[:, 0].tolist() == [False, False, True]
 
 
-def test_vanishing_absolute_floor_catches_a_silent_net():
-    silent = [row([1e-9, 1e-9, 1e-9])] * 3
-    fired, value = rules.evaluate_series(series(silent), has_gradient=ALL)[rules.VANISHING]
-    assert fired[-1].all()
-    assert value[-1, 2] == 0.0  # last layer has no relative value: reported as silent
-
-
-def test_layers_without_gradient_never_alert():
-    sick = [row([1e-3, np.nan, 1.0], nonfinite=[0, 5, 0])] * 6
+def test_a_layer_that_gets_no_gradient_is_vanishing_and_nothing_else():
+    sick = [row([1.0, np.nan, 1.0], nonfinite=[0, 5, 0])] * 6
     has = np.array([True, False, True])
     verdicts = rules.evaluate_series(series(sick), has_gradient=has)
-    for kind in rules.KINDS:
+    fired, value = verdicts[rules.VANISHING]
+    assert fired[-1].tolist() == [False, True, False] and value[-1, 1] == 0.0
+    for kind in (rules.EXPLODING, rules.NONFINITE):
         assert not verdicts[kind][0][:, 1].any(), kind
+    # Exactly zero gradient (a dead layer, a zero-initialised branch) counts
+    # too, once it lasts: the zero branch's first step alone does not.
+    zero = [row([1.0, 0.0, 1.0])] * 3
+    assert rules.evaluate_series(series(zero), has_gradient=ALL)[rules.VANISHING][0][-1].tolist() == [False, True, False]
+    first_step_only = [row([1.0, 0.0, 1.0])] + [row([1.0, 0.5, 1.0])] * 4
+    assert not rules.evaluate_series(series(first_step_only), has_gradient=ALL)[rules.VANISHING][0].any()
+    # A row without parameters (a bare Activation layer) never alerts.
+    fired, _ = rules.evaluate_series(series(sick), has_gradient=has, has_parameters=np.array([True, False, True]))[
+        rules.VANISHING]
+    assert not fired.any()
+
+
+def test_steps_a_loss_scale_skipped_are_not_nonfinite_alerts():
+    """LossScaleOptimizer skips overflowing steps while it lowers its scale;
+    a non-finite gradient that persists drives the scale to 1 and alerts."""
+    overflow = [row([1.0] * 3, nonfinite=[0, 4, 0])] * 3 + [row([1.0] * 3)] * 3
+    scales = np.array([32768.0, 16384.0, 8192.0, 8192.0, 8192.0, 8192.0])
+    fired, count = rules.evaluate_series(dict(series(overflow), loss_scale=scales), has_gradient=ALL)[rules.NONFINITE]
+    assert not fired.any() and count[0, 1] == 4
+    persistent = [row([1.0] * 3, nonfinite=[0, 4, 0])] * 17
+    halving = 32768.0 / 2.0 ** np.arange(17)
+    fired, _ = rules.evaluate_series(dict(series(persistent), loss_scale=halving), has_gradient=ALL)[rules.NONFINITE]
+    assert fired[:, 1].tolist() == [False] * 15 + [True, True]
+    # Without loss scaling every non-finite row alerts.
+    assert rules.evaluate_series(series(overflow), has_gradient=ALL)[rules.NONFINITE][0][:3, 1].all()
 
 
 def test_exploding_relative_to_own_history():
@@ -142,8 +200,9 @@ def test_summarize_reports_first_and_worst():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"vanishing_relative_rms": 0}, "vanishing_relative_rms must be a finite number > 0"),
-        ({"vanishing_relative_rms": 2.0}, "vanishing_relative_rms must be < 1"),
+        ({"vanishing_relative_signal": 0}, "vanishing_relative_signal must be a finite number > 0"),
+        ({"vanishing_relative_signal": 2.0}, "vanishing_relative_signal must be < 1"),
+        ({"nonfinite_loss_scale_floor": -1.0}, "nonfinite_loss_scale_floor must be a finite number > 0"),
         ({"exploding_growth": float("nan")}, "exploding_growth"),
         ({"exploding_window": 0}, "exploding_window must be an integer >= 1"),
         ({"vanishing_patience": 1.5}, "vanishing_patience must be an integer"),
@@ -156,7 +215,7 @@ def test_thresholds_reject_out_of_range(kwargs, message):
 
 
 def test_thresholds_round_trip_through_the_layer_table_map():
-    t = rules.Thresholds(vanishing_relative_rms=0.05, exploding_window=7, exploding_min_history=3)
+    t = rules.Thresholds(vanishing_relative_signal=0.05, exploding_window=7, exploding_min_history=3)
     as_doubles = {k: float(v) for k, v in t.to_dict().items()}  # what map<string, double> stores
     assert rules.Thresholds.from_dict(as_doubles) == t
     assert rules.Thresholds.from_dict({**as_doubles, "a_future_rule": 1.0}) == t
@@ -185,14 +244,16 @@ def test_saturation_needs_patience_and_two_sided_activations():
     assert not fired.any()
 
 
-def test_dead_units_above_half_of_the_layer():
-    rows = act_rows([[0.5] * 3], [[0.5, 0.51, np.nan]])
-    fired, value = rules.evaluate_activation_series(rows, monitored=ON, two_sided=ON)[rules.DEAD_UNITS]
-    assert fired.tolist() == [[False, True, False]]
+def test_dead_units_above_half_of_the_layer_over_a_full_window():
+    t = rules.Thresholds(dead_window=3)
+    rows = act_rows([[0.5] * 3] * 3, [[0.5, 0.51, np.nan]] * 3)
+    fired, value = rules.evaluate_activation_series(rows, monitored=ON, two_sided=ON, thresholds=t)[rules.DEAD_UNITS]
+    # Not before the window holds dead_window rows: on one batch "inactive" is not "dead".
+    assert fired.tolist() == [[False] * 3, [False] * 3, [False, True, False]]
     monitored = np.array([True, False, True])
-    fired, _ = rules.evaluate_activation_series(act_rows([[0.0] * 3], [[1.0] * 3]), monitored=monitored,
-                                                two_sided=ON)[rules.DEAD_UNITS]
-    assert fired.tolist() == [[True, False, True]]
+    fired, _ = rules.evaluate_activation_series(act_rows([[0.0] * 3] * 3, [[1.0] * 3] * 3), monitored=monitored,
+                                                two_sided=ON, thresholds=t)[rules.DEAD_UNITS]
+    assert fired[-1].tolist() == [True, False, True]
 
 
 def test_gradient_rows_never_fire_activation_kinds():
@@ -204,7 +265,7 @@ def test_gradient_rows_never_fire_activation_kinds():
 def test_merge_verdicts_over_the_union_of_steps():
     grad = rules.evaluate_series(series([row([1e-3, 1.0, 1.0])] * 4), has_gradient=ALL)
     act = rules.evaluate_activation_series(act_rows([[0.9] * 3] * 3, [[0.9, 0.0, 0.0]] * 3), monitored=ON,
-                                           two_sided=ON)
+                                           two_sided=ON, thresholds=rules.Thresholds(dead_window=1))
     steps, merged = rules.merge_verdicts(np.array([10, 20, 30, 40]), grad, np.array([15, 30, 45]), act)
     assert steps.tolist() == [10, 15, 20, 30, 40, 45]
     assert merged[rules.DEAD_UNITS][0][:, 0].tolist() == [False, True, False, True, False, True]

@@ -3,7 +3,7 @@
 
 import { ALERT_COLORS, NONFINITE_RGB, rgbCss } from "./colormap.js";
 import { clear, el, nameLabel } from "./dom.js";
-import { exact, integer, toNumber } from "./format.js";
+import { exact, integer, middle, toNumber, visibleName } from "./format.js";
 
 const KIND_LABELS = {
   vanishing: "vanishing",
@@ -28,6 +28,7 @@ export class AlertsTable {
         el("th", { text: "Worst value", class: "num", attrs: { scope: "col" } }),
         el("th", { text: "at step", class: "num", attrs: { scope: "col" } }),
         el("th", { text: "Logged steps fired", class: "num", attrs: { scope: "col" } }),
+        el("th", { text: "Why", attrs: { scope: "col" } }),
       ]),
     ]);
     this.table = el("table", { class: "alerts-table" }, [head, this.body]);
@@ -76,6 +77,7 @@ export class AlertsTable {
           el("td", { class: "num", text: exact(toNumber(alert.worst_value)) }),
           el("td", { class: "num", text: integer(alert.worst_step) }),
           el("td", { class: "num", text: integer(alert.steps_fired) }),
+          el("td", { class: "why", text: middle(visibleName(alert.explanation || ""), 300), title: visibleName(alert.explanation || "") }),
         ],
       );
       row._alert = alert;

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_gradflow import rules
+from tb_gradflow import schedule
 from tb_gradflow.keras import activation_capture
 from tb_gradflow.keras import model_layers
 from tb_gradflow.keras import patching
@@ -85,7 +86,8 @@ class GradFlow(keras.callbacks.Callback):
     Args:
       log_dir: the log directory, as for `keras.callbacks.TensorBoard`.
       update_freq: write statistics every this many train steps (batches;
-        an integer in [1, 2**31 - 1]). Norm extremes and non-finite counts are aggregated
+        an integer in [1, 2**31 - 1]), once the dense start is over (see
+        `dense_start`). Norm extremes and non-finite counts are aggregated
         over every step in between, so a short spike is never missed. With
         `steps_per_execution` > 1 it is rounded up to a multiple of it (the
         host can read only between executions), with a warning.
@@ -107,6 +109,13 @@ class GradFlow(keras.callbacks.Callback):
         step), so the steps in between pay nothing; the price is one more
         trace (and XLA compile) when `fit` starts. See docs/event_contract.md,
         "Activation statistics".
+      dense_start: the first `2 * dense_start - 1` steps are all written,
+        then the gap between rows doubles each time the step count doubles
+        (`dense_start` rows per doubling) until it reaches `update_freq` /
+        `activation_freq`: a 100-step run gets 37 rows at the defaults, and a
+        run of any length 63 more than a fixed period (see
+        `tb_gradflow.schedule`). 0: a row every `update_freq` steps from the
+        start. Histograms keep their fixed `histogram_freq`.
       run_name: the run's directory under `log_dir` (a relative path that
         stays inside it; "" writes into `log_dir` itself).
 
@@ -134,12 +143,14 @@ class GradFlow(keras.callbacks.Callback):
         update_ratio=True,
         run_name="train",
         activation_freq=100,
+        dense_start=schedule.DENSE_START,
     ):
         super().__init__()
         self.log_dir = os.fspath(log_dir)
         self.update_freq = _check_positive_int("update_freq", update_freq, 1)
         self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
         self.activation_freq = _check_positive_int("activation_freq", activation_freq, 0)
+        self.dense_start = _check_positive_int("dense_start", dense_start, 0, 1024)
         if thresholds is None:
             thresholds = rules.DEFAULT_THRESHOLDS
         if not isinstance(thresholds, rules.Thresholds):
@@ -275,6 +286,8 @@ class GradFlow(keras.callbacks.Callback):
             initial_step=first_step,
             xla=bool(model.jit_compile),
             clipping=self._clips(optimizer),
+            dense_start=self.dense_start,
+            unit=self._steps_per_execution,
         )
         if self.update_ratio:
             self._recorder.track_weights([_raw(v) for v in variables])
@@ -286,6 +299,8 @@ class GradFlow(keras.callbacks.Callback):
                 activation_freq=self._activation_freq,
                 strategy=self._strategy,
                 xla=bool(model.jit_compile),
+                dense_start=self.dense_start,
+                unit=self._steps_per_execution,
             )
             recorder = self._recorder
             # The forward pass runs before optimizer.apply advances the
@@ -472,7 +487,7 @@ class GradFlow(keras.callbacks.Callback):
         if self._active and self._sampling_function is not None:
             # Keras calls `model.train_function` afresh for every execution.
             last = self._host_step + self._steps_per_execution
-            sample = not self._table_written or last // self._activation_freq > self._host_step // self._activation_freq
+            sample = not self._table_written or self._due(self._host_step + 1, last, self._activation_freq)
             self.model.train_function = self._sampling_function if sample else self._gradient_only_function
 
     def on_train_batch_end(self, batch, logs=None):
@@ -493,12 +508,14 @@ class GradFlow(keras.callbacks.Callback):
         previous, self._host_step = self._host_step, self._host_step + steps
         if not self._table_written:
             self._write_layer_table()
-        if self._host_step // self._update_freq > previous // self._update_freq:
+        if self._due(previous + 1, self._host_step, self._update_freq):
             self._log(self._recorder.read())
-        if self._activation_recorder is not None and (
-            self._host_step // self._activation_freq > previous // self._activation_freq
-        ):
+        if self._activation_recorder is not None and self._due(previous + 1, self._host_step, self._activation_freq):
             self._logger.log_activations(self._activation_recorder.read())
+
+    def _due(self, first, last, period):
+        """Whether the device wrote (or will write) a row at a step in [first, last]."""
+        return schedule.due_between(first, last, period, self.dense_start, self._steps_per_execution)
 
     def _log(self, raw):
         self._logger.log(raw)

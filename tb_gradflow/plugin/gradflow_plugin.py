@@ -212,7 +212,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         table = reader.layer_table(run, ctx, tags=tags)
 
         def assemble():
-            series = reader.layer_series(run, statistic, ctx, n_layers=len(table.layers), tags=tags)
+            series = reader.statistic_series(run, statistic, ctx, tags=tags)
             verdicts = self._verdicts(reader, run, ctx, tags) if alerts else None
             return responses.heatmap(run, statistic, table, series, columns, verdicts, with_alerts=alerts)
 
@@ -235,7 +235,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         reader = self._reader(experiment_id)
         tags = reader.check_run(run, ctx)
         table = reader.layer_table(run, ctx, tags=tags)
-        series = reader.layer_series(run, statistic, ctx, n_layers=len(table.layers), tags=tags)
+        series = reader.statistic_series(run, statistic, ctx, tags=tags)
         verdicts = self._verdicts(reader, run, ctx, tags)
         return responses.alert_cells(run, statistic, table, series, columns, verdicts)
 
@@ -244,7 +244,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         reader = self._reader(experiment_id)
         tags = reader.check_run(run, ctx)
         table = reader.layer_table(run, ctx, tags=tags)
-        series = reader.layer_series(run, statistic, ctx, n_layers=len(table.layers), tags=tags)
+        series = reader.statistic_series(run, statistic, ctx, tags=tags)
         if series.steps.size == 0:
             raise errors.NotFoundError(f"run {run!r} has no logged steps of {statistic!r}")
         return responses.profile(run, statistic, table, series, step, self._verdicts(reader, run, ctx, tags))

@@ -13,6 +13,7 @@ with a message naming the parameter; none of them touches data.
 from tensorboard import errors
 
 from tb_gradflow import metadata
+from tb_gradflow.reader import RULE_STATISTICS
 
 DEFAULT_STATISTIC = metadata.GRAD_NORM
 DEFAULT_COLUMNS = 1000
@@ -67,10 +68,9 @@ def step(args):
 
 
 def statistic(args):
-    """A gradient statistic's name, DEFAULT_STATISTIC when absent."""
+    """A gradient statistic's name (written, or a rule's quantity), DEFAULT_STATISTIC when absent."""
     name = args.get("statistic") or DEFAULT_STATISTIC
-    if name not in metadata.STATISTICS:
-        raise errors.InvalidArgumentError(
-            f"unknown statistic {name[:100]!r}; known: {', '.join(metadata.STATISTICS)}"
-        )
+    known = metadata.STATISTICS + tuple(RULE_STATISTICS)
+    if name not in known:
+        raise errors.InvalidArgumentError(f"unknown statistic {name[:100]!r}; known: {', '.join(known)}")
     return name

@@ -20,6 +20,8 @@ import numpy as np
 from tb_gradflow import metadata
 from tb_gradflow import rules
 from tb_gradflow.plugin import downsample
+from tb_gradflow.reader import RULE_STATISTICS
+from tb_gradflow.reader import has_rule_inputs
 
 # Human names of the statistics, in picker order: the four most used first.
 # A statistic without a label here is listed under its own name.
@@ -28,6 +30,7 @@ STATISTIC_LABELS = {
     metadata.GRAD_RMS: "gradient RMS",
     metadata.GRAD_MAX_ABS: "max |gradient|",
     metadata.UPDATE_RATIO: "update-to-weight ratio",
+    "vanishing_signal": "backward signal ÷ later layers' (the vanishing rule)",
     metadata.GRAD_MEAN_ABS: "mean |gradient|",
     metadata.GRAD_NORM_INTERVAL_MAX: "gradient norm, interval max",
     metadata.GRAD_NORM_INTERVAL_MIN: "gradient norm, interval min",
@@ -88,19 +91,22 @@ def layer_json(layer, index):
 
 
 def statistic_choices():
-    """Every statistic with its label, labelled ones first in label order."""
+    """Every statistic (written, then the rules' quantities) with its label,
+    labelled ones first in label order."""
     order = list(STATISTIC_LABELS)
-    ranked = sorted(metadata.STATISTICS, key=lambda s: (order.index(s) if s in order else len(order), s))
+    names = metadata.STATISTICS + tuple(RULE_STATISTICS)
+    ranked = sorted(names, key=lambda s: (order.index(s) if s in order else len(order), s))
     return [{"name": s, "label": STATISTIC_LABELS.get(s, s)} for s in ranked]
 
 
 def run_summary(run, tags, table, has_histograms):
     """One /runs entry: what a readable run holds."""
     prefix = metadata.layer_statistic_tag("")
+    rule_statistics = list(RULE_STATISTICS) if has_rule_inputs(tags) else []
     return {
         "run": run,
         "layer_count": len(table.layers),
-        "statistics": [s for s in metadata.STATISTICS if prefix + s in tags],
+        "statistics": [s for s in metadata.STATISTICS if prefix + s in tags] + rule_statistics,
         "max_step": max((ts.max_step for t, ts in tags.items() if t.startswith(prefix)), default=None),
         "update_freq": table.update_freq,
         "histogram_freq": table.histogram_freq,
