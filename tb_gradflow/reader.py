@@ -470,7 +470,7 @@ class Reader:
             at = np.searchsorted(loss_scale.steps, steps, side="right") - 1
             aligned[rules.LOSS_SCALE] = np.where(at >= 0, loss_scale.values[np.maximum(at, 0), 0], np.nan)
         has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
-        has_parameters = np.array([layer.parameter_count > 0 for layer in table.layers], bool)
+        has_parameters = rules.layers_with_variables([v.layer_index for v in table.variables], n_layers)
         verdicts = rules.evaluate_series(aligned, has_gradient=has_gradient, thresholds=self.thresholds(run, ctx, table),
                                          has_parameters=has_parameters)
         activation_steps, activation_verdicts = self.activation_verdicts(run, ctx, table, tags)

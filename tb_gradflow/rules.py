@@ -245,6 +245,14 @@ def signal_variables(variable_names, layer_of_variable, layer_names):
     return index
 
 
+def layers_with_variables(layer_of_variable, n_layers):
+    """bool [n_layers]: the layers owning a recorded (trainable) variable; the
+    others (frozen layers, bare Activation rows) have no gradient to miss."""
+    mask = np.zeros(n_layers, bool)
+    mask[np.asarray(layer_of_variable, np.int64)] = True
+    return mask
+
+
 def backward_signal(variable_rms, signal_index, layer_rms=None):
     """[..., n_layers] gradient RMS of each layer's signal variable, NaN where it has none.
 
@@ -389,8 +397,9 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_
         dynamic loss scale at each row (mixed precision).
       has_gradient: bool array [n_layers].
       has_parameters: bool array [n_layers], the layers with trainable
-        variables (default: all); a layer among them without a gradient is
-        vanishing, a layer without parameters (a bare Activation row) never.
+        variables (`layers_with_variables`; default: all); a layer among them
+        without a gradient is vanishing, a layer without any (frozen, a bare
+        Activation row) never.
 
     Returns:
       dict kind -> (fired bool [n_steps, n_layers], value float [n_steps, n_layers]).

@@ -64,7 +64,7 @@ class RunLogger:
         self.table = table
         self._layer_of_variable = np.array([v.layer_index for v in table.variables], np.int64)
         self._has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
-        self._has_parameters = np.array([layer.parameter_count > 0 for layer in table.layers], bool)
+        self._has_parameters = rules.layers_with_variables(self._layer_of_variable, len(table.layers))
         self._layer_names = [layer.name for layer in table.layers]
         self._signal_index = rules.signal_variables(
             [v.name for v in table.variables], self._layer_of_variable, self._layer_names

@@ -49,6 +49,13 @@ def histogram_buckets(low, high, counts):
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
 
 
+def _compact(buckets):
+    """Histogram buckets as float32, half the bytes of float64: the edges come
+    from float32 gradients, and counts stay exact up to 2**24 per bucket. The
+    histograms are most of a run's bytes (docs/event_contract.md, "Sizes")."""
+    return np.asarray(buckets, np.float32)
+
+
 def log10_histogram_buckets(counts):
     """[k, 3] buckets with decade edges [LOG10_LOW, LOG10_HIGH] (values are log10 |g|)."""
     return histogram_buckets(float(metadata.LOG10_LOW), float(metadata.LOG10_HIGH), counts)
@@ -196,7 +203,7 @@ class EventWriter:
                     description=f"tb_gradflow {kind.replace('_', ' ')} histogram of layer {name}",
                 )
                 md.data_class = summary_pb2.DATA_CLASS_TENSOR
-                values.append(self._summary_value(metadata.histogram_tag(depth, name, kind), buckets, md))
+                values.append(self._summary_value(metadata.histogram_tag(depth, name, kind), _compact(buckets), md))
         self._emit(step, values)
 
     def write_activation_statistics(self, step, stats):
@@ -229,7 +236,8 @@ class EventWriter:
             md.data_class = summary_pb2.DATA_CLASS_TENSOR
             values.append(
                 self._summary_value(
-                    metadata.histogram_tag(depth, name, kind), histogram_buckets(float(low), float(high), layer_counts), md
+                    metadata.histogram_tag(depth, name, kind),
+                    _compact(histogram_buckets(float(low), float(high), layer_counts)), md,
                 )
             )
         self._emit(step, values)

@@ -75,6 +75,8 @@ CASES = {
     "relu_negative_bias": (dead_relu, 1.0),
     "tanh_glorot_small_inputs": (tanh_glorot, 0.1),
 }
+# The dead-unit rule waits for a full window of dead_window (10) activation rows.
+CASE_STEPS = {"relu_negative_bias": 12}
 
 
 def data(scale, n):
@@ -151,7 +153,7 @@ def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None):
 @pytest.fixture(scope="module")
 def runs():
     with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_") as root:
-        yield {name: run_case(name, root) for name in CASES} | {"root": root}
+        yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS)) for name in CASES} | {"root": root}
 
 
 def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
@@ -201,14 +203,15 @@ def test_sigmoid_normal_init_saturates_early_layers(runs):
 
 
 def test_relu_with_negative_bias_reports_dead_units(runs):
-    reader, table, series = compare(runs["relu_negative_bias"])
+    reader, table, series = compare(runs["relu_negative_bias"], tuple(range(1, 13)))
     names = [layer.name.split("/")[-1] for layer in table.layers]
     dead = names.index("dead")
     np.testing.assert_array_equal(series["dead_fraction"].values[:, dead], 1.0)
     np.testing.assert_array_equal(series["inactive_fraction"].values[:, dead], 1.0)
     assert np.all(series["dead_fraction"].values[:, names.index("alive")] < 0.5)
     alerts = [(a.layer.split("/")[-1], a.kind, a.first_step) for a in reader.alerts("train")]
-    assert ("dead", rules.DEAD_UNITS, 1) in alerts, alerts
+    # From the first full window (10 activation rows, every step here), not from one batch.
+    assert ("dead", rules.DEAD_UNITS, 10) in alerts, alerts
     assert not any(layer == "alive" and kind in rules.ACTIVATION_KINDS for layer, kind, _ in alerts), alerts
     # Cause and effect: the dead layer passes no gradient, so the layer before it vanishes.
     assert any(layer == "alive" and kind == rules.VANISHING for layer, kind, _ in alerts), alerts
@@ -283,7 +286,7 @@ def test_wrappers_removed_after_fit(runs):
     step = int(callback._activation_recorder.step.numpy())
     x, y = data(1.0, 2 * BATCH)
     model.fit(x, y, batch_size=BATCH, verbose=0)
-    assert int(callback._activation_recorder.step.numpy()) == step == STEPS
+    assert int(callback._activation_recorder.step.numpy()) == step == CASE_STEPS["relu_negative_bias"]
 
 
 class Custom(keras.layers.Layer):

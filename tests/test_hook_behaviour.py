@@ -431,10 +431,14 @@ def test_frozen_and_unused_layers_have_no_gradient(tmp_path):
         for name, has in flags.items():
             column = series.values[:, names.index(name)]
             assert np.all(np.isfinite(column)) if has else np.all(np.isnan(column)), (statistic, name, column)
-    # No alert fires for a layer that has no gradient by design.
+    # A trainable layer the loss never reaches is reported (vanishing, value 0,
+    # with the reason); a frozen one is not, and no other kind fires on either.
     steps, verdicts, _ = reader.verdicts("train")
     for kind, (fired, _) in verdicts.items():
-        assert not fired[:, [names.index("frozen"), names.index("unused")]].any(), kind
+        assert not fired[:, names.index("frozen")].any(), kind
+        assert fired[:, names.index("unused")].any() == (kind == rules.VANISHING), kind
+    (unused,) = [a for a in reader.alerts("train") if a.layer.endswith("unused")]
+    assert unused.worst_value == 0.0 and "receives no gradient" in unused.explanation
 
 
 # ------------------------------------------------------------- bad input
