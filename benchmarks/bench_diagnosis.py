@@ -17,8 +17,11 @@ sick runs, and the step of the first correct alert as a share of the run.
 
 Reference labels, with their sources:
 
-* healthy: the probe loss at the end is finite and below 98% of the probe
-  loss at the start (the network learns) — the loss curve, nothing else.
+* healthy: the training loss (Keras' own running mean, per batch) is finite
+  and its mean over the last 50 steps is below 98% of its mean over the
+  first 10 (the network learns) — the loss curve, nothing else. (The probe
+  loss is reported too; in inference mode it is unfair to BatchNormalization
+  nets whose moving statistics are still warming up after 100 steps.)
 * vanishing: on the probe batch at initialisation, the gradient RMS of the
   first layer's bias (dC/db = delta, the backward signal reaching that layer:
   Nielsen ch. 5's "speed of learning") is below 1/100 of the largest bias
@@ -105,6 +108,31 @@ def _derivative_stats(model, layer_name, x):
     return dead, saturated
 
 
+class _LossCurve:
+    """Keras' running-mean training loss after every batch (one epoch)."""
+
+    def __init__(self):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(inner):
+                super().__init__()
+                inner.running = []
+
+            def on_train_batch_end(inner, batch, logs=None):
+                inner.running.append(float((logs or {}).get("loss", np.nan)))
+
+        self.callback = Callback()
+
+    def window_means(self, first=10, last=50):
+        """(mean over the first `first` batches, mean over the last `last`)."""
+        r = np.asarray(self.callback.running)
+        n = len(r)
+        if n <= first or n <= last:
+            return float("nan"), float("nan")
+        return float(r[first - 1]), float((n * r[-1] - (n - last) * r[n - last - 1]) / last)
+
+
 class _StepReference:
     """A plain GradientTape on the probe batch after every step (the seeds' way)."""
 
@@ -131,9 +159,11 @@ class _StepReference:
         self.callback = Callback()
 
 
-def reference_label(case, start, end, steps):
+def reference_label(case, start, end, steps, curve=None):
     """(label, evidence dict) from the measurements, independent of tb_gradflow."""
     evidence = {"probe_loss_start": start["loss"], "probe_loss_end": end["loss"]}
+    if curve is not None:
+        evidence["train_loss_first_10"], evidence["train_loss_last_50"] = curve.window_means()
     biases = start["biases"]
     first_rms = biases[0][1] if biases else None
     later = [r for _, r in biases[1:] if r is not None]
@@ -151,7 +181,8 @@ def reference_label(case, start, end, steps):
 
     expected = case.expected
     if expected == "healthy":
-        ok = np.isfinite(end["loss"]) and end["loss"] < 0.98 * start["loss"]
+        first, last = evidence.get("train_loss_first_10", np.nan), evidence.get("train_loss_last_50", np.nan)
+        ok = bool(np.isfinite(last) and last < 0.98 * first)
     elif expected == "vanishing":
         ok = evidence["first_layer_without_gradient"] or (decay is not None and decay < 1e-2)
     elif expected == "nonfinite":
@@ -181,15 +212,16 @@ def run_case(case, logdir):
     timed = case.expected in ("nonfinite", "exploding")
     steps = _StepReference(xp, yp) if timed else None
     hook = tb_gradflow.GradFlow(logdir, run_name=case.name)
+    curve = _LossCurve()
     began = time.perf_counter()
     # The reference runs after the hook's own batch-end work, outside the train step.
     model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
-              callbacks=[hook, *callbacks] + ([steps.callback] if steps else []))
+              callbacks=[hook, *callbacks, curve.callback] + ([steps.callback] if steps else []))
     seconds = time.perf_counter() - began
     end = {"loss": _probe_loss(model, xp, yp)}
     if case.probe_layer:
         end["dead"], end["saturated"] = _derivative_stats(model, case.probe_layer, xp)
-    label, evidence = reference_label(case, start, end, steps.callback if steps else None)
+    label, evidence = reference_label(case, start, end, steps.callback if steps else None, curve)
     n_steps = int(np.ceil(len(x) / batch_size))
     return {"case": case.name, "expected": case.expected, "family": case.family, "label": label,
             "steps": n_steps, "train_seconds": round(seconds, 1), "evidence": evidence}

@@ -268,7 +268,7 @@ def backward_signal(variable_rms, signal_index, layer_rms=None):
     return np.where(signal_index >= 0, picked, np.nan)
 
 
-def _vanishing_rows(signal, grad_norm, has_gradient, has_parameters, thresholds):
+def _vanishing_rows(signal, grad_norm, nonfinite_count, has_gradient, has_parameters, thresholds):
     """(condition, relative) per row [..., n_layers], before patience.
 
     relative: the layer's backward signal over the largest signal of the
@@ -301,9 +301,10 @@ def _vanishing_rows(signal, grad_norm, has_gradient, has_parameters, thresholds)
     # A usable layer that is not low ends the faded region for every layer after it.
     healthy_before = np.logical_or.accumulate(usable & ~low, axis=-1)
     faded = low & ~healthy_before
-    no_gradient = np.asarray(has_parameters, bool) & (
-        ~np.asarray(has_gradient, bool) | (np.asarray(grad_norm, np.float64) == 0)
-    )
+    # (A norm of 0 over the finite elements of an all-NaN gradient is the
+    # non-finite rule's, not a missing gradient.)
+    zero = (np.asarray(grad_norm, np.float64) == 0) & (np.asarray(nonfinite_count, np.float64) == 0)
+    no_gradient = np.asarray(has_parameters, bool) & (~np.asarray(has_gradient, bool) | zero)
     condition = faded | no_gradient
     relative = np.where(no_gradient, 0.0, relative)
     return condition, relative
@@ -410,7 +411,9 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_
     has_gradient = np.asarray(has_gradient, dtype=bool)
     has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
     signal = np.asarray(series[BACKWARD_SIGNAL], np.float64) if BACKWARD_SIGNAL in series else stats["grad_rms"]
-    condition, relative = _vanishing_rows(signal, stats["grad_norm"], has_gradient, has_parameters, thresholds)
+    condition, relative = _vanishing_rows(
+        signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
+    )
     vanishing = _held_for(condition, thresholds.vanishing_patience)
     exploding, growth = _exploding_series(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds)
     nonfinite, count = _nonfinite_series(stats["nonfinite_count"], has_gradient, series.get(LOSS_SCALE), thresholds)
