@@ -532,7 +532,7 @@ class Reader:
                 self._ctx(ctx), experiment_id=self._experiment_id, plugin_name="scalars", downsample=ALL_SAMPLES,
                 run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=[metadata.LOSS_SCALE_TAG]),
             )
-        except errors.NotFoundError:
+        except errors.PublicError:  # no scalars at all in this experiment: no loss scale
             return None
         points = sorted((data or {}).get(run, {}).get(metadata.LOSS_SCALE_TAG, []), key=lambda d: d.step)
         if not points:

@@ -51,6 +51,11 @@ Where each default comes from:
   growing in between (the growth condition tells them apart); its sick ones
   are at 1e-5-1e-6, and seed 001's sigmoid MLP, which learns nothing in 30
   epochs, at 0.035 growing through every layer.
+* `vanishing_min_layers = 2`: the faded region spans at least two layers
+  with a signal. A fade is a trend; a single low layer at the input is not
+  one (DenseNet121's stem BatchNormalization sits at 1/100 of the output
+  side's signal, its beta gradient summing signed deltas over 16x16
+  positions, while the next layer is at 1/4).
 * A layer with trainable weights that gets no gradient, or one exactly zero,
   on `vanishing_patience` rows is vanishing too (value 0): a layer detached
   from the loss by mistake, or a layer whose units all died.
@@ -141,6 +146,7 @@ class Thresholds:
     """
 
     vanishing_relative_signal: float = 0.05
+    vanishing_min_layers: int = 2
     vanishing_patience: int = 3
     exploding_growth: float = 100.0
     exploding_window: int = 20
@@ -170,7 +176,7 @@ class Thresholds:
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
                 raise ValueError(f"threshold {name} must be a number in (0, 1), got {value!r}")
         for name in ("exploding_window", "exploding_min_history", "vanishing_patience", "saturation_patience",
-                     "dead_window"):
+                     "dead_window", "vanishing_min_layers"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"threshold {name} must be an integer >= 1, got {value!r}")
@@ -301,6 +307,10 @@ def _vanishing_rows(signal, grad_norm, nonfinite_count, has_gradient, has_parame
     # A usable layer that is not low ends the faded region for every layer after it.
     healthy_before = np.logical_or.accumulate(usable & ~low, axis=-1)
     faded = low & ~healthy_before
+    # A fade is a trend over layers: one low layer at the input (a CNN's stem
+    # normalisation, whose beta gradient sums signed deltas over every
+    # position) is not one.
+    faded &= np.sum(faded, axis=-1, keepdims=True) >= thresholds.vanishing_min_layers
     # (A norm of 0 over the finite elements of an all-NaN gradient is the
     # non-finite rule's, not a missing gradient.)
     zero = (np.asarray(grad_norm, np.float64) == 0) & (np.asarray(nonfinite_count, np.float64) == 0)

@@ -30,11 +30,16 @@ def test_vanishing_is_directional():
     healthy = [row([1.0, 0.5, 0.01])] * 5
     fired, _ = rules.evaluate_series(series(healthy), has_gradient=ALL)[rules.VANISHING]
     assert not fired.any()
-    # The backward signal at the first layer 1000x below a later one: vanishing.
-    sick = [row([1e-4, 0.05, 0.1])] * 5
+    # The backward signal fading over the first two layers, 1000x at the first: vanishing.
+    sick = [row([1e-4, 1e-3, 0.1])] * 5
     fired, value = rules.evaluate_series(series(sick), has_gradient=ALL)[rules.VANISHING]
-    assert fired[-1].tolist() == [True, False, False]
+    assert fired[-1].tolist() == [True, True, False]
     assert value[-1, 0] == pytest.approx(1e-4 / 0.1)
+    # One low layer at the input is not a fade (min_layers = 2).
+    single = [row([1e-4, 0.05, 0.1])] * 5
+    assert not rules.evaluate_series(series(single), has_gradient=ALL)[rules.VANISHING][0].any()
+    t = rules.Thresholds(vanishing_min_layers=1)
+    assert rules.evaluate_series(series(single), has_gradient=ALL, thresholds=t)[rules.VANISHING][0][-1, 0]
 
 
 def test_vanishing_is_a_fade_from_the_input_not_a_quiet_layer_in_the_middle():
@@ -55,13 +60,13 @@ def test_vanishing_is_a_fade_from_the_input_not_a_quiet_layer_in_the_middle():
 
 def test_vanishing_reads_the_backward_signal_when_it_is_known():
     """The signal (bias gradients) decides; the per-layer RMS is only its stand-in."""
-    rows = [dict(row([1.0, 1.0, 1.0]), backward_signal=np.array([1e-5, 0.2, 1.0]))] * 3
-    fired, value = rules.evaluate_series(series(rows), has_gradient=ALL)[rules.VANISHING]
-    assert fired[-1].tolist() == [True, False, False] and value[-1, 0] == pytest.approx(1e-5 / 1.0)
+    rows = [dict(row([1.0, 1.0, 1.0, 1.0]), backward_signal=np.array([1e-5, 1e-3, 0.2, 1.0]))] * 3
+    fired, value = rules.evaluate_series(series(rows), has_gradient=np.ones(4, bool))[rules.VANISHING]
+    assert fired[-1].tolist() == [True, True, False, False] and value[-1, 0] == pytest.approx(1e-5 / 1.0)
     # A layer without a signal variable (NaN) neither alerts nor ends the faded region.
-    rows = [dict(row([1.0, 1.0, 1.0]), backward_signal=np.array([1e-6, np.nan, 1.0]))] * 3
-    fired, _ = rules.evaluate_series(series(rows), has_gradient=ALL)[rules.VANISHING]
-    assert fired[-1].tolist() == [True, False, False]
+    rows = [dict(row([1.0, 1.0, 1.0, 1.0]), backward_signal=np.array([1e-6, np.nan, 1e-5, 1.0]))] * 3
+    fired, _ = rules.evaluate_series(series(rows), has_gradient=np.ones(4, bool))[rules.VANISHING]
+    assert fired[-1].tolist() == [True, False, True, False]
 
 
 def test_signal_variables_are_biases_and_betas_but_not_attention_query_or_key():
@@ -76,7 +81,7 @@ def test_signal_variables_are_biases_and_betas_but_not_attention_query_or_key():
 
 
 def test_vanishing_needs_patience():
-    t = rules.Thresholds(vanishing_patience=3)
+    t = rules.Thresholds(vanishing_patience=3, vanishing_min_layers=1)
     quiet_once = [row([1.0, 1.0, 1.0]), row([1e-3, 1.0, 1.0]), row([1.0, 1.0, 1.0])] * 3
     fired, _ = rules.evaluate_series(series(quiet_once), has_gradient=ALL, thresholds=t)[rules.VANISHING]
     assert not fired.any()
@@ -263,7 +268,7 @@ def test_gradient_rows_never_fire_activation_kinds():
 
 
 def test_merge_verdicts_over_the_union_of_steps():
-    grad = rules.evaluate_series(series([row([1e-3, 1.0, 1.0])] * 4), has_gradient=ALL)
+    grad = rules.evaluate_series(series([row([1e-3, 1e-2, 1.0])] * 4), has_gradient=ALL)
     act = rules.evaluate_activation_series(act_rows([[0.9] * 3] * 3, [[0.9, 0.0, 0.0]] * 3), monitored=ON,
                                            two_sided=ON, thresholds=rules.Thresholds(dead_window=1))
     steps, merged = rules.merge_verdicts(np.array([10, 20, 30, 40]), grad, np.array([15, 30, 45]), act)
