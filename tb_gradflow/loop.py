@@ -35,6 +35,7 @@ import tensorflow as tf
 from tb_gradflow import rules
 from tb_gradflow import schedule
 from tb_gradflow.proto import plugin_data_pb2
+from tb_gradflow.keras.callback import _raw
 from tb_gradflow.recorder import GradientRecorder
 from tb_gradflow.run_logger import RunLogger
 
@@ -145,7 +146,7 @@ class GradientWriter:
             raise ValueError("GradientWriter.write must get the same variables, in the same order, every call")
         step = tf.cast(step, tf.int64)
         self._recorder.record_gradients(step, gradients)
-        self._recorder.record_weights(step, [getattr(v, "value", v) for v in variables])
+        self._recorder.record_weights(step, [_raw(v) for v in variables])
         due = tf.logical_or(self._recorder.is_write_step(step), self._recorder.is_histogram_step(step))
         if tf.executing_eagerly():
             if bool(due):

@@ -10,7 +10,7 @@
     >>> t = rules.Thresholds(vanishing_patience=1)
     >>> row = rules.evaluate_step(stats, has_gradient=np.ones(3, bool), history=[], thresholds=t)
     >>> row["vanishing"].fired.tolist()
-    [True, False, False]
+    [True, True, False]
 
 Every function here is pure (numpy in, numpy out). Each rule has one
 implementation, over a run's rows (`evaluate_series`,

@@ -111,7 +111,7 @@ def reference_statistics(model, x, thresholds):
     return out
 
 
-def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=()):
+def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=(), dense_start=8):
     model_fn, scale = CASES[name]
     keras.utils.set_random_seed(11)
     model = model_fn()
@@ -120,7 +120,8 @@ def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution
     x, y = data(scale, BATCH * steps)
     xv, yv = data(scale * 3, BATCH)
     log_dir = os.path.join(log_root, name)
-    callback = GradFlow(log_dir, update_freq=steps_per_execution, activation_freq=activation_freq, histogram_freq=0)
+    callback = GradFlow(log_dir, update_freq=steps_per_execution, activation_freq=activation_freq, histogram_freq=0,
+                        dense_start=dense_start)
     # Validation data: the evaluate step is traced while the wrappers are in
     # place, and must record nothing.
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
@@ -265,8 +266,10 @@ class FunctionProbe(keras.callbacks.Callback):
 @pytest.mark.parametrize("steps_per_execution, activation_freq, steps", [(1, 3, 7), (2, 4, 10)])
 def test_steps_in_between_run_the_gradient_only_function(tmp_path, steps_per_execution, activation_freq, steps):
     probes = []
+    # dense_start=0: samples at the multiples of activation_freq only, so
+    # that steps in between exist (the dense start samples every step).
     result = run_case("sigmoid_normal_init", str(tmp_path), steps=steps, activation_freq=activation_freq,
-                      steps_per_execution=steps_per_execution,
+                      steps_per_execution=steps_per_execution, dense_start=0,
                       callbacks=[lambda gradflow: probes.append(FunctionProbe(gradflow)) or probes[-1]])
     sample_steps = tuple(range(activation_freq, steps + 1, activation_freq))
     # The sampling function runs the first execution (its trace settles the
@@ -328,7 +331,8 @@ def test_layer_table_records_capture_and_depth_order(tmp_path):
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     x, _ = data(1.0, 4 * BATCH)
     y = np.eye(3, dtype="float32")[np.arange(4 * BATCH) % 3]
-    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[GradFlow(str(tmp_path), update_freq=2, activation_freq=2)])
+    model.fit(x, y, batch_size=BATCH, verbose=0,
+              callbacks=[GradFlow(str(tmp_path), update_freq=2, activation_freq=2, dense_start=0)])
     reader = Reader.for_logdir(str(tmp_path))
     table = reader.layer_table("train")
     rows = {layer.name.split("/")[-1]: layer for layer in table.layers}

@@ -105,7 +105,8 @@ def test_alerts_table_names_the_sigmoid_runs_first_hidden_layer(browser_page):
     rows = frame.locator("tr.alert-row")
     texts = [rows.nth(i).inner_text() for i in range(rows.count())]
     assert any("seed001/sigmoid/train" in t and "sigmoid/sigmoid1" in t and "vanishing" in t for t in texts), texts
-    assert not any("relu/train" in t for t in texts), texts
+    # The ReLU twin may show dead units (narrow Dense(5) layers), never a vanishing gradient.
+    assert not any("relu/train" in t and "vanishing" in t for t in texts), texts
 
 
 def test_choosing_an_alert_focuses_the_heatmap(browser_page):

@@ -319,7 +319,8 @@ def test_later_fit_runs_none_of_the_hook(restored_run):
 def test_second_hooked_fit_continues_the_steps(restored_run, tmp_path):
     model, *_ = restored_run
     x, y = data(4 * BATCH)
-    train(model, x, y, [GradFlow(str(tmp_path), update_freq=2, histogram_freq=0)])
+    # dense_start=0: a fixed period, so the rows show where the count resumed.
+    train(model, x, y, [GradFlow(str(tmp_path), update_freq=2, histogram_freq=0, dense_start=0)])
     assert "apply" not in model.optimizer.__dict__ and model.train_function is None
     norms = Reader.for_logdir(str(tmp_path)).layer_series("train", "grad_norm")
     assert norms.steps.tolist() == [10, 12]
@@ -343,7 +344,7 @@ def test_two_callbacks_leave_the_model_as_found(tmp_path, order):
     model = sequential(optimizer="sgd")
     x, y = data(4 * BATCH)
     first = GradFlow(str(tmp_path / "a"), update_freq=1, histogram_freq=1, activation_freq=1)
-    second = GradFlow(str(tmp_path / "b"), update_freq=2, histogram_freq=0, activation_freq=2)
+    second = GradFlow(str(tmp_path / "b"), update_freq=2, histogram_freq=0, activation_freq=2, dense_start=0)
     callbacks = [first, second] if order == "as_entered" else [second, first]
     before = _instance_attributes(model)
     train(model, x, y, callbacks)
@@ -566,7 +567,7 @@ def test_steps_per_execution_rounds_update_freq(tmp_path):
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
     x, y = data(12 * BATCH)
     with pytest.warns(UserWarning, match="written every 8 steps"):
-        train(model, x, y, [GradFlow(str(tmp_path), update_freq=6, histogram_freq=0)])
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=6, histogram_freq=0, dense_start=0)])
     reader = Reader.for_logdir(str(tmp_path))
     assert reader.layer_table("train").update_freq == 8
     weight = reader.layer_series("train", "weight_norm")
@@ -583,7 +584,7 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
     x, y = data(12 * BATCH)
     with pytest.warns(UserWarning, match="histograms are written every 8 steps"):
-        train(model, x, y, [GradFlow(str(tmp_path), update_freq=4, histogram_freq=6)])
+        train(model, x, y, [GradFlow(str(tmp_path), update_freq=4, histogram_freq=6, dense_start=0)])
     assert Reader.for_logdir(str(tmp_path)).layer_table("train").histogram_freq == 8
     provider = logdir_data_provider(str(tmp_path), ())
     histograms = provider.read_tensors(

@@ -58,8 +58,10 @@ def _run_dir(log_dir, run_name):
 
 
 def _raw(variable):
-    """The backend tf.Variable behind a Keras variable (tf ops need it)."""
-    return getattr(variable, "value", variable)
+    """The backend tf.Variable behind a Keras variable (tf ops need it); a
+    tf.Variable as it is (its `value` is a method, not the variable)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
 
 
 class GradFlow(keras.callbacks.Callback):
