@@ -18,7 +18,6 @@ import sys
 import time
 import urllib.parse
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
