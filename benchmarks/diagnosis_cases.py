@@ -296,13 +296,16 @@ def exploding_nan():
 
 
 def dead_relu():
-    """A ReLU net after a learning-rate blow-out: the first hidden layer's units stop firing (CS231n)."""
+    """One step at a learning rate 3000x too high (30 instead of 0.01): most
+    units of the deeper ReLU layers never fire again (CS231n's dead ReLUs)."""
     keras = _keras()
+
+    class Burst(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.optimizer.learning_rate.assign(30.0 if batch == 0 else 0.01)
+
     x, y = _teacher(1600, 32, 10, 24)
-    model = _compile(_mlp([128] * 3, "relu", "he_normal"), "sgd", 0.01)
-    # A large negative bias, as one too-large update leaves it: most units never fire again.
-    model.get_layer("dense_0").bias.assign(np.full(128, -12.0, "float32"))
-    return model, x, y, 16, []
+    return _compile(_mlp([128] * 3, "relu", "he_normal"), "sgd", 0.01), x, y, 16, [Burst()]
 
 
 def saturating_inputs():
@@ -368,7 +371,7 @@ CASES = {
         _case(detached_layer, "vanishing", note="the detached layer receives no gradient"),
         _case(exploding_nan, "nonfinite"),
         _case(learning_rate_spike, "exploding"),
-        _case(dead_relu, "dead_units", probe_layer="dense_0"),
+        _case(dead_relu, "dead_units", probe_layer="dense_2"),
         _case(saturating_inputs, "saturation", probe_layer="dense_0"),
     ]
 }
