@@ -641,8 +641,6 @@ def _explain_vanishing(verdicts, rows, layer, layer_names, has_gradient, values)
     any of them were saturated or dead while the alert held, say which."""
     if not has_gradient[layer]:
         return "it receives no gradient: nothing connects its weights to the loss (a detached or unused layer)"
-    if np.all(values == 0):
-        return "its gradient is exactly zero"
     span = slice(int(rows[0]), int(rows[-1]) + 1)
     causes = []
     for kind, word in ((DEAD_UNITS, "dead"), (SATURATION, "saturated")):
@@ -655,4 +653,5 @@ def _explain_vanishing(verdicts, rows, layer, layer_names, has_gradient, values)
             named = ", ".join(f"{layer_names[j]} ({worst[j]:.0%})" for j in culprits[:3])
             more = f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
             causes.append(f"the activations of {named}{more} are {word}")
-    return "; ".join(causes)
+    zero = "its gradient is exactly zero" if np.all(values == 0) else ""
+    return ": ".join(part for part in (zero, "; ".join(causes)) if part)

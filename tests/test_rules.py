@@ -301,3 +301,19 @@ def test_activation_thresholds_reject_out_of_range(kwargs, message):
 def test_tanh_default_matches_karpathy():
     """|f'| < 0.0591 x peak is |tanh(z)| > 0.97 for tanh (peak 1)."""
     assert rules.DEFAULT_THRESHOLDS.saturation_derivative == pytest.approx(1 - 0.97**2, abs=1e-12)
+
+
+def test_vanishing_alerts_say_why():
+    """A layer behind dead activations: zero gradient, and the dead layer named."""
+    grad = rules.evaluate_series(series([row([1.0, 0.0, 1.0])] * 3), has_gradient=ALL)
+    act = rules.evaluate_activation_series(act_rows([[0.0] * 3] * 3, [[0.0, 0.9, 0.0]] * 3), monitored=ON,
+                                           two_sided=ON, thresholds=rules.Thresholds(dead_window=1))
+    steps, merged = rules.merge_verdicts(np.array([1, 2, 3]), grad, np.array([1, 2, 3]), act)
+    (vanishing,) = [a for a in rules.summarize(steps, merged, ["a", "b", "c"]) if a.kind == rules.VANISHING]
+    assert vanishing.layer == "b"
+    assert vanishing.explanation == "its gradient is exactly zero: the activations of b (90%) are dead"
+    (detached,) = [a for a in rules.summarize(*rules.merge_verdicts(
+        np.array([1, 2, 3]), rules.evaluate_series(series([row([1.0, np.nan, 1.0])] * 3),
+                                                  has_gradient=np.array([True, False, True])), np.zeros(0), {}),
+        ["a", "b", "c"], has_gradient=[True, False, True]) if a.kind == rules.VANISHING]
+    assert "receives no gradient" in detached.explanation
