@@ -35,6 +35,7 @@ import tensorflow as tf
 from tb_gradflow import rules
 from tb_gradflow import schedule
 from tb_gradflow.proto import plugin_data_pb2
+from tb_gradflow.keras.callback import _check_positive_int
 from tb_gradflow.keras.callback import _raw
 from tb_gradflow.recorder import GradientRecorder
 from tb_gradflow.run_logger import RunLogger
@@ -92,8 +93,6 @@ class GradientWriter:
 
     def __init__(self, log_dir, update_freq=100, histogram_freq=1000, thresholds=None,
                  dense_start=schedule.DENSE_START):
-        from tb_gradflow.keras.callback import _check_positive_int
-
         self.update_freq = _check_positive_int("update_freq", update_freq, 1)
         self.histogram_freq = _check_positive_int("histogram_freq", histogram_freq, 0)
         self.dense_start = _check_positive_int("dense_start", dense_start, 0, 1024)

@@ -260,6 +260,16 @@ def tensorboard_server(logdir, *extra_flags, startup_timeout=120):
 tensorboard_server.last_log = ""
 
 
+def has_data_server():
+    """Whether the Rust data server (`--load_fast=true`) is installed."""
+    try:
+        from tensorboard.data import server_ingester
+
+        return server_ingester.get_server_binary() is not None
+    except Exception:
+        return False
+
+
 def wait_for_run(url, run, tag_check=None, timeout=60):
     """Waits until /runs lists `run` (the data server loads in the background)."""
     import json

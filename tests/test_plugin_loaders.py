@@ -13,23 +13,14 @@ import numpy as np
 import pytest
 
 from tb_gradflow import schedule
-from plugin_fixtures import combined_logdir, http_get, tensorboard_server, wait_for_run
+from plugin_fixtures import combined_logdir, has_data_server, http_get, tensorboard_server, wait_for_run
 
 LOADERS = ["--load_fast=false", "--load_fast=true"]
 
 
-def _has_data_server():
-    try:
-        from tensorboard.data import server_ingester
-
-        return server_ingester.get_server_binary() is not None
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module", params=LOADERS)
 def server(request, seed001_logdir):
-    if request.param == "--load_fast=true" and not _has_data_server():
+    if request.param == "--load_fast=true" and not has_data_server():
         pytest.skip("tensorboard-data-server is not installed")
     logdir = combined_logdir(str(seed001_logdir["logdir"]))
     with tensorboard_server(logdir, request.param, "--reload_interval=0") as url:

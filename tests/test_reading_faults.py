@@ -27,6 +27,7 @@ from plugin_fixtures import (
     event_file,
     faulty_logdir,
     good_only_logdir,
+    has_data_server,
     http_get,
     tensorboard_server,
     truncate_copy,
@@ -140,19 +141,10 @@ def test_reader_refuses_a_newer_version_per_run_and_warns(caplog):
 
 
 # ------------------------------------------------------------------ the plugin in a real tensorboard
-def _has_data_server():
-    try:
-        from tensorboard.data import server_ingester
-
-        return server_ingester.get_server_binary() is not None
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module", params=LOADERS)
 def servers(request):
     """(faulty server URL, good-only server URL) under one loader."""
-    if request.param == "--load_fast=true" and not _has_data_server():
+    if request.param == "--load_fast=true" and not has_data_server():
         pytest.skip("tensorboard-data-server is not installed")
     with tensorboard_server(faulty_logdir(), request.param, "--reload_interval=0") as faulty, \
             tensorboard_server(good_only_logdir(), request.param, "--reload_interval=0") as good:
