@@ -317,3 +317,41 @@ def test_vanishing_alerts_say_why():
                                                   has_gradient=np.array([True, False, True])), np.zeros(0), {}),
         ["a", "b", "c"], has_gradient=[True, False, True]) if a.kind == rules.VANISHING]
     assert "receives no gradient" in detached.explanation
+
+
+def test_the_readers_evaluation_decides_exactly_what_evaluate_series_decides():
+    """evaluate_series_fired skips the window medians of rows that cannot fire;
+    on data with spikes, NaN, Inf, zeros and short runs every verdict stays
+    the same, and so does every value an alert reports."""
+    rng = np.random.default_rng(7)
+    fired_somewhere = 0
+    for trial in range(40):
+        n, layers = int(rng.integers(1, 90)), int(rng.integers(1, 6))
+        norm = 10.0 ** rng.normal(-2, 0.7, (n, layers))
+        interval_max = norm * rng.uniform(1.0, 1.5, (n, layers))
+        spikes = rng.random((n, layers)) < 0.05
+        interval_max[spikes] *= 10.0 ** rng.uniform(1.5, 3.5, spikes.sum())
+        mess = rng.random((n, layers))
+        norm[mess < 0.03] = np.nan
+        norm[(mess > 0.03) & (mess < 0.05)] = np.inf
+        norm[(mess > 0.05) & (mess < 0.07)] = 0.0
+        interval_max[(mess > 0.07) & (mess < 0.08)] = np.nan
+        stats = {"grad_norm": norm, "grad_rms": np.abs(norm) / 8, "grad_norm_interval_max": interval_max,
+                 "nonfinite_count": np.where(np.isnan(norm), 3.0, 0.0)}
+        t = rules.Thresholds(exploding_window=int(rng.integers(1, 25)), exploding_min_history=1) if trial % 3 else \
+            rules.DEFAULT_THRESHOLDS
+        has = rng.random(layers) < 0.9
+        whole = rules.evaluate_series(stats, has_gradient=has, thresholds=t)
+        fast = rules.evaluate_series_fired(stats, has_gradient=has, thresholds=t)
+        for kind in rules.KINDS:
+            np.testing.assert_array_equal(fast[kind][0], whole[kind][0], err_msg=f"{kind}, trial {trial}")
+            fired = whole[kind][0]
+            np.testing.assert_array_equal(fast[kind][1][fired], whole[kind][1][fired])
+            if kind != rules.EXPLODING:
+                np.testing.assert_array_equal(fast[kind][1], whole[kind][1])
+        assert np.isnan(fast[rules.EXPLODING][1][~whole[rules.EXPLODING][0]]).all()
+        fired_somewhere += int(whole[rules.EXPLODING][0].any())
+        steps = np.arange(n) * 10
+        names = [f"l{i}" for i in range(layers)]
+        assert rules.summarize(steps, fast, names) == rules.summarize(steps, whole, names)
+    assert fired_somewhere >= 10  # the comparison covered rows that fire
