@@ -78,6 +78,18 @@ def _log10_magnitude(values):
     return out
 
 
+def _median_where(values, mask):
+    """np.nanmedian(np.where(mask, values, nan), axis=1), by one partition when
+    every mask row is full (the usual case: no zeros, nothing non-finite)."""
+    n = values.shape[1]
+    if mask.all() and n:
+        middle = sorted({(n - 1) // 2, n // 2})
+        parted = np.partition(values, middle, axis=1)
+        return (parted[:, (n - 1) // 2] + parted[:, n // 2]) / 2
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        return np.nanmedian(np.where(mask, values, np.nan), axis=1)
+
+
 def downsample_columns(values, max_columns):
     """Chooses one sample per (bucket, layer); see the module docstring.
 
@@ -97,38 +109,36 @@ def downsample_columns(values, max_columns):
         index = np.repeat(np.arange(n, dtype=np.int64)[:, None], n_layers, axis=1)
         return Downsampled(starts=starts, ends=ends, index=index)
 
-    rows = np.arange(n, dtype=np.int64)[:, None]
+    # Per layer, the samples lie contiguous ([n_layers, n]): the bucket
+    # reductions below run along the fast axis, about twice as fast.
+    values = np.ascontiguousarray(values.T)
     finite = np.isfinite(values)
     logs = _log10_magnitude(np.where(finite, values, 0.0))
     # The layer's typical magnitude over the run (finite samples, zeros aside).
     usable = finite & (values != 0)
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
-        median = np.nanmedian(np.where(usable, logs, np.nan), axis=0)
+    median = _median_where(logs, usable)
     median = np.where(np.isnan(median), 0.0, median)
 
     big = np.int64(n)
-    lo_key = np.where(finite, logs, np.inf)
-    hi_key = np.where(finite, logs, -np.inf)
-    bucket_min = np.minimum.reduceat(lo_key, starts, axis=0)
-    bucket_max = np.maximum.reduceat(hi_key, starts, axis=0)
-    sizes = ends - starts
-    bucket_of_row = np.repeat(np.arange(len(starts)), sizes)
+    columns = np.arange(n, dtype=np.int64)
+    bucket_min = np.minimum.reduceat(np.where(finite, logs, np.inf), starts, axis=1)
+    bucket_max = np.maximum.reduceat(np.where(finite, logs, -np.inf), starts, axis=1)
+    bucket_of_sample = np.repeat(np.arange(len(starts)), ends - starts)
 
     def first_where(mask):
-        # First row index in each bucket where mask holds, else `big`.
-        candidates = np.where(mask, rows, big)
-        return np.minimum.reduceat(candidates, starts, axis=0)
+        # First sample index in each bucket where mask holds, else `big`.
+        return np.minimum.reduceat(np.where(mask, columns, big), starts, axis=1)
 
-    first_min = first_where(finite & (logs == bucket_min[bucket_of_row]))
-    first_max = first_where(finite & (logs == bucket_max[bucket_of_row]))
-    first_nonfinite = first_where(~finite)
+    first_min = first_where(finite & (logs == bucket_min[:, bucket_of_sample]))
+    first_max = first_where(finite & (logs == bucket_max[:, bucket_of_sample]))
+    first_nonfinite = first_where(~finite) if not finite.all() else np.full(bucket_min.shape, big)
 
-    take_max = (bucket_max - median) >= (median - bucket_min)
+    take_max = (bucket_max - median[:, None]) >= (median[:, None] - bucket_min)
     index = np.where(take_max, first_max, first_min)
     index = np.where(first_nonfinite < big, first_nonfinite, index)
     # A bucket with neither finite nor non-finite values cannot exist (buckets
     # are non-empty), but stay in range regardless.
-    index = np.minimum(index, n - 1)
+    index = np.ascontiguousarray(np.minimum(index, n - 1).T)
     return Downsampled(starts=starts, ends=ends, index=index)
 
 
