@@ -48,6 +48,21 @@ class SeriesCache:
             self._store(key, stamp, value, size)
         return value
 
+    def get(self, key, stamp, default=None):
+        """The value stored under `key` with this `stamp`, else `default`."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != stamp:
+                return default
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def contains(self, key, stamp):
+        """Whether `key` holds a value of this `stamp` (a batched read skips it)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry[0] == stamp
+
     def _store(self, key, stamp, value, size):
         nbytes = int(size(value))
         with self._lock:
