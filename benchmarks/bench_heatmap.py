@@ -21,18 +21,33 @@ Not a test: it measures, it does not assert. What it times:
 """
 
 import argparse
+import contextlib
 import datetime
 import gzip
+import importlib.abc
 import json
 import os
 import pathlib
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+# The reading side is measured as a TensorBoard server runs it: without
+# TensorFlow (TensorBoard would otherwise import it and read files through it).
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise ImportError(f"{name} is not installed here")
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
+
+import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,6 +58,13 @@ from tb_gradflow.proto import plugin_data_pb2  # noqa: E402
 from tb_gradflow.writer import EventWriter  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
+LOADERS = ("--load_fast=false", "--load_fast=true")
+
+# The statistics a Keras run writes per layer on every write step (clip_factor
+# only under a clipping optimizer), per variable, and per layer on every
+# activation row (activation_freq = update_freq by default).
+ALERT_RUN_LAYER_STATISTICS = tuple(s for s in metadata.STATISTICS if s != metadata.CLIP_FACTOR)
+ALERT_RUN_VARIABLE_STATISTICS = (metadata.GRAD_NORM, metadata.GRAD_RMS, metadata.WEIGHT_NORM, metadata.UPDATE_RATIO)
 
 
 def write_run(run_dir, n_layers, n_steps, seed=0):
@@ -69,6 +91,83 @@ def write_run(run_dir, n_layers, n_steps, seed=0):
             metadata.GRAD_NORM_INTERVAL_MAX: norm * 1.1,
             metadata.NONFINITE_COUNT: np.zeros(n_layers, np.float32),
         })
+    writer.close()
+
+
+def _float_value(tag, array, summary_metadata=None):
+    """A Summary.Value of a float32 vector, as make_tensor_proto writes it (tensor_content),
+    built directly: the 50-run logdir holds millions of vectors."""
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+
+    value = summary_pb2.Summary.Value(tag=tag, tensor=tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=array.size)]),
+        tensor_content=np.ascontiguousarray(array, "<f4").tobytes(),
+    ))
+    if summary_metadata is not None:
+        value.metadata.CopyFrom(summary_metadata)
+    return value
+
+
+def write_alert_run(run_dir, n_layers, n_steps, seed):
+    """A run as the Keras callback writes it at update_freq=1 (every row a write
+    step and an activation row): a layer table with a kernel and a bias per
+    layer, 10 layer statistics, 4 variable statistics, 5 activation statistics
+    and the 5 alert-count scalars per row. Every 5th run has a vanishing first
+    half of the network, every 7th a gradient spike, every 11th a NaN."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+    rng = np.random.default_rng(seed)
+    writer = EventWriter(run_dir)
+    layers = [plugin_data_pb2.Layer(name=f"model/dense_{i}", class_name="Dense", activation="tanh", depth=i,
+                                    parameter_count=4160, has_gradient=True, activation_capture="in-step",
+                                    activation_two_sided=True, is_output=i == n_layers - 1)
+              for i in range(n_layers)]
+    variables = [plugin_data_pb2.Variable(name=f"model/dense_{i // 2}/{'bias' if i % 2 else 'kernel'}",
+                                          layer_index=i // 2, has_gradient=True) for i in range(2 * n_layers)]
+    writer.write_layer_table(0, plugin_data_pb2.LayerTable(
+        layers=layers, variables=variables, update_freq=1, activation_freq=1,
+        thresholds=rules.DEFAULT_THRESHOLDS.to_dict(), source="benchmarks/bench_heatmap.py (synthetic)"))
+    depth = 10.0 ** np.linspace(-2 if seed % 5 else -6, 0, n_layers)
+    first = set()
+
+    def value(tag, array, make_metadata):
+        md = None
+        if tag not in first:
+            first.add(tag)
+            md = make_metadata()
+        return _float_value(tag, array, md)
+
+    for i in range(n_steps):
+        norm = (depth * 10.0 ** rng.normal(0, 0.2, n_layers)).astype(np.float32)
+        nonfinite = np.zeros(n_layers, np.float32)
+        if seed % 7 == 0 and i == n_steps // 2:
+            norm[n_layers // 2] *= 1e4
+        if seed % 11 == 0 and i == n_steps // 3:
+            norm[1], nonfinite[1] = np.nan, 3
+        layer = dict.fromkeys(ALERT_RUN_LAYER_STATISTICS, norm)
+        layer.update({metadata.GRAD_RMS: norm / 64, metadata.GRAD_NORM_INTERVAL_MAX: norm * 1.1,
+                      metadata.NONFINITE_COUNT: nonfinite})
+        variable = np.repeat(norm / 64, 2)
+        activation = rng.uniform(0.0, 0.3, n_layers).astype(np.float32)
+        values = [value(metadata.layer_statistic_tag(name), array,
+                        lambda name=name: metadata.create_statistic_metadata(name, per="layer"))
+                  for name, array in layer.items()]
+        values += [value(metadata.variable_statistic_tag(name), variable,
+                         lambda name=name: metadata.create_statistic_metadata(name, per="variable"))
+                   for name in ALERT_RUN_VARIABLE_STATISTICS]
+        values += [value(metadata.activation_statistic_tag(name), activation,
+                         lambda name=name: metadata.create_activation_statistic_metadata(name))
+                   for name in metadata.ACTIVATION_STATISTICS]
+        for kind in rules.KINDS:
+            tag = metadata.alert_count_tag(kind)
+            scalar = summary_pb2.Summary.Value(tag=tag, simple_value=0.0)
+            if tag not in first:
+                first.add(tag)
+                scalar.metadata.CopyFrom(scalar_metadata.create_summary_metadata(display_name=tag, description=""))
+            values.append(scalar)
+        writer._emit(i + 1, values)
     writer.close()
 
 
@@ -135,6 +234,91 @@ def bench_server(logdir, run, columns):
     return dict(results, load=load_s, raw_read=raw_s, samples=samples)
 
 
+# A tensorboard process without TensorFlow, as on a server that installed only
+# tensorboard and tb_gradflow (tests/test_tf_free.py blocks it the same way).
+_TF_FREE_TENSORBOARD = """
+import importlib.abc, sys
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise ImportError(name + " is not installed here")
+sys.meta_path.insert(0, NoTensorFlow())
+from tensorboard import main
+sys.argv = ["tensorboard"] + sys.argv[1:]
+main.run_main()
+"""
+
+
+@contextlib.contextmanager
+def tensorboard_process(logdir, *flags):
+    """A real, TensorFlow-free `tensorboard` on 127.0.0.1 that loads the logdir once; yields its URL."""
+    from plugin_fixtures import free_port, http_get
+
+    port = free_port()
+    command = [sys.executable, "-c", _TF_FREE_TENSORBOARD, "--logdir", logdir, "--host", "127.0.0.1",
+               "--port", str(port), "--reload_interval=0", *flags]
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"tensorboard exited with {process.returncode}:\n{log.read().decode(errors='replace')}")
+            with contextlib.suppress(OSError):
+                if http_get(url + "/data/plugins_listing", timeout=2)[0] == 200:
+                    break
+            if time.time() > deadline:
+                raise TimeoutError(f"tensorboard did not answer on {url}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def bench_alerts(logdir, n_runs, n_steps, loaders=LOADERS):
+    """Cold and warm /alerts over `n_runs` runs against a real tensorboard, per loader.
+
+    Cold is the first /alerts after the dashboard's /runs (which is how the
+    dashboard starts, and how this waits for the loader to have every row).
+    """
+    from plugin_fixtures import has_data_server, http_get
+
+    results = {}
+    for flag in loaders:
+        name = flag.split("=", 1)[1]
+        if flag == "--load_fast=true" and not has_data_server():
+            print(f"skipping {flag}: tensorboard-data-server is not installed")
+            continue
+        start = time.perf_counter()
+        with tensorboard_process(logdir, flag) as url:
+            while True:  # the data server loads in the background
+                status, _, body = http_get(url + "/data/plugin/gradflow/runs", timeout=600)
+                runs = json.loads(body)["runs"] if status == 200 else []
+                if len(runs) == n_runs and all(r["max_step"] == n_steps for r in runs):
+                    break
+                time.sleep(1)
+            loaded = time.perf_counter() - start
+            timings = []
+            for _ in range(3):  # cold, then warm (verdicts cached until a run gets new data)
+                (status, _, body), seconds = timed(lambda: http_get(url + "/data/plugin/gradflow/alerts", timeout=600))
+                assert status == 200, body[:300]
+                timings.append(seconds)
+            answer = json.loads(body)
+            assert not answer["unreadable"], answer["unreadable"]
+        results[name] = {"load_s": loaded, "alerts_cold_s": timings[0], "alerts_warm_s": min(timings[1:]),
+                         "alert_rows": len(answer["alerts"]), "alerts_bytes": len(body)}
+    return results
+
+
 def bench_first_paint(logdir, repeat):
     from playwright.sync_api import sync_playwright
 
@@ -173,57 +357,100 @@ def bench_first_paint(logdir, repeat):
     }
 
 
+def _logdir(keep, name):
+    """(path, whether it must be written): under --keep, reused when complete."""
+    if keep is None:
+        return tempfile.mkdtemp(prefix=f"tb_gradflow_bench_{name}_"), True
+    path = os.path.join(keep, name)
+    done = os.path.exists(os.path.join(path, ".complete"))
+    if not done:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+    return path, not done
+
+
+def _mark_complete(path):
+    open(os.path.join(path, ".complete"), "w").close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=300)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--columns", type=int, default=1024)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--alerts-runs", type=int, default=50,
+                        help="also time /alerts over a logdir of this many runs under each loader (0: skip)")
+    parser.add_argument("--alerts-layers", type=int, default=50)
+    parser.add_argument("--alerts-steps", type=int, default=2000)
+    parser.add_argument("--only-alerts", action="store_true", help="skip the 300-layer heatmap run")
+    parser.add_argument("--keep", help="write the logdirs under this folder, and reuse them from an earlier run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heatmap.json"))
     args = parser.parse_args()
-
-    logdir = tempfile.mkdtemp(prefix="tb_gradflow_bench_")
-    _, write_s = timed(lambda: write_run(os.path.join(logdir, "bench"), args.layers, args.steps))
-    server = bench_server(logdir, "bench", args.columns)
-    browser = {}
-    if not args.no_browser and os.path.exists(CHROMIUM):
-        browser = bench_first_paint(logdir, repeat=3)
 
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.python_implementation()} "
-                   f"{platform.python_version()}, no GPU",
-        "layers": args.layers,
-        "steps": args.steps,
-        "write_s": write_s,
-        **server,
-        **browser,
-        "ratio_heatmap_cold_to_raw_read": server["heatmap_cold"] / server["raw_read"],
-        "ratio_heatmap_cold_no_alerts_to_raw_read": server["heatmap_cold_no_alerts"] / server["raw_read"],
-        "ratio_heatmap_warm_to_raw_read": server["heatmap_warm"] / server["raw_read"],
+                   f"{platform.python_version()}, no GPU, TensorFlow-free reader",
     }
-    rows = [
-        ("write synthetic run (EventWriter)", f"{write_s:.2f} s", ""),
-        ("load via data provider (Python, all samples)", f"{server['load']:.2f} s", ""),
-        ("raw read_tensors, 1 statistic  [baseline]", f"{server['raw_read']:.3f} s", "1.00x"),
-        (f"/heatmap cold, {server['heatmap_columns']} cols, no alerts", f"{server['heatmap_cold_no_alerts']:.3f} s",
-         f"{results['ratio_heatmap_cold_no_alerts_to_raw_read']:.2f}x"),
-        (f"/heatmap cold, {server['heatmap_columns']} cols, with alert marks", f"{server['heatmap_cold']:.3f} s",
-         f"{results['ratio_heatmap_cold_to_raw_read']:.2f}x"),
-        ("/heatmap warm (series cached)", f"{server['heatmap_warm']:.3f} s",
-         f"{results['ratio_heatmap_warm_to_raw_read']:.2f}x"),
-        ("/heatmap response (JSON / gzip)",
-         f"{server['heatmap_bytes'] / 1e6:.2f} / {server['heatmap_gzip_bytes'] / 1e6:.2f} MB", ""),
-        ("/alerts cold (rules over every step)", f"{server['alerts_cold']:.3f} s", ""),
-    ]
-    if browser:
+    rows = []
+    if not args.only_alerts:
+        logdir, write = _logdir(args.keep, f"heatmap_{args.layers}x{args.steps}")
+        write_s = None
+        if write:
+            _, write_s = timed(lambda: write_run(os.path.join(logdir, "bench"), args.layers, args.steps))
+            _mark_complete(logdir)
+        server = bench_server(logdir, "bench", args.columns)
+        browser = {}
+        if not args.no_browser and os.path.exists(CHROMIUM):
+            browser = bench_first_paint(logdir, repeat=3)
+        results.update({
+            "layers": args.layers,
+            "steps": args.steps,
+            "write_s": write_s,
+            **server,
+            **browser,
+            "ratio_heatmap_cold_to_raw_read": server["heatmap_cold"] / server["raw_read"],
+            "ratio_heatmap_cold_no_alerts_to_raw_read": server["heatmap_cold_no_alerts"] / server["raw_read"],
+            "ratio_heatmap_warm_to_raw_read": server["heatmap_warm"] / server["raw_read"],
+        })
         rows += [
-            ("Chromium, first visit: heatmap painted", f"{browser['first_paint_cold_ms']:.0f} ms", ""),
-            ("Chromium, first visit: alert marks painted", f"{browser['alert_marks_cold_ms']:.0f} ms", ""),
-            ("Chromium, revisit: heatmap painted (median of 3)", f"{browser['first_paint_warm_ms']:.0f} ms", ""),
-            ("Chromium, revisit: alert marks painted", f"{browser['alert_marks_warm_ms']:.0f} ms", ""),
+            ("write synthetic run (EventWriter)", f"{write_s:.2f} s" if write_s else "reused", ""),
+            ("load via data provider (Python, all samples)", f"{server['load']:.2f} s", ""),
+            ("raw read_tensors, 1 statistic  [baseline]", f"{server['raw_read']:.3f} s", "1.00x"),
+            (f"/heatmap cold, {server['heatmap_columns']} cols, no alerts", f"{server['heatmap_cold_no_alerts']:.3f} s",
+             f"{results['ratio_heatmap_cold_no_alerts_to_raw_read']:.2f}x"),
+            (f"/heatmap cold, {server['heatmap_columns']} cols, with alert marks", f"{server['heatmap_cold']:.3f} s",
+             f"{results['ratio_heatmap_cold_to_raw_read']:.2f}x"),
+            ("/heatmap warm (series cached)", f"{server['heatmap_warm']:.3f} s",
+             f"{results['ratio_heatmap_warm_to_raw_read']:.2f}x"),
+            ("/heatmap response (JSON / gzip)",
+             f"{server['heatmap_bytes'] / 1e6:.2f} / {server['heatmap_gzip_bytes'] / 1e6:.2f} MB", ""),
+            ("/alerts cold (rules over every step)", f"{server['alerts_cold']:.3f} s", ""),
         ]
-    print(f"\nHeatmap benchmark: {args.layers} layers x {args.steps} logged steps; {results['machine']}; {results['date']}")
+        if browser:
+            rows += [
+                ("Chromium, first visit: heatmap painted", f"{browser['first_paint_cold_ms']:.0f} ms", ""),
+                ("Chromium, first visit: alert marks painted", f"{browser['alert_marks_cold_ms']:.0f} ms", ""),
+                ("Chromium, revisit: heatmap painted (median of 3)", f"{browser['first_paint_warm_ms']:.0f} ms", ""),
+                ("Chromium, revisit: alert marks painted", f"{browser['alert_marks_warm_ms']:.0f} ms", ""),
+            ]
+    if args.alerts_runs:
+        logdir, write = _logdir(args.keep, f"alerts_{args.alerts_runs}x{args.alerts_layers}x{args.alerts_steps}")
+        if write:
+            for i in range(args.alerts_runs):
+                write_alert_run(os.path.join(logdir, f"run_{i:03d}"), args.alerts_layers, args.alerts_steps, seed=i)
+            _mark_complete(logdir)
+        by_loader = bench_alerts(logdir, args.alerts_runs, args.alerts_steps)
+        results["alerts_logdir"] = {"runs": args.alerts_runs, "layers": args.alerts_layers, "steps": args.alerts_steps,
+                                    **by_loader}
+        for loader, r in by_loader.items():
+            rows += [
+                (f"/alerts cold, {args.alerts_runs} runs, --load_fast={loader}", f"{r['alerts_cold_s']:.3f} s", ""),
+                (f"/alerts warm, {args.alerts_runs} runs, --load_fast={loader}", f"{r['alerts_warm_s']:.3f} s", ""),
+            ]
+
+    print(f"\nHeatmap benchmark; {results['machine']}; {results['date']}")
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'time':>14}  {'vs baseline':>11}")
     for name, value, ratio in rows:
