@@ -1,38 +1,47 @@
-"""Overhead of GradFlow on training, as ratios against baselines measured in the same run.
+"""Overhead of GradFlow on training, as ratios against plain `fit` measured in the same run.
 
-    python benchmarks/bench_overhead.py              # ~8 minutes on 2 CPU cores
-    python benchmarks/bench_overhead.py --quick      # smaller, for a smoke run
+    python benchmarks/bench_overhead.py                      # every model, with and without XLA
+    python benchmarks/bench_overhead.py --json               # the same, the report as JSON on stdout
+    python benchmarks/bench_overhead.py --models mlp50 --no-xla --rounds 3
+    python benchmarks/bench_overhead.py --memory --models mlp500   # peak host memory, one process per configuration
+    python benchmarks/bench_overhead.py --tiny               # seconds; what tests/test_bench_overhead.py runs
 
-A 4 x 512 ReLU MLP on synthetic 784-d data (batch 256, Adam), with and
-without XLA. Every configuration gets its own model (same seed, same data
-order), and all of them train side by side in one process: round after
-round, each runs one block of `--block` (100) steps, in a rotating order,
-the way `fit` runs them (`on_train_batch_begin`, `model.train_function`,
-`on_train_batch_end`, with GradFlow's callback methods called as `fit`
-calls them). A block of 100 steps holds exactly one write step and one
-activation sample at the default intervals, so a block's mean step time
-includes everything the callback costs, amortized.
+Models are what users train (`MODELS`): seed 003's MLP, keras.applications
+MobileNetV3Small and ResNet50V2 at 64 x 64 inputs, a Transformer encoder
+block, a 50-layer narrow MLP (and, for `--memory`, a 500-layer one). Every
+configuration (`CONFIGS`: plain fit, GradFlow's defaults and variants, and
+the peers: Keras' own `TensorBoard(histogram_freq=1)` and the seeds' way, an
+extra GradientTape pass on a probe batch with numpy on the host) gets its own
+model (same seed, same data), and all of them train side by side in one
+process.
 
-Why blocks and not whole fits: on a small shared machine, identical fits
-differ by 10-20% (thread placement, frequency, neighbours); a few percent
-drowns in that. Consecutive blocks of the same round see the same machine,
-so each round gives one paired ratio per configuration, and the reported
-ratio is the median of the paired ratios with a bootstrap 95% interval.
-Keras' own loop overhead is left out of both sides, which makes the ratios
-slightly larger than in `fit`, not smaller.
+Method, per model and XLA setting:
 
-Separately built models of the same configuration still differ by a percent
-or two (memory placement), which blurs ratios near 1. Two more figures split
-the cost: `typical_step_ratio` (median step times; the in-between steps) and
-`periodic_steps_ratio` (what the write, histogram and activation-sample
-steps add to a typical step, amortized, measured within each model and so
-free of that blur, relative to the baseline's; see `periodic_cost`). With activation
-statistics, the in-between steps run the very function the gradient-only
-configuration runs (tests/test_activation_stats.py checks it), so for
-"defaults vs gradient-only" the periodic ratio is the whole difference.
+- start-up: each model first trains one batch with `fit` (builds the
+  optimizer, as a resumed run has it), then its step counter jumps to 10,000
+  (a multiple of every interval, past the dense start, so the blocks see the
+  steady state). `startup_ratio` is the first execution after the callback's
+  `on_train_begin` (every trace and compile it triggers, and the step) over
+  plain fit's first execution; `startup_block_ratio` is the whole first
+  block's excess over its steady-state steps (so a trace that happens at the
+  second execution counts too), over plain fit's.
+- steady state: round after round, each configuration runs one block of
+  `--block` (100) steps, in rotating order, the way `fit` runs them
+  (`on_train_batch_begin`, `model.train_function`, `on_train_batch_end`; a
+  block is an epoch, so epoch-end work such as Keras' histograms counts). A
+  block holds exactly one row at the default `update_freq`, so its mean step
+  time includes everything the callback costs, amortized. Consecutive blocks
+  of a round see the same machine; `ratio` is the median of the per-round
+  paired ratios of block means, with a bootstrap 95% interval.
+- bytes: event-file bytes the configuration wrote during the blocks, per
+  logged row.
+- `--memory`: one subprocess per configuration, which builds the model,
+  trains `--memory-steps` steps with that configuration from step 0 and
+  reports its peak resident memory (ru_maxrss); the ratio is against the
+  plain-fit subprocess.
 
-Results are printed and written to benchmarks/results/overhead.json. Not a
-test: the figures go to the README with the date and machine.
+Not a test: the figures go to the README with the date and machine;
+benchmarks/results/overhead.json keeps the last full report.
 """
 
 import argparse
@@ -40,40 +49,95 @@ import json
 import os
 import pathlib
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+JUMP_TO_STEP = 10_000
 
-# name -> GradFlow arguments (None: no callback).
+# name -> ("gradflow", GradFlow arguments) | ("keras_tensorboard", arguments) | ("tape", every) | None (plain fit).
 CONFIGS = {
     "plain fit": None,
-    "gradient-only (act 0)": {"activation_freq": 0},
-    "defaults (update 100, hist 1000, act 100)": {},
-    "update 10, hist 100, act 0": {"update_freq": 10, "histogram_freq": 100, "activation_freq": 0},
-    "every step, no histograms, act 0": {"update_freq": 1, "histogram_freq": 0, "activation_freq": 0},
+    "defaults": ("gradflow", {}),
+    "gradient statistics only": ("gradflow", {"activation_freq": 0, "histogram_freq": 0}),
+    "every statistic every step": ("gradflow", {"update_freq": 1, "histogram_freq": 1, "activation_freq": 1}),
+    "histograms every step": ("gradflow", {"update_freq": 1, "histogram_freq": 1, "activation_freq": 0}),
+    "peer: keras TensorBoard(histogram_freq=1)": ("keras_tensorboard", {"histogram_freq": 1}),
+    "peer: seeds' GradientTape every step": ("tape", 1),
+    "peer: seeds' GradientTape every 10 steps": ("tape", 10),
 }
-# (configuration, baseline) pairs reported.
-COMPARISONS = [
-    ("defaults (update 100, hist 1000, act 100)", "plain fit"),
-    ("gradient-only (act 0)", "plain fit"),
-    ("defaults (update 100, hist 1000, act 100)", "gradient-only (act 0)"),
-    ("update 10, hist 100, act 0", "plain fit"),
-    ("every step, no histograms, act 0", "plain fit"),
-]
+TINY_CONFIGS = ["plain fit", "defaults", "every statistic every step", "peer: seeds' GradientTape every 10 steps"]
 
 
-def build(jit, seed=0, width=512, depth=4):
+# ------------------------------------------------------------------ models
+def _mlp(widths, inputs):
     import keras
 
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [keras.Input((784,))]
-        + [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
-        + [keras.layers.Dense(10)]
+    return keras.Sequential(
+        [keras.Input((inputs,))] + [keras.layers.Dense(w, activation="relu") for w in widths] + [keras.layers.Dense(10)]
     )
+
+
+def _transformer_block(length=64, vocabulary=1000, dim=128, heads=4):
+    import keras
+
+    tokens = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, dim)(tokens)
+    attended = keras.layers.MultiHeadAttention(heads, dim // heads)(x, x)
+    x = keras.layers.LayerNormalization()(x + attended)
+    hidden = keras.layers.Dense(4 * dim, activation="gelu")(x)
+    x = keras.layers.LayerNormalization()(x + keras.layers.Dense(dim)(hidden))
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(10)(x))
+
+
+def _application(name):
+    def build():
+        import keras
+
+        return getattr(keras.applications, name)(
+            input_shape=(64, 64, 3), weights=None, classes=10, classifier_activation=None
+        )
+
+    return build
+
+
+def _images(rng, n):
+    return rng.uniform(0, 255, size=(n, 64, 64, 3)).astype("float32")
+
+
+# name -> (builder, batch size, inputs(rng, n), description)
+MODELS = {
+    "seed003_mlp": (lambda: _mlp([512, 256, 256, 128], 784), 256,
+                    lambda rng, n: rng.normal(size=(n, 784)).astype("float32"),
+                    "seed 003's MLP 784-512-256-256-128-10 (ReLU), batch 256, Adam"),
+    "mobilenetv3small": (_application("MobileNetV3Small"), 8, _images,
+                         "keras.applications.MobileNetV3Small(weights=None), 64x64x3, batch 8, Adam"),
+    "resnet50v2": (_application("ResNet50V2"), 8, _images,
+                   "keras.applications.ResNet50V2(weights=None), 64x64x3, batch 8, Adam"),
+    "transformer_block": (_transformer_block, 32, lambda rng, n: rng.integers(0, 1000, size=(n, 64)).astype("int32"),
+                          "Transformer encoder block (embedding 128, 4-head attention, GELU FFN 512, LayerNorm), "
+                          "64 tokens, batch 32, Adam"),
+    "mlp50": (lambda: _mlp([64] * 50, 32), 64, lambda rng, n: rng.normal(size=(n, 32)).astype("float32"),
+              "50 x Dense(64, relu), batch 64, Adam"),
+    "mlp500": (lambda: _mlp([4] * 500, 32), 64, lambda rng, n: rng.normal(size=(n, 32)).astype("float32"),
+               "500 x Dense(4, relu), batch 64, Adam"),
+    "tiny": (lambda: _mlp([16, 16], 8), 16, lambda rng, n: rng.normal(size=(n, 8)).astype("float32"),
+             "2 x Dense(16) (harness smoke test)"),
+}
+DEFAULT_MODELS = ["seed003_mlp", "mobilenetv3small", "resnet50v2", "transformer_block", "mlp50"]
+
+
+def build(model_name, jit):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = MODELS[model_name][0]()
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -82,28 +146,104 @@ def build(jit, seed=0, width=512, depth=4):
     return model
 
 
+def dataset(model_name, samples=None):
+    """(tf.data.Dataset repeating forever, (x, y) of one batch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    _, batch, inputs, _ = MODELS[model_name]
+    rng = np.random.default_rng(0)
+    samples = samples or batch * 16
+    x = inputs(rng, samples)
+    y = rng.integers(0, 10, samples)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat().prefetch(2)
+    return data, (x[:batch], y[:batch])
+
+
+# --------------------------------------------------------------- callbacks
+def _tape_probe(x, y, every):
+    """The seeds' way: every `every` steps an extra forward and backward pass on
+    a probe batch under a GradientTape, per-layer norms with numpy on the host."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    class TapeProbe(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.norms = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every:
+                return
+            with tf.GradientTape() as tape:
+                loss = self.model.loss(y, self.model(x, training=True))
+            grads = tape.gradient(loss, self.model.trainable_weights)
+            self.norms.append([float(np.linalg.norm(g.numpy())) for g in grads if g is not None])
+
+    return TapeProbe()
+
+
+def make_callback(config, logdir, probe):
+    import keras
+
+    import tb_gradflow
+
+    spec = CONFIGS[config]
+    if spec is None:
+        return None
+    kind, arguments = spec
+    if kind == "gradflow":
+        return tb_gradflow.GradFlow(logdir, **arguments)
+    if kind == "keras_tensorboard":
+        return keras.callbacks.TensorBoard(logdir, **arguments)
+    return _tape_probe(*probe, arguments)
+
+
+def rows_written(config, first_step, last_step):
+    """Rows GradFlow wrote for steps (first_step, last_step]; epochs for Keras' callback."""
+    from tb_gradflow import schedule
+
+    spec = CONFIGS[config]
+    if spec is None or spec[0] == "tape":
+        return 0
+    if spec[0] == "keras_tensorboard":
+        return None  # counted by the caller, per block (epoch)
+    update_freq = spec[1].get("update_freq", 100)
+    return sum(schedule.is_due(s, update_freq) for s in range(first_step + 1, last_step + 1))
+
+
+def directory_bytes(path):
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
 class Trainer:
     """One configuration: a model, its callback and its data iterator."""
 
-    def __init__(self, hook, jit, dataset, logdir, warmup_batch):
-        import tb_gradflow
-
-        self.model = build(jit)
-        x, y = warmup_batch
+    def __init__(self, model_name, config, jit, data, probe, logdir, jump=JUMP_TO_STEP):
+        self.config = config
+        self.model = build(model_name, jit)
+        x, y = probe
         self.model.fit(x, y, batch_size=len(x), verbose=0)  # builds the optimizer, like a resumed fit
-        self.callback = None
-        if hook is not None:
-            self.callback = tb_gradflow.GradFlow(logdir, **hook)
+        if jump:
+            self.model.optimizer.iterations.assign(jump)
+        self.logdir = logdir
+        self.callback = make_callback(config, logdir, probe)
+        self.model.make_train_function(force=True)  # every configuration traces afresh
+        if self.callback is not None:
             self.callback.set_model(self.model)
             self.callback.on_train_begin()
-        self.model.make_train_function()
-        self.iterator = iter(dataset)
+        self.iterator = iter(data)
         self.batch = 0
+        self.epoch = 0
+        self.first_step = jump
 
     def run(self, steps):
-        """Seconds of each of `steps` train steps, run as `fit` runs them."""
+        """Seconds of each of `steps` train steps, run as `fit` runs them; the steps are one epoch."""
         model, callback = self.model, self.callback
         times = []
+        if callback is not None:
+            callback.on_epoch_begin(self.epoch)
         for _ in range(steps):
             start = time.perf_counter()
             if callback is not None:
@@ -115,11 +255,11 @@ class Trainer:
             self.batch += 1
         start = time.perf_counter()
         float(logs["loss"])  # The last step has finished (it has: eager calls block).
+        if callback is not None:
+            callback.on_epoch_end(self.epoch, {k: float(v) for k, v in logs.items()})
         times[-1] += time.perf_counter() - start
+        self.epoch += 1
         return times
-
-    def steps_done(self):
-        return int(self.model.optimizer.iterations.numpy())
 
     def close(self):
         if self.callback is not None:
@@ -135,105 +275,153 @@ def paired_ratio(times, baseline, rng, resamples=2000):
     return float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
-def period(callback):
-    """Steps between the callback's periodic (write, histogram, sample) steps; None without one."""
-    if callback is None:
-        return None
-    return min(f for f in (callback.update_freq, callback.histogram_freq, callback.activation_freq) if f > 0)
-
-
-def periodic_cost(blocks, every):
-    """What the periodic steps add to the typical step, amortized per step, as a
-    fraction of the typical step: per block, the excess of its steps that are
-    multiples of `every` over the block's median step (blocks start on a
-    multiple of 100), averaged over blocks. Measured within one model."""
+def measure(model_name, jit, configs, rounds, block, logdir, log=print):
+    """Report rows for one model and XLA setting."""
     import numpy as np
 
-    if every is None:
-        return 0.0
-    blocks = np.asarray(blocks)
-    periodic = (np.arange(blocks.shape[1]) + 1) % every == 0
-    excess = (blocks[:, periodic] - np.median(blocks, axis=1, keepdims=True)).sum(axis=1)
-    return float(np.mean(excess) / blocks.shape[1] / np.median(blocks))
-
-
-def measure(jit, rounds, block, dataset, warmup_batch, logdir):
-    """({config name: [[seconds of each step] of each round]}, {config name: period})."""
-    trainers = {
-        name: Trainer(hook, jit, dataset, os.path.join(logdir, f"jit{int(jit)}", str(i)), warmup_batch)
-        for i, (name, hook) in enumerate(CONFIGS.items())
-    }
-    # Warm-up: traces (both train functions where there are two), XLA
-    # compiles, and aligns every model on a block boundary.
-    for trainer in trainers.values():
-        trainer.run(block - trainer.steps_done() % block + block)
-    names = list(trainers)
-    per_step = {name: [] for name in names}
+    data, probe = dataset(model_name)
+    trainers, startup, startup_block = {}, {}, {}
+    for i, config in enumerate(configs):
+        trainer = Trainer(model_name, config, jit, data, probe, os.path.join(logdir, f"{model_name}-jit{int(jit)}-{i}"))
+        start = time.perf_counter()
+        first = trainer.run(1)
+        startup[config] = time.perf_counter() - start
+        rest = trainer.run(block - 1)
+        # What the first block cost beyond its steady-state steps: every trace
+        # and compile, whichever execution triggered it.
+        steps = np.asarray(first + rest)
+        startup_block[config] = float(steps.sum() - np.median(steps) * steps.size)
+        trainers[config] = trainer
+        log(f"  {model_name} jit={jit} {config}: first execution {startup[config]:.2f} s", flush=True)
+    bytes_before = {config: directory_bytes(t.logdir) if os.path.isdir(t.logdir) else 0 for config, t in trainers.items()}
+    steps_before = {config: trainer.batch for config, trainer in trainers.items()}
+    per_round = {config: [] for config in configs}
+    all_steps = {config: [] for config in configs}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            per_step[name].append(trainers[name].run(block))
+        for config in configs[r % len(configs):] + configs[: r % len(configs)]:
+            times = trainers[config].run(block)
+            per_round[config].append(float(np.mean(times)))
+            all_steps[config].extend(times)
     for trainer in trainers.values():
         trainer.close()
-    return per_step, {name: period(trainer.callback) for name, trainer in trainers.items()}
+    rng = np.random.default_rng(0)
+    rows = []
+    baseline = "plain fit"
+    for config in configs:
+        trainer = trainers[config]
+        written = os.path.isdir(trainer.logdir) and directory_bytes(trainer.logdir) - bytes_before[config]
+        first = JUMP_TO_STEP + steps_before[config]
+        logged = rows_written(config, first, first + rounds * block)
+        if logged is None:
+            logged = rounds
+        ratio, low, high = paired_ratio(per_round[config], per_round[baseline], rng)
+        row = {
+            "model": model_name,
+            "jit_compile": jit,
+            "configuration": config,
+            "baseline": baseline,
+            "ms_per_step": round(float(np.mean(all_steps[config])) * 1e3, 3),
+            "baseline_ms_per_step": round(float(np.mean(all_steps[baseline])) * 1e3, 3),
+            "ratio": round(ratio, 4),
+            "ratio_95ci": [round(low, 4), round(high, 4)],
+            "typical_step_ratio": round(float(np.median(all_steps[config]) / np.median(all_steps[baseline])), 4),
+            "startup_s": round(startup[config], 3),
+            "startup_ratio": round(startup[config] / startup[baseline], 4),
+            "startup_block_excess_s": round(startup_block[config], 3),
+            "startup_block_ratio": round(
+                (startup_block[config] + np.median(all_steps[config]) * block)
+                / (startup_block[baseline] + np.median(all_steps[baseline]) * block), 4),
+            "logged_rows": int(logged),
+            "event_bytes_per_logged_row": round(written / logged, 1) if logged and written else 0,
+        }
+        rows.append(row)
+        log(f"{model_name:18s} jit={jit!s:5} {config:42s} {row['ms_per_step']:8.2f} ms/step  ratio "
+            f"{ratio:.3f} [{low:.3f}, {high:.3f}]  start-up {row['startup_ratio']:.2f}x "
+            f"(first block {row['startup_block_ratio']:.2f}x)  {row['event_bytes_per_logged_row']:.0f} B/row", flush=True)
+    return rows
 
 
-def main():
-    import numpy as np
+# ----------------------------------------------------------------- memory
+def memory_child(model_name, config, steps, logdir):
+    """In a subprocess: peak resident memory (bytes) of `steps` steps of `config` from step 0."""
+    data, probe = dataset(model_name)
+    trainer = Trainer(model_name, config, False, data, probe, logdir, jump=0)
+    trainer.run(steps)
+    trainer.close()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_memory(model_name, configs, steps, logdir, log=print):
+    peaks = {}
+    for i, config in enumerate(configs):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", model_name, config, str(steps), os.path.join(logdir, f"mem-{i}")],
+            capture_output=True, text=True, check=True,
+        )
+        peaks[config] = int(out.stdout.strip().splitlines()[-1])
+        log(f"  {model_name} {config}: peak host memory {peaks[config] / 2**20:.0f} MiB", flush=True)
+    return [
+        {"model": model_name, "configuration": config, "baseline": "plain fit", "steps": steps,
+         "peak_host_bytes": peaks[config], "memory_ratio": round(peaks[config] / peaks["plain fit"], 4)}
+        for config in configs
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS))
+    parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--block", type=int, default=100)
+    parser.add_argument("--no-xla", action="store_true", help="without XLA only")
+    parser.add_argument("--xla-only", action="store_true", help="with XLA only")
+    parser.add_argument("--memory", action="store_true", help="peak host memory, one subprocess per configuration")
+    parser.add_argument("--memory-steps", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
+    parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (the harness test)")
+    parser.add_argument("--output", default=None, help="also write the report here (default with a full run: "
+                        "benchmarks/results/overhead.json)")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        model_name, config, steps, logdir = args.memory_child
+        print(memory_child(model_name, config, int(steps), logdir))
+        return None
     import tensorflow as tf
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--block", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="3 rounds, without XLA")
-    args = parser.parse_args()
-    rounds = 3 if args.quick else args.rounds
-    rng = np.random.default_rng(0)
-    samples, batch = 12800, 256
-    x = rng.normal(size=(samples, 784)).astype("float32")
-    y = rng.integers(0, 10, samples)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat().prefetch(2)
-    rows = []
-    with tempfile.TemporaryDirectory() as logdir:
-        for jit in (False,) if args.quick else (False, True):
-            per_step, periods = measure(jit, rounds, args.block, dataset, (x[:batch], y[:batch]), logdir)
-            block_means = {name: [np.mean(b) for b in blocks] for name, blocks in per_step.items()}
-            steps = {name: np.concatenate(blocks) for name, blocks in per_step.items()}
-            periodic = {name: periodic_cost(per_step[name], periods[name]) for name in per_step}
-            for config, baseline in COMPARISONS:
-                ratio, low, high = paired_ratio(block_means[config], block_means[baseline], rng)
-                row = {
-                    "jit_compile": jit,
-                    "config": config,
-                    "baseline": baseline,
-                    "baseline_ms_per_step": round(float(np.mean(steps[baseline])) * 1e3, 3),
-                    "config_ms_per_step": round(float(np.mean(steps[config])) * 1e3, 3),
-                    "ratio": round(ratio, 4),
-                    "ratio_95ci": [round(low, 4), round(high, 4)],
-                    "typical_step_ratio": round(float(np.median(steps[config]) / np.median(steps[baseline])), 4),
-                    "periodic_steps_ratio": round((1 + periodic[config]) / (1 + periodic[baseline]), 4),
-                }
-                rows.append(row)
-                print(f"jit={jit!s:5}  {config:42s} vs {baseline:22s} {row['config_ms_per_step']:7.2f} / "
-                      f"{row['baseline_ms_per_step']:7.2f} ms/step  ratio {ratio:.3f} [{low:.3f}, {high:.3f}]  "
-                      f"typical step {row['typical_step_ratio']:.3f}  periodic steps {row['periodic_steps_ratio']:.4f}",
-                      flush=True)
-    if args.quick:
-        return
-    RESULTS.mkdir(exist_ok=True)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
+    models = args.models or (["tiny"] if args.tiny else DEFAULT_MODELS)
+    configs = args.configs or (TINY_CONFIGS if args.tiny else list(CONFIGS))
+    if "plain fit" not in configs:
+        configs = ["plain fit"] + configs
+    rounds, block = (2, 10) if args.tiny else (args.rounds, args.block)
+    settings = [False] if (args.no_xla or args.tiny) else [True] if args.xla_only else [False, True]
     report = {
         "benchmark": "overhead",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "tensorflow": tf.__version__,
-        "model": "4 x Dense(512, relu) + Dense(10), batch 256, Adam, 784-d synthetic inputs",
-        "method": f"{rounds} rounds of one {args.block}-step block per configuration, rotating order. "
-                  "ratio: median of the per-round paired ratios of block mean step times, bootstrap 95% "
-                  "interval. typical_step_ratio: ratio of median step times. periodic_steps_ratio: "
-                  "(1 + amortized excess of the configuration's periodic steps over its median step) / (the "
-                  "same for the baseline), measured within each model (periodic_cost).",
-        "rows": rows,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "models": {name: MODELS[name][3] for name in models},
+        "method": (f"{rounds} rounds of one {block}-step block per configuration, rotating order, after a "
+                   f"{block}-step start-up block; steps counted from {JUMP_TO_STEP}. See the module docstring."),
+        "rows": [],
     }
-    (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as logdir:
+        if args.memory:
+            steps = 3 if args.tiny else args.memory_steps
+            report["memory_rows"] = [row for m in models for row in measure_memory(m, configs, steps, logdir, log)]
+        else:
+            for model_name in models:
+                for jit in settings:
+                    report["rows"] += measure(model_name, jit, configs, rounds, block, logdir, log)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    output = args.output or (None if (args.tiny or args.models or args.configs or args.memory) else RESULTS / "overhead.json")
+    if output:
+        pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(output).write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 if __name__ == "__main__":

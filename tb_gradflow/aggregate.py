@@ -53,6 +53,13 @@ class RawSnapshot:
     applied_sum_squares: np.ndarray = None
     # The dynamic loss scale of the latest step (mixed precision); NaN or None without one.
     loss_scale: np.ndarray = None
+    # The loss of every step since the previous row (`GradientRecorder.record_loss`):
+    # the row step's, the interval's finite extremes, the steps it was non-finite.
+    # NaN where not recorded (custom loops).
+    loss: float = float("nan")
+    loss_interval_max: float = float("nan")
+    loss_interval_min: float = float("nan")
+    nonfinite_loss_steps: float = float("nan")
 
 
 def _ratio(numerator, denominator):

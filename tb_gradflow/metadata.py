@@ -99,6 +99,14 @@ ALERTS_PREFIX = f"{TAG_PREFIX}/alerts"
 # non-finite rule reads it to tell a step LossScaleOptimizer skipped while
 # finding its scale from a gradient that is non-finite (rules.py).
 LOSS_SCALE_TAG = f"{TAG_PREFIX}/loss_scale"
+# The training loss watched on every step, the steps between rows included
+# (GradientRecorder.record_loss), as plain scalars for the Scalars dashboard:
+# the row step's, the largest and smallest finite one since the previous
+# row, and how many steps since then had a non-finite loss (the rules read it).
+LOSS_TAG = f"{TAG_PREFIX}/loss"
+LOSS_INTERVAL_MAX_TAG = f"{TAG_PREFIX}/loss_interval_max"
+LOSS_INTERVAL_MIN_TAG = f"{TAG_PREFIX}/loss_interval_min"
+NONFINITE_LOSS_STEPS_TAG = f"{TAG_PREFIX}/nonfinite_loss_steps"
 
 
 def layer_statistic_tag(statistic):

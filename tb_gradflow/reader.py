@@ -50,6 +50,11 @@ ALL_SAMPLES = 10**9
 # statistics (the heatmap shows what alerts): name -> the rules kind whose
 # value it is. Derived when read, so older runs have them too.
 RULE_STATISTICS = {"vanishing_signal": rules.VANISHING}
+# Run-level scalars (the standard scalars plugin's) the rules read: rules name -> tag.
+RULE_SCALAR_TAGS = {
+    rules.LOSS_SCALE: metadata.LOSS_SCALE_TAG,
+    rules.NONFINITE_LOSS_STEPS: metadata.NONFINITE_LOSS_STEPS_TAG,
+}
 
 NO_ROWS_REASON = (
     "it has a layer table but no statistic rows yet (the job stopped before its first write, "
@@ -294,7 +299,7 @@ class Reader:
         # What prefetch_rule_inputs read for this Reader's request.
         self._prefetched = {}  # (run, tag, downsample, width) -> LayerSeries
         self._prefetched_tables = {}  # run -> LayerTable
-        self._prefetched_scalars = {}  # run -> [ScalarDatum] of the loss scale
+        self._prefetched_scalars = {}  # run -> {tag: [ScalarDatum]} of RULE_SCALAR_TAGS
 
     @classmethod
     def for_logdir(cls, logdir):
@@ -575,7 +580,7 @@ class Reader:
                     stored = rows.get(run, {}).get(tag)
                     if stored and len(stored[2]):
                         self._prefetched[(run, tag, ALL_SAMPLES, width)] = _decode_vectors(*stored, width)
-        self._prefetch_loss_scales(ctx, pending)
+        self._prefetch_rule_scalars(ctx, pending)
 
     def _is_cached(self, key, stamp):
         return self._cache is not None and self._cache.contains((self._experiment_id,) + key, stamp)
@@ -623,16 +628,21 @@ class Reader:
             self._prefetched_tables[run] = table
             self._cached(("table", run), _stamp(listing[run][metadata.LAYER_TABLE_TAG]), lambda table=table: table)
 
-    def _prefetch_loss_scales(self, ctx, runs):
+    def _prefetch_rule_scalars(self, ctx, runs):
+        for run, points in self._read_rule_scalars(ctx, runs).items():
+            self._prefetched_scalars[run] = points
+
+    def _read_rule_scalars(self, ctx, runs):
+        """{run: {tag: [ScalarDatum]}} of the run-level scalars the rules read (RULE_SCALAR_TAGS)."""
+        tags = list(RULE_SCALAR_TAGS.values())
         try:
             data = self._provider.read_scalars(
                 ctx, experiment_id=self._experiment_id, plugin_name="scalars", downsample=ALL_SAMPLES,
-                run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=[metadata.LOSS_SCALE_TAG]),
+                run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=tags),
             )
-        except errors.PublicError:  # no scalars at all in this experiment: no loss scale
+        except errors.PublicError:  # no scalars at all in this experiment
             data = {}
-        for run in runs:
-            self._prefetched_scalars[run] = (data or {}).get(run, {}).get(metadata.LOSS_SCALE_TAG, [])
+        return {run: {tag: (data or {}).get(run, {}).get(tag, []) for tag in tags} for run in runs}
 
     def histograms(self, run, layer, ctx=None):
         """{kind: [TensorDatum]} of one layer's gradient histograms (HISTOGRAM_KINDS
@@ -709,19 +719,24 @@ class Reader:
         signal = self._backward_signal(run, ctx, tags, table)
         if signal is not None:
             series[rules.BACKWARD_SIGNAL] = signal
-        loss_scale = self._loss_scale(run, ctx)
-        if loss_scale is not None:
-            series[rules.LOSS_SCALE] = loss_scale
+        run_scalars = self._rule_scalars(run, ctx)
         # Every statistic is written in the same event, but a sampling reservoir
         # may still have kept different rows per tag: use the common steps.
         steps = series["grad_norm"].steps
         for name in rules.REQUIRED_STATISTICS + ((rules.BACKWARD_SIGNAL,) if signal is not None else ()):
             steps = steps[np.isin(steps, series[name].steps)]
-        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items() if name != rules.LOSS_SCALE}
+        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items()}
+        loss_scale = run_scalars.get(rules.LOSS_SCALE)
         if loss_scale is not None:
             # The scale of the latest row at or before each step (NaN before the first).
             at = np.searchsorted(loss_scale.steps, steps, side="right") - 1
             aligned[rules.LOSS_SCALE] = np.where(at >= 0, loss_scale.values[np.maximum(at, 0), 0], np.nan)
+        loss_steps = run_scalars.get(rules.NONFINITE_LOSS_STEPS)
+        if loss_steps is not None:
+            # Written on each row with the statistics; 0 where a row lacks it.
+            at = np.searchsorted(loss_steps.steps, steps)
+            found = (at < loss_steps.steps.size) & (loss_steps.steps[np.minimum(at, loss_steps.steps.size - 1)] == steps)
+            aligned[rules.NONFINITE_LOSS_STEPS] = np.where(found, loss_steps.values[np.minimum(at, loss_steps.steps.size - 1), 0], 0.0)
         has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
         has_parameters = rules.layers_with_variables([v.layer_index for v in table.variables], n_layers)
         # Every verdict as evaluate_series decides it; the exploding growth only
@@ -780,23 +795,19 @@ class Reader:
         return LayerSeries(variable_rms.steps, variable_rms.wall_times,
                            rules.backward_signal(variable_rms.values, index))
 
-    def _loss_scale(self, run, ctx):
-        """LayerSeries [steps, 1] of the dynamic loss scale, or None without one."""
+    def _rule_scalars(self, run, ctx):
+        """{rules name: LayerSeries [steps, 1]} of the run-level scalars the rules
+        read (the dynamic loss scale, the non-finite loss steps), those present."""
         points = self._prefetched_scalars.pop(run, None)
         if points is None:
-            try:
-                data = self._provider.read_scalars(
-                    self._ctx(ctx), experiment_id=self._experiment_id, plugin_name="scalars", downsample=ALL_SAMPLES,
-                    run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=[metadata.LOSS_SCALE_TAG]),
-                )
-            except errors.PublicError:  # no scalars at all in this experiment: no loss scale
-                return None
-            points = (data or {}).get(run, {}).get(metadata.LOSS_SCALE_TAG, [])
-        points = sorted(points, key=lambda d: d.step)
-        if not points:
-            return None
-        return LayerSeries(np.array([p.step for p in points], np.int64), np.array([p.wall_time for p in points]),
-                           np.array([[p.value] for p in points], np.float64))
+            points = self._read_rule_scalars(self._ctx(ctx), [run])[run]
+        out = {}
+        for name, tag in RULE_SCALAR_TAGS.items():
+            data = sorted(points.get(tag, []), key=lambda d: d.step)
+            if data:
+                out[name] = LayerSeries(np.array([p.step for p in data], np.int64), np.array([p.wall_time for p in data]),
+                                        np.array([[p.value] for p in data], np.float64))
+        return out
 
     def alerts(self, run, ctx=None, listing=None):
         """list of rules.Alert for one run (raises as `verdicts`).

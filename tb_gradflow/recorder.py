@@ -11,9 +11,11 @@
 
 The recorder never syncs with the host: every statistic is written into a
 non-trainable variable by ops of the compiled step, and the host reads them
-all at once every `update_freq` steps (`read`). Steps in between pay only for
-a few fused reductions per variable; histograms and the weight snapshot for
-the update ratio run under a `tf.cond` that is false on those steps.
+all at once every `update_freq` steps (`read`). In `fit` (`gated=False`) the
+recording step runs only on executions that hold a row; the steps in
+between run the model's own step with `record_loss` alone. In a custom loop
+(`gated=True`) every step pays one fused reduction per variable, and the
+detailed statistics run under a `tf.cond` that is false between rows.
 
 Under a `tf.distribute` strategy the variables are ON_READ with
 ONLY_FIRST_REPLICA aggregation: the recorder is fed the all-reduced gradient,
@@ -78,11 +80,16 @@ class GradientRecorder:
       dense_start: `schedule.DENSE_START`, or 0 for a row every
         `update_freq` steps from the start.
       unit: steps per execution (rows fall on execution boundaries).
+      gated: the step function runs on every step (a custom loop), so the
+        detailed statistics are gated per variable to the write steps; False
+        where the caller runs the recording step only on executions that
+        hold a row (the Keras callback, whose steps in between run the
+        user's own train function and `record_loss` alone).
     """
 
     def __init__(
         self, *, sizes, layer_of_variable, n_layers, update_freq, histogram_freq, strategy=None, initial_step=0, xla=False,
-        clipping=False, dense_start=schedule.DENSE_START, unit=1,
+        clipping=False, dense_start=schedule.DENSE_START, unit=1, gated=True,
     ):
         self.sizes = np.asarray(sizes, np.int64)
         self.layer_of_variable = np.asarray(layer_of_variable, np.int64)
@@ -91,6 +98,7 @@ class GradientRecorder:
         self.histogram_freq = int(histogram_freq)
         self.dense_start = int(dense_start)
         self.unit = int(unit)
+        self.gated = bool(gated)
         self._read_function = None
         self._isolated_functions = {}
         self._variables_of_layer = [
@@ -138,6 +146,18 @@ class GradientRecorder:
             self.log10_counts = state("log10_counts", [self.n_layers, metadata.LOG10_BUCKETS], tf.int32)
             self.histogram_step = state("histogram_step", [], tf.int64, -1)
             self.train_step = state("train_step", [], tf.int64, int(initial_step))
+            # Whether the aggregation interval has begun: False after a write
+            # step (the next recorded step starts a new interval), so the
+            # interval is right whichever steps in between were recorded.
+            self.interval_open = state("interval_open", [], tf.bool, False)
+            # The loss of every step (steps in between included, at a cost
+            # that does not grow with the model): the latest, the interval's
+            # extremes over its finite values, the steps it was non-finite.
+            self.loss = state("loss", [], init=float("nan"))
+            self.loss_interval_max = state("loss_interval_max", [], init=float("nan"))
+            self.loss_interval_min = state("loss_interval_min", [], init=float("nan"))
+            self.nonfinite_loss_steps = state("nonfinite_loss_steps", [])
+            self.loss_interval_open = state("loss_interval_open", [], tf.bool, False)
             # The dynamic loss scale the latest step's gradients were computed
             # with (mixed precision); NaN without loss scaling.
             self.loss_scale = state("loss_scale", [], init=float("nan"))
@@ -171,11 +191,16 @@ class GradientRecorder:
             return tf.constant(False)
         return tf.equal(step % self.histogram_freq, 0)
 
-    def record_gradients(self, step, grads, scale=None):
+    def record_gradients(self, step, grads, scale=None, histograms=True):
         """In-step: statistics of `grads` (aligned with `sizes`; None allowed).
 
         `scale`: a loss scale the gradients are multiplied by (mixed
         precision); the statistics are of `grads / scale`.
+
+        `histograms` (ungated recorders): whether this step function
+        computes the histograms (kept on histogram steps). The Keras callback
+        traces a function with them only for executions holding a histogram
+        step, so no step function carries a `tf.cond` per layer.
 
         Every op here reads one variable's gradient (or one layer's) and
         yields a few numbers, and the detailed ones run in a function that
@@ -191,16 +216,86 @@ class GradientRecorder:
         step = tf.cast(step, tf.int64)
         present = [g is not None for g in grads]
         write = self.is_write_step(step)
-        # Every step pays for one fused reduction per variable (l2_loss): the
-        # interval extremes need the norm of every step. Its raw sum also
-        # tells whether any element is non-finite (NaN/Inf propagate), so the
-        # detailed, finite-masked moments run only on write steps and on
-        # steps with a non-finite gradient, each variable under its own
-        # tf.cond (a joint one would keep every gradient alive until the last).
-        rows = []
         divisor = tf.constant(1.0) if scale is None else scale
         if scale is not None:
             self.loss_scale.assign(tf.cast(scale, tf.float32))
+        if self.gated:
+            rows = self._gated_moments(grads, write, scale, divisor)
+        else:
+            # Every step this function runs holds a row: the detailed moments
+            # of each gradient, one isolated call each (one trace in all).
+            rows = [
+                tf.zeros([aggregate.NUM_MOMENTS]) if g is None else self._statistic(_moments, g)(g, divisor)
+                for g in grads
+            ]
+        moments = tf.stack(rows)
+        var_sq = moments[:, aggregate.SUM_SQUARES]
+        layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
+        # The interval starts on the first step recorded after a write (and
+        # on the first step recorded at all).
+        reset = tf.logical_not(self.interval_open.read_value())
+
+        def interval(var, new, reduce):
+            var.assign(tf.where(reset, new, reduce(var, new)))
+
+        interval(self.variable_interval_max, var_sq, tf.maximum)
+        interval(self.variable_interval_min, var_sq, tf.minimum)
+        interval(self.layer_interval_max, layer_sq, tf.maximum)
+        interval(self.layer_interval_min, layer_sq, tf.minimum)
+        interval(self.nonfinite_interval, moments[:, aggregate.NONFINITE_COUNT], tf.add)
+        self.interval_open.assign(tf.logical_not(write))
+        # The latest step is always kept, so the final, partial interval of a
+        # run can still be written when training ends.
+        self.moments.assign(moments)
+        self.has_gradient.assign(tf.constant(present))
+        self.snapshot_step.assign(step)
+
+        if self.histogram_freq <= 0 or not (histograms or self.gated):
+            return
+        hist = self.is_histogram_step(step)
+        ranges, counts, log_counts = [], [], []
+
+        def per_layer(tensors, li):
+            if self.gated:
+                # One layer's gradients per cond, for the same reason as above.
+                return tf.cond(
+                    hist,
+                    lambda: self._layer_histograms(divisor, tensors),
+                    lambda: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
+                )
+            # Computed on each step of the function, kept on histogram steps (a select).
+            computed = self._layer_histograms(divisor, tensors)
+            kept = (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li])
+            return tuple(tf.where(hist, new, old) for new, old in zip(computed, kept))
+
+        for li, members in enumerate(self._variables_of_layer):
+            tensors = [grads[i] for i in members if grads[i] is not None]
+            if not tensors:
+                ranges.append(tf.zeros([2]))
+                counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
+                log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+                continue
+            low_high, count, log_count = per_layer(tensors, li)
+            ranges.append(low_high)
+            counts.append(count)
+            log_counts.append(log_count)
+        self.histogram_range.assign(tf.stack(ranges))
+        self.histogram_counts.assign(tf.stack(counts))
+        self.log10_counts.assign(tf.stack(log_counts))
+        self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
+
+    def _gated_moments(self, grads, write, scale, divisor):
+        """Per variable: the detailed moments on write steps and on steps with
+        a non-finite gradient, else only the sum of squares (a custom loop's
+        step function runs on every step).
+
+        Every step pays for one fused reduction per variable (l2_loss): the
+        interval extremes need the norm of every step. Its raw sum also tells
+        whether any element is non-finite (NaN/Inf propagate), so the
+        detailed, finite-masked moments run under a tf.cond per variable (a
+        joint one would keep every gradient alive until the last).
+        """
+        rows = []
         nan = tf.constant(float("nan"))
         for g in grads:
             if g is None:
@@ -214,60 +309,28 @@ class GradientRecorder:
             rows.append(
                 tf.cond(
                     detail,
-                    lambda g=g: self._isolated(_moments)(g, divisor),
+                    lambda g=g: self._statistic(_moments, g)(g, divisor),
                     # Sum |g|, max |g| and the zero count are not measured: NaN says so.
                     lambda raw_sq=raw_sq: tf.stack([raw_sq, nan, nan, nan, tf.constant(0.0)]),
                 )
             )
-        moments = tf.stack(rows)
-        var_sq = moments[:, aggregate.SUM_SQUARES]
-        layer_sq = tf.stack(
-            [
-                tf.add_n([var_sq[i] for i in members]) if members else tf.constant(0.0)
-                for members in self._variables_of_layer
-            ]
-        )
-        # The interval starts on the step after a write (and on step 1).
-        reset = tf.logical_or(tf.equal(step, 1), self.is_write_step(step - 1))
+        return rows
 
-        def interval(var, new, reduce):
-            var.assign(tf.where(reset, new, reduce(var, new)))
-
-        interval(self.variable_interval_max, var_sq, tf.maximum)
-        interval(self.variable_interval_min, var_sq, tf.minimum)
-        interval(self.layer_interval_max, layer_sq, tf.maximum)
-        interval(self.layer_interval_min, layer_sq, tf.minimum)
-        interval(self.nonfinite_interval, moments[:, aggregate.NONFINITE_COUNT], tf.add)
-        # The latest step is always kept, so the final, partial interval of a
-        # run can still be written when training ends.
-        self.moments.assign(moments)
-        self.has_gradient.assign(tf.constant(present))
-        self.snapshot_step.assign(step)
-
-        if self.histogram_freq <= 0:
-            return
-        hist = self.is_histogram_step(step)
-        ranges, counts, log_counts = [], [], []
-        for li, members in enumerate(self._variables_of_layer):
-            tensors = [grads[i] for i in members if grads[i] is not None]
-            if not tensors:
-                ranges.append(tf.zeros([2]))
-                counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
-                log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
-                continue
-            # One layer's gradients per cond, for the same reason as above.
-            low_high, count, log_count = tf.cond(
-                hist,
-                lambda tensors=tensors: self._isolated(_layer_histograms)(divisor, *tensors),
-                lambda li=li: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
+    def _statistic(self, function, tensor):
+        """`function(tensor, ...)` as an isolated call (see `_isolated`) traced
+        once per dtype, whatever the tensor's shape: a model's hundreds of
+        variables cost one trace, not one per shape. Other values (sparse
+        IndexedSlices) get a call traced for their own structure."""
+        if self._inline or not isinstance(tensor, tf.Tensor):
+            return self._isolated(function)
+        key = (function, tensor.dtype)
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            spec = [tf.TensorSpec(None, tensor.dtype)] + [tf.TensorSpec([], tf.float32)] * _SCALAR_ARGUMENTS[function]
+            cached = self._isolated_functions[key] = tf.function(
+                function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
             )
-            ranges.append(low_high)
-            counts.append(count)
-            log_counts.append(log_count)
-        self.histogram_range.assign(tf.stack(ranges))
-        self.histogram_counts.assign(tf.stack(counts))
-        self.log10_counts.assign(tf.stack(log_counts))
-        self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
+        return cached
 
     def record_applied(self, step, grads):
         """In-step, after the optimizer clipped: the sums of squares of the
@@ -278,6 +341,20 @@ class GradientRecorder:
         )
         self.applied_sum_squares.assign(sums)
         self.applied_step.assign(tf.cast(step, tf.int64))
+
+    def _layer_histograms(self, divisor, tensors):
+        """(range, equal-width counts, log10 counts) of one layer's gradients /
+        divisor, from isolated per-gradient calls (counts add up exactly)."""
+        if not all(isinstance(t, tf.Tensor) for t in tensors):
+            return self._isolated(_layer_histograms)(divisor, *tensors)
+        ranges = tf.stack([self._statistic(_scaled_range, t)(t, divisor) for t in tensors])
+        finite = ranges[:, 0] <= ranges[:, 1]  # (inf, -inf) marks a tensor without finite elements
+        low = tf.reduce_min(tf.where(finite, ranges[:, 0], float("inf")))
+        high = tf.reduce_max(tf.where(finite, ranges[:, 1], float("-inf")))
+        low, high = tf.where(tf.reduce_any(finite), low, 0.0), tf.where(tf.reduce_any(finite), high, 0.0)
+        counts = tf.add_n([self._statistic(_scaled_counts, t)(t, divisor, low, high) for t in tensors])
+        log_counts = tf.add_n([self._statistic(_scaled_log10_counts, t)(t, divisor) for t in tensors])
+        return tf.stack([low, high]), counts, log_counts
 
     def _isolated(self, function):
         """`function` as a call that grappler optimizes on its own (not inlined).
@@ -311,6 +388,51 @@ class GradientRecorder:
                 for i, v in enumerate(variables)
             ]
 
+    def snapshot_weights(self, step, variables):
+        """In-step, before the update (ungated recorders): on a write step,
+        the weights the update ratio compares with.
+
+        The step before a write step runs the user's own train function, so
+        the copy is taken here, in an isolated call that writes variables:
+        the training graph gains no weight-sized tensor, only the order
+        "copy, then update" on each weight.
+        """
+        if self.weight_snapshots is None or self.gated:
+            return
+        snapshots = self.weight_snapshots
+        tf.cond(
+            self.is_write_step(step),
+            lambda: self._isolated(_copy_weights)(variables, snapshots),
+            lambda: tf.constant(False),
+        )
+
+    def record_loss(self, step, loss):
+        """In-step, every step (the user's own train function included): the
+        step's scalar loss, a few scalar ops whatever the model's size.
+
+        Between two rows the per-variable statistics are not computed; the
+        loss still shows a spike (its interval maximum) and a non-finite
+        step (counted: a non-finite loss makes every gradient non-finite).
+        """
+        step = tf.cast(step, tf.int64)
+        loss = tf.cast(loss, tf.float32)
+        reset = tf.logical_not(self.loss_interval_open.read_value())
+        finite = tf.math.is_finite(loss)
+        nan = tf.constant(float("nan"))
+
+        def fold(variable, reduce):
+            old = variable.read_value()
+            kept = tf.where(tf.math.is_nan(old), loss, reduce(old, loss))
+            new = tf.where(reset, tf.where(finite, loss, nan), tf.where(finite, kept, old))
+            variable.assign(new)
+
+        fold(self.loss_interval_max, tf.maximum)
+        fold(self.loss_interval_min, tf.minimum)
+        count = tf.where(reset, 0.0, self.nonfinite_loss_steps.read_value())
+        self.nonfinite_loss_steps.assign(count + tf.cast(tf.logical_not(finite), tf.float32))
+        self.loss.assign(loss)
+        self.loss_interval_open.assign(tf.logical_not(self.is_write_step(step)))
+
     def record_weights(self, step, variables):
         """In-step, after the update: weight norms and update sizes on write steps.
 
@@ -340,7 +462,7 @@ class GradientRecorder:
         self.update_sum_squares.assign(update)
         self.weight_before_sum_squares.assign(weight_before)
         self.weight_step.assign(tf.where(write, step, self.weight_step))
-        if snapshots is not None:
+        if snapshots is not None and self.gated:
             # After this step's update: the "before" of the next write step.
             tf.cond(
                 self.is_write_step(step + 1),
@@ -354,7 +476,8 @@ class GradientRecorder:
                  "variable_interval_min", "layer_interval_max", "layer_interval_min",
                  "weight_sum_squares", "update_sum_squares", "snapshot_step", "weight_step",
                  "histogram_step", "histogram_range", "histogram_counts", "log10_counts"]
-        names += ["weight_before_sum_squares", "loss_scale"]
+        names += ["weight_before_sum_squares", "loss_scale", "loss", "loss_interval_max", "loss_interval_min",
+                  "nonfinite_loss_steps"]
         if self.clipping:
             names += ["applied_sum_squares", "applied_step"]
         return {name: getattr(self, name) for name in names}
@@ -365,7 +488,7 @@ class GradientRecorder:
             state = self.state()
             # One function call (one dispatch, one device-to-host transfer
             # wave) instead of a .numpy() per variable.
-            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()})
+            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()}, autograph=False)
         return self.snapshot({name: t.numpy() for name, t in self._read_function().items()})
 
     def snapshot(self, values):
@@ -389,6 +512,8 @@ class GradientRecorder:
             # a clip factor belongs to the row only if it is of its step.
             applied = np.asarray(values["applied_sum_squares"], np.float64)
             raw.applied_sum_squares = applied if int(values["applied_step"]) == raw.step else np.full_like(applied, np.nan)
+        for name in ("loss", "loss_interval_max", "loss_interval_min", "nonfinite_loss_steps"):
+            setattr(raw, name, float(values[name]) if name in values else float("nan"))
         raw.histogram_step = int(values["histogram_step"])
         if raw.histogram_step >= 0:
             raw.histogram_range = values["histogram_range"]
@@ -400,7 +525,11 @@ class GradientRecorder:
 def noinline(function):
     """`function` as a tf.function that grappler optimizes on its own, not
     inlined into the train step (see GradientRecorder.record_gradients)."""
-    return tf.function(function, experimental_attributes={"_noinline": True}, reduce_retracing=False)
+    # No autograph: the statistics are written with tf ops (tf.cond, tf.where),
+    # and converting their source costs seconds of start-up per function.
+    return tf.function(
+        function, experimental_attributes={"_noinline": True}, reduce_retracing=False, autograph=False
+    )
 
 
 def _sum_squares_of(variables):
@@ -427,11 +556,32 @@ def _moments(grad, scale):
     return stats.gradient_moments(tf.cast(grad, tf.float32) / scale)
 
 
+def _scaled_range(tensor, scale):
+    """[2]: min and max of the finite elements of tensor / scale; (inf, -inf) if none."""
+    t = tf.reshape(tf.cast(tensor, tf.float32) / scale, [-1])
+    finite = tf.math.is_finite(t)
+    return tf.stack(
+        [tf.reduce_min(tf.where(finite, t, float("inf"))), tf.reduce_max(tf.where(finite, t, float("-inf")))]
+    )
+
+
+def _scaled_counts(tensor, scale, low, high):
+    return stats.equal_width_counts([tf.cast(tensor, tf.float32) / scale], low, high)
+
+
+def _scaled_log10_counts(tensor, scale):
+    return stats.log10_magnitude_counts([tf.cast(tensor, tf.float32) / scale])
+
+
 def _layer_histograms(scale, *tensors):
     """(range [2], equal-width counts, log10 counts) of one layer's gradients / scale."""
     tensors = [tf.cast(t, tf.float32) / scale for t in tensors]
     low, high = stats.finite_range(tensors)
     return tf.stack([low, high]), stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
+
+
+# Scalar float32 arguments after the tensor, per isolated statistic (its input signature).
+_SCALAR_ARGUMENTS = {_moments: 1, _scaled_range: 1, _scaled_counts: 3, _scaled_log10_counts: 1}
 
 
 class ActivationRecorder:
@@ -504,22 +654,7 @@ class ActivationRecorder:
         train function; they are kept on sample steps only.
         """
         step = tf.cast(step, tf.int64)
-        measure_fn = self._measure_functions.get(index)
-        if measure_fn is None:
-            threshold = self.thresholds[index]
-
-            def measure_tensor(t):
-                if output_op is not None:
-                    moments, active = stats.activation_statistics_from_output(output_op, t, threshold, unit_axis)
-                else:
-                    moments, active = stats.activation_statistics(function, t, threshold, unit_axis)
-                low, high = stats.finite_range([t])
-                return moments, active, tf.stack([low, high]), stats.equal_width_counts([t], low, high)
-
-            measure_fn = measure_tensor
-            if not self._inline:
-                measure_fn = noinline(measure_tensor)
-            self._measure_functions[index] = measure_fn
+        measure_fn = self._measure_function(tensor, self.thresholds[index], unit_axis, function, output_op)
 
         # No control flow in the forward pass: the sampling train function
         # runs only on executions that hold a sample step, so the statistics
@@ -538,6 +673,40 @@ class ActivationRecorder:
         keep(self.histogram_counts[index], counts)
         self.step.assign(tf.where(sample, step, self.step.read_value()))
 
+    def _measure_function(self, tensor, threshold, unit_axis, function, output_op):
+        """The statistics of one activation tensor, as an isolated call traced
+        once per kind of activation and tensor signature (rank, unit count,
+        dtype), not once per layer: a model's many activations of one kind
+        share a trace."""
+        rank = tensor.shape.rank
+        units = tensor.shape[unit_axis] if rank else None
+        key = (output_op, function, float(threshold), unit_axis, rank, units, tensor.dtype)
+        measure_fn = self._measure_functions.get(key)
+        if measure_fn is not None:
+            return measure_fn
+
+        def measure_tensor(t):
+            if output_op is not None:
+                moments, active = stats.activation_statistics_from_output(output_op, t, threshold, unit_axis)
+            else:
+                moments, active = stats.activation_statistics(function, t, threshold, unit_axis)
+            low, high = stats.finite_range([t])
+            return moments, active, tf.stack([low, high]), stats.equal_width_counts([t], low, high)
+
+        measure_fn = measure_tensor
+        if not self._inline:
+            if rank is None or units is None:
+                measure_fn = noinline(measure_tensor)
+            else:
+                shape = [None] * rank
+                shape[unit_axis] = units
+                measure_fn = tf.function(
+                    measure_tensor, input_signature=[tf.TensorSpec(shape, tensor.dtype)],
+                    experimental_attributes={"_noinline": True}, autograph=False,
+                )
+        self._measure_functions[key] = measure_fn
+        return measure_fn
+
     def state(self):
         out = {"step": self.step}
         for i in range(len(self.units)):
@@ -551,7 +720,7 @@ class ActivationRecorder:
         """Host: one read of everything, as an `aggregate.ActivationSnapshot`."""
         if self._read_function is None:
             state = self.state()
-            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()})
+            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()}, autograph=False)
         values = {name: np.asarray(t.numpy()) for name, t in self._read_function().items()}
         n = len(self.units)
         return aggregate.ActivationSnapshot(

@@ -510,10 +510,14 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
     return out
 
 
-def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
+def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS, has_parameters=None,
+                  all_values=True):
     """Verdicts at one logged step: the last row of `evaluate_series` over
     `history` (the previous rows' stats, oldest first; the last
     `thresholds.history_length` are enough) followed by `stats`.
+
+    `all_values=False`: the exploding growth only where it fired (as
+    `evaluate_series_fired`; the same verdicts, for a fraction of the time).
 
     Returns:
       dict kind -> StepVerdict.
@@ -521,7 +525,7 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
     rows = list(history[max(len(history) - thresholds.history_length, 0) :]) + [stats]
     names = [name for name in rows[-1] if all(name in r for r in rows)]
     series = {name: np.stack([np.asarray(r[name], np.float64) for r in rows]) for name in names}
-    whole = evaluate_series(series, has_gradient=has_gradient, thresholds=thresholds, has_parameters=has_parameters)
+    whole = _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growth=all_values)
     return {kind: StepVerdict(fired=fired[-1], value=value[-1]) for kind, (fired, value) in whole.items()}
 
 

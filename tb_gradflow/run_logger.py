@@ -80,6 +80,9 @@ class RunLogger:
         self._activation_window = collections.defaultdict(
             lambda: collections.deque(maxlen=self.thresholds.dead_window)
         )
+        # Per captured layer: the window's sums, kept as it moves (counts are
+        # integers in float64: adding and removing them is exact).
+        self._activation_window_sums = {}
         self.writer.write_layer_table(step, table)
 
     def log(self, raw):
@@ -115,9 +118,18 @@ class RunLogger:
         if np.isfinite(loss_scale):
             self.writer.write_scalars(raw.step, {metadata.LOSS_SCALE_TAG: loss_scale}, description="tb_gradflow loss scale")
             rule_stats[rules.LOSS_SCALE] = np.float64(loss_scale)
+        if np.isfinite(raw.nonfinite_loss_steps):
+            loss_scalars = {
+                metadata.LOSS_TAG: raw.loss,
+                metadata.LOSS_INTERVAL_MAX_TAG: raw.loss_interval_max,
+                metadata.LOSS_INTERVAL_MIN_TAG: raw.loss_interval_min,
+                metadata.NONFINITE_LOSS_STEPS_TAG: raw.nonfinite_loss_steps,
+            }
+            self.writer.write_scalars(raw.step, loss_scalars, description="tb_gradflow: the loss of every step")
+            rule_stats[rules.NONFINITE_LOSS_STEPS] = np.float64(raw.nonfinite_loss_steps)
         verdicts = rules.evaluate_step(
             rule_stats, has_gradient=self._has_gradient, history=self._history, thresholds=self.thresholds,
-            has_parameters=self._has_parameters,
+            has_parameters=self._has_parameters, all_values=False,  # the alert scalars count verdicts only
         )
         self._history.append(rule_stats)
         del self._history[: -self.thresholds.history_length]
@@ -157,9 +169,12 @@ class RunLogger:
             per_unit = float(snapshot.moments[slot][1]) / units  # column 1: element count
             values[metadata.DEAD_FRACTION][row] = float(np.mean(active == 0)) if active.size else np.nan
             window = self._activation_window[row]
+            seen, elements = self._activation_window_sums.get(row, (np.zeros_like(active), 0.0))
+            if len(window) == window.maxlen:
+                seen, elements = seen - window[0][0], elements - window[0][1]
             window.append((active, per_unit))
-            seen = sum(a for a, _ in window)
-            elements = sum(e for _, e in window)
+            seen, elements = seen + active, elements + per_unit
+            self._activation_window_sums[row] = (seen, elements)
             values[metadata.INACTIVE_FRACTION][row] = (
                 float(np.mean(seen < self.thresholds.dead_inactivity * elements)) if elements > 0 else np.nan
             )

@@ -258,13 +258,13 @@ class FunctionProbe(keras.callbacks.Callback):
         self.gradflow, self.sampling = gradflow, []
 
     def on_train_batch_begin(self, batch, logs=None):
-        functions = (self.gradflow._sampling_function, self.gradflow._gradient_only_function)
-        assert self.model.train_function in functions
-        self.sampling.append((batch, self.model.train_function is functions[0]))
+        kind = self.gradflow._function_kinds[-1]
+        assert self.model.train_function is self.gradflow._train_functions.functions[(kind,)]
+        self.sampling.append((batch, "sampling" in kind))
 
 
 @pytest.mark.parametrize("steps_per_execution, activation_freq, steps", [(1, 3, 7), (2, 4, 10)])
-def test_steps_in_between_run_the_gradient_only_function(tmp_path, steps_per_execution, activation_freq, steps):
+def test_steps_in_between_run_without_activation_statistics(tmp_path, steps_per_execution, activation_freq, steps):
     probes = []
     # dense_start=0: samples at the multiples of activation_freq only, so
     # that steps in between exist (the dense start samples every step).

@@ -239,7 +239,7 @@ def weights_by_path(model):
     return {v.path: np.asarray(v.numpy(), np.float64) for v in model.trainable_variables}
 
 
-def reference_run(model, optimizer, x, y, batch, steps, grad_model=None, replicas=1):
+def reference_run(model, optimizer, x, y, batch, steps, grad_model=None, replicas=1, loss_shares=1):
     """Per step k (1-based): the gradient of batch k at the weights before
     step k, and the weights before and after it. `model` is compiled and
     starts from the hooked run's initial weights; `grad_model`, when given, is
@@ -253,8 +253,12 @@ def reference_run(model, optimizer, x, y, batch, steps, grad_model=None, replica
             grads = tape_gradients(grad_model, optimizer, xb, yb, replicas)
         else:
             grads = tape_gradients(model, optimizer, xb, yb)
+        # The loss GradFlow watches: under a strategy, the first replica's share's.
+        on = grad_model if grad_model is not None else model
+        xs, ys = xb[: len(xb) // loss_shares], yb[: len(yb) // loss_shares]
+        loss = float(on.compute_loss(x=xs, y=ys, y_pred=on(xs, training=True), training=True))
         model.fit(xb, yb, batch_size=batch, epochs=1, shuffle=False, verbose=0)
-        out[k] = {"grads": grads, "before": before, "after": weights_by_path(model)}
+        out[k] = {"grads": grads, "before": before, "after": weights_by_path(model), "loss": loss}
     return out
 
 
@@ -419,20 +423,48 @@ def compare(config, result, expected_layers=None):
                       if schedule.is_due(s, update_freq, result.get("dense_start", 0), result.get("unit", 1))]
     assert steps_written.tolist() == expected_steps, (config, steps_written.tolist())
 
-    # Interval extremes of the layer norm, non-finite counts.
+    # Interval extremes of the layer norm, non-finite counts: over the steps
+    # of the interval that ran the recording train function (the executions
+    # holding a row or a histogram step, and the first); the steps in between
+    # run the user's own train function.
     high = reader.layer_series("train", "grad_norm_interval_max")
     low = reader.layer_series("train", "grad_norm_interval_min")
     nonfinite = reader.layer_series("train", "nonfinite_count")
+    unit = result.get("unit", 1)
+
+    def recorded(step):
+        first = (step - 1) // unit * unit + 1
+        execution = range(first, first + unit)
+        return first == 1 or any(
+            s in expected_steps or (table.histogram_freq and s % table.histogram_freq == 0) for s in execution
+        )
+
+    loss_scalars = scalar_series(result["log_dir"])
     for i, step in enumerate(high.steps):
         # Each interval starts on the step after the previous row.
         interval = range(int(high.steps[i - 1]) + 1 if i else 1, int(step) + 1)
-        norms = np.array([[layer_norm(reference, s, g) for g in layer_groups] for s in interval])
+        norms = np.array([[layer_norm(reference, s, g) for g in layer_groups] for s in interval if recorded(s)])
         check_close(config, f"interval max at {step}", high.values[i], norms.max(axis=0))
         check_close(config, f"interval min at {step}", low.values[i], norms.min(axis=0))
         np.testing.assert_array_equal(nonfinite.values[i], 0.0)
+        # The loss is watched on every step of the interval.
+        losses = [reference[s]["loss"] for s in interval]
+        check_close(config, f"loss at {step}", loss_scalars[metadata.LOSS_TAG][int(step)], reference[int(step)]["loss"])
+        check_close(config, f"loss interval max at {step}", loss_scalars[metadata.LOSS_INTERVAL_MAX_TAG][int(step)],
+                    max(losses))
+        check_close(config, f"loss interval min at {step}", loss_scalars[metadata.LOSS_INTERVAL_MIN_TAG][int(step)],
+                    min(losses))
+        assert loss_scalars[metadata.NONFINITE_LOSS_STEPS_TAG][int(step)] == 0
 
     check_histograms(config, result["log_dir"], table, reference, layer_groups)
     return table
+
+
+def scalar_series(log_dir):
+    """{tag: {step: value}} of the run's scalars, through TensorBoard's loader."""
+    provider = logdir_data_provider(log_dir, ("scalars",))
+    data = provider.read_scalars(_ctx(), experiment_id="", plugin_name="scalars", downsample=10**9)["train"]
+    return {tag: {int(d.step): float(d.value) for d in points} for tag, points in data.items()}
 
 
 def check_histograms(config, log_dir, table, reference, layer_groups):
@@ -547,7 +579,8 @@ def _mirrored_main(out_dir):
             # Under mixed precision: the sum of per-replica float16 gradients
             # (see tape_gradients).
             reference = reference_run(
-                ref, ref.optimizer, x, y, 2 * BATCH, batches, grad_model=single, replicas=2 if policy else 1
+                ref, ref.optimizer, x, y, 2 * BATCH, batches, grad_model=single, replicas=2 if policy else 1,
+                loss_shares=2,
             )
             results[name] = {
                 "log_dir": log_dir,

@@ -143,6 +143,27 @@ def test_nonfinite_counts():
     assert count[1, 1] == 3
 
 
+def test_a_nonfinite_loss_between_rows_alerts_every_layer_with_a_gradient():
+    """The Keras hook computes no per-layer statistics between rows; it counts
+    the steps whose loss was non-finite (a non-finite loss makes every
+    gradient non-finite), and the rule reads that count, under the same loss
+    scale exemption as the element counts."""
+    rows = [row([1.0] * 3)] * 4
+    loss_steps = np.array([0.0, 2.0, 0.0, 0.0])
+    has = np.array([True, False, True])
+    fired, count = rules.evaluate_series(dict(series(rows), nonfinite_loss_steps=loss_steps), has_gradient=has)[
+        rules.NONFINITE]
+    assert fired.tolist() == [[False] * 3, [True, False, True], [False] * 3, [False] * 3]
+    assert not count.any()  # the rows' own steps had finite gradients
+    scaled = dict(series(rows), nonfinite_loss_steps=loss_steps, loss_scale=np.full(4, 32768.0))
+    assert not rules.evaluate_series(scaled, has_gradient=has)[rules.NONFINITE][0].any()
+    # The hook's row-by-row verdict agrees.
+    history = [dict(r, **{rules.NONFINITE_LOSS_STEPS: 0.0}) for r in rows[:1]]
+    last = dict(rows[1], **{rules.NONFINITE_LOSS_STEPS: 2.0})
+    verdict = rules.evaluate_step(last, has_gradient=has, history=history)[rules.NONFINITE]
+    assert verdict.fired.tolist() == [True, False, True]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_step_and_series_agree(seed):
     """The vectorised series evaluation is exactly the hook's row-by-row one,

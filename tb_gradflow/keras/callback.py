@@ -1,6 +1,7 @@
 """The Keras callback: per-layer gradient telemetry from an unmodified `fit`."""
 
 import os
+import threading
 import warnings
 import weakref
 
@@ -64,6 +65,10 @@ def _raw(variable):
     return variable if callable(value) else value
 
 
+# Train function kinds (GradFlow._make_train_functions).
+LIGHT, RECORDING, SAMPLING, HISTOGRAMS = "light", "recording", "sampling", "histograms"
+
+
 class GradFlow(keras.callbacks.Callback):
     """Logs per-layer gradient statistics, histograms and alerts to TensorBoard.
 
@@ -76,10 +81,12 @@ class GradFlow(keras.callbacks.Callback):
 
     The callback captures the exact gradients the optimizer receives, inside
     the compiled train step (it wraps `model.optimizer.apply` for the duration
-    of `fit` and retraces the step), computes statistics on the device and
-    reads them back every `update_freq` steps. No extra forward or backward
-    pass, no per-step host sync, no change to the training math: with op
-    determinism the weights are bit-identical with and without the callback.
+    of `fit` and traces the step again with the recording in it), computes
+    statistics on the device and reads them back every `update_freq` steps.
+    The executions in between run the model's own train step (see
+    `_make_train_functions`). No extra forward or backward pass, no per-step
+    host sync, no change to the training math: with op determinism the
+    weights are bit-identical with and without the callback.
     When `fit` ends, the optimizer and the model are restored exactly.
 
     Events go to `log_dir/train`, the run Keras' own TensorBoard callback uses
@@ -89,8 +96,10 @@ class GradFlow(keras.callbacks.Callback):
       log_dir: the log directory, as for `keras.callbacks.TensorBoard`.
       update_freq: write statistics every this many train steps (batches;
         an integer in [1, 2**31 - 1]), once the dense start is over (see
-        `dense_start`). Norm extremes and non-finite counts are aggregated
-        over every step in between, so a short spike is never missed. With
+        `dense_start`). The steps in between run the model's own train step,
+        unchanged, with the loss watched on each (a few scalar ops): its
+        extremes and the steps it was non-finite are written with the next
+        row, so a short loss spike or a NaN step is not missed. With
         `steps_per_execution` > 1 it is rounded up to a multiple of it (the
         host can read only between executions), with a warning.
       histogram_freq: write per-layer gradient histograms every this many
@@ -106,11 +115,9 @@ class GradFlow(keras.callbacks.Callback):
         fractions, activation mean and std, a pre-activation histogram),
         computed inside the train step from that step's activations; 0
         disables them. Rounded up to a multiple of `steps_per_execution` like
-        `update_freq`. The train step is traced twice (once more with the
-        activation statistics in it, run only on executions holding a sample
-        step), so the steps in between pay nothing; the price is one more
-        trace (and XLA compile) when `fit` starts. See docs/event_contract.md,
-        "Activation statistics".
+        `update_freq`. They are computed in the train function that runs
+        executions holding a sample step, so the steps in between pay
+        nothing. See docs/event_contract.md, "The train functions".
       dense_start: the first `2 * dense_start - 1` steps are all written,
         then the gap between rows doubles each time the step count doubles
         (`dense_start` rows per doubling) until it reaches `update_freq` /
@@ -163,7 +170,8 @@ class GradFlow(keras.callbacks.Callback):
         self.update_ratio = bool(update_ratio)
         self.run_dir = _run_dir(self.log_dir, run_name)
         self._installed = None
-        self._sampling_function = None
+        self._train_functions = None
+        self._last_execution = False
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
@@ -290,6 +298,9 @@ class GradFlow(keras.callbacks.Callback):
             clipping=self._clips(optimizer),
             dense_start=self.dense_start,
             unit=self._steps_per_execution,
+            # The steps in between run the user's own train function (see
+            # _make_train_functions), so every recorded step holds a row.
+            gated=False,
         )
         if self.update_ratio:
             self._recorder.track_weights([_raw(v) for v in variables])
@@ -305,12 +316,12 @@ class GradFlow(keras.callbacks.Callback):
                 unit=self._steps_per_execution,
             )
             recorder = self._recorder
-            # The forward pass runs before optimizer.apply advances the
-            # recorder's step: this step's number is the counter + 1.
-            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value() + 1)
+            # The train step wrapper advances the recorder's step before the
+            # forward pass (see _monitored_train_step).
+            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value())
         self._call_order = model_layers.CallOrderRecorder(self._owners)
-        self._install(optimizer)
         self._host_step = first_step
+        self._install(optimizer)
 
     def _clips(self, optimizer):
         """Whether to record the clipped gradients: the optimizer clips, one device.
@@ -364,6 +375,9 @@ class GradFlow(keras.callbacks.Callback):
 
         def make_apply(inner_apply):
             def apply(grads, trainable_variables=None):
+                if not callback._recording():
+                    # The user's own train function (steps between rows).
+                    return inner_apply(grads, trainable_variables)
                 grads = list(grads)
                 if not optimizer.built and trainable_variables is not None:
                     # What the optimizer's own `apply` does first; the loss
@@ -371,7 +385,7 @@ class GradFlow(keras.callbacks.Callback):
                     with keras.name_scope(optimizer.name, caller=optimizer):
                         optimizer.build(list(trainable_variables))
                     optimizer.built = True
-                step = recorder.advance_step()
+                step = recorder.current_step()
                 aligned = align(grads, trainable_variables)
                 callback._note_gradients(aligned)
                 if recorder.clipping:
@@ -385,7 +399,8 @@ class GradFlow(keras.callbacks.Callback):
                     # recorder reports the ones the inner optimizer applies
                     # (the same division, inside its isolated statistics).
                     scale = tf.cast(optimizer.dynamic_scale, tf.float32) if scaled else None
-                    recorder.record_gradients(step, aligned, scale=scale)
+                    recorder.record_gradients(step, aligned, scale=scale, histograms=callback._histograms())
+                recorder.snapshot_weights(step, [_raw(v) for v in self._variables])
                 result = inner_apply(grads, trainable_variables)
                 recorder.record_weights(step, [_raw(v) for v in self._variables])
                 return result
@@ -399,10 +414,14 @@ class GradFlow(keras.callbacks.Callback):
             def make_reduce(inner_reduce):
                 def all_reduce_sum_gradients(grads_and_vars):
                     reduced = list(inner_reduce(grads_and_vars))
+                    if not callback._recording():
+                        return reduced
                     step = recorder.current_step()
                     # Aligned by variable: the optimizer has already dropped
                     # the variables without a gradient (frozen, unused branch).
-                    recorder.record_gradients(step, align([g for g, _ in reduced], [v for _, v in reduced]))
+                    recorder.record_gradients(
+                        step, align([g for g, _ in reduced], [v for _, v in reduced]), histograms=callback._histograms()
+                    )
                     return reduced
 
                 return all_reduce_sum_gradients
@@ -414,6 +433,8 @@ class GradFlow(keras.callbacks.Callback):
             def make_clip(inner_clip):
                 def clip_gradients(grads):
                     clipped = inner_clip(grads)
+                    if not callback._recording():
+                        return clipped
                     aligned_clipped = [None] * len(self._variables)
                     for i, g in zip(callback._clip_positions, clipped):
                         if i is not None:
@@ -424,6 +445,7 @@ class GradFlow(keras.callbacks.Callback):
                 return clip_gradients
 
             self._installed.append(patching.wrap(_innermost_optimizer(optimizer), "_clip_gradients", make_clip))
+        self._installed.append(patching.wrap(self.model, "compute_loss", self._make_compute_loss))
         self._capture_point = (
             "optimizer._all_reduce_sum_gradients (global gradient after the all-reduce)"
             if distributed
@@ -434,28 +456,97 @@ class GradFlow(keras.callbacks.Callback):
         self._make_train_functions()
 
     def _make_train_functions(self):
-        """Retraces the train step; with activation statistics, two of them.
+        """Train functions by what they compute, each traced on its first execution.
 
-        The gradient-only function runs the steps in between; the sampling
-        function (activation wrappers live in it) runs executions that hold
-        a sample step, and the first execution, whose trace settles each
-        activation's capture status before the layer table is written. So
-        the steps in between pay nothing for activation statistics, not
-        even a branch.
+        A kind is one of LIGHT, RECORDING, SAMPLING, with HISTOGRAMS added
+        to the last two where an execution holds a histogram step:
+
+        - LIGHT: the user's own train step, unchanged, plus `record_loss`
+          (a few scalar ops: the loss of every step, for spikes and
+          non-finite steps). It runs every execution that holds no row, so
+          the steps in between cost what a plain `fit` costs.
+        - RECORDING: the same step with the optimizer's gradients recorded
+          (`GradientRecorder.record_gradients`), for executions that hold a
+          row.
+        - SAMPLING: the recording step with the activation statistics in it,
+          for executions that hold an activation sample, and the first
+          execution (its trace settles the layer table).
+
+        Keras calls `model.train_function` afresh for every execution;
+        `on_train_batch_begin` sets it. A function is traced only when an
+        execution first needs it: at the defaults the sampling function runs
+        the first 15 steps and every row after them, the light function the
+        rest, the sampling function with histograms every 1000th step, and
+        the recording function never. No function holds a branch: what a
+        function computes is decided by which function runs.
         """
-        model = self.model
-        model.make_train_function(force=True)
-        self._gradient_only_function = model.train_function
-        self._sampling_function = None
-        if self._activation_recorder is None:
-            return
-        # Keras' make_train_function takes `self.train_step` as it is now.
-        patch = patching.wrap(model, "train_step", self._capture.sampling_train_step)
-        try:
-            model.make_train_function(force=True)
-        finally:
-            patch.remove()
-        self._sampling_function = model.train_function
+        self._tracing = {RECORDING: 0, HISTOGRAMS: 0}
+        self._lock = threading.Lock()
+        self._losses = threading.local()
+        self._function_kinds = []
+        # Several GradFlow callbacks on one model (two runs, say) share its
+        # train functions: each function holds every callback's wrappers.
+        self._train_functions = _TRAIN_FUNCTIONS.setdefault(self.model, _TrainFunctions(self.model))
+        self._train_functions.add(self)
+        self._train_functions.select()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _current_kind(self):
+        """The kind of train function the next execution needs."""
+        return self._kind_of_execution(self._host_step + 1, self._host_step + self._steps_per_execution)
+
+    def _monitored_train_step(self, train_step, kind):
+        """`train_step` that advances the step count and watches the loss;
+        the optimizer wrappers record what `kind` says while it traces."""
+        callback, recorder = self, self._recorder
+        flags = [flag for flag in (RECORDING, HISTOGRAMS) if flag in kind or (flag == RECORDING and SAMPLING in kind)]
+
+        def monitored_train_step(*args, **kwargs):
+            step = recorder.advance_step()
+            losses = callback._losses.__dict__.setdefault("stack", [])
+            losses.append([])
+            # Counters, not flags: MirroredStrategy traces the replicas'
+            # steps in concurrent threads.
+            with callback._lock:
+                for flag in flags:
+                    callback._tracing[flag] += 1
+            try:
+                logs = train_step(*args, **kwargs)
+            finally:
+                with callback._lock:
+                    for flag in flags:
+                        callback._tracing[flag] -= 1
+                seen = losses.pop()
+            loss = _step_loss(seen, logs, callback._replicas)
+            if loss is not None:
+                recorder.record_loss(step, loss)
+            return logs
+
+        return monitored_train_step
+
+    def _recording(self):
+        """Trace time: whether the step being traced records gradients."""
+        return getattr(self, "_tracing", {}).get(RECORDING, 0) > 0
+
+    def _histograms(self):
+        """Trace time: whether the step being traced computes histograms."""
+        return getattr(self, "_tracing", {}).get(HISTOGRAMS, 0) > 0
+
+    def _make_compute_loss(self, inner_compute_loss):
+        """`model.compute_loss` that hands the loss it returns to the train step
+        being traced (for `record_loss`); the loss itself is untouched."""
+        callback = self
+
+        def compute_loss(*args, **kwargs):
+            loss = inner_compute_loss(*args, **kwargs)
+            stack = getattr(callback._losses, "stack", None)
+            if stack:
+                stack[-1].append(loss)
+            return loss
+
+        return compute_loss
 
     def _note_gradients(self, aligned):
         # Trace time: which variables get a gradient is static in the graph.
@@ -470,7 +561,12 @@ class GradFlow(keras.callbacks.Callback):
         place, whatever the order the callbacks are restored in.
         """
         installed, self._installed = getattr(self, "_installed", None), None
-        self._sampling_function = self._gradient_only_function = None
+        train_functions = getattr(self, "_train_functions", None)
+        if train_functions is not None:
+            train_functions.remove(self)
+            if not train_functions.callbacks:
+                _TRAIN_FUNCTIONS.pop(self.model, None)
+            self._train_functions = None
         call_order = getattr(self, "_call_order", None)
         if call_order is not None:
             call_order.restore()
@@ -486,11 +582,34 @@ class GradFlow(keras.callbacks.Callback):
     # ------------------------------------------------------------- per batch
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_begin = batch
-        if self._active and self._sampling_function is not None:
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        # Keras knows the fit's length when the data's is known (early
+        # stopping ends it sooner: that fit's last partial interval is lost).
+        self._last_execution = bool(
+            epochs and steps and getattr(self, "_epoch", None) == epochs - 1
+            and batch + self._steps_per_execution >= steps
+        ) if self._active else False
+        if self._active and self._installed is not None:
             # Keras calls `model.train_function` afresh for every execution.
-            last = self._host_step + self._steps_per_execution
-            sample = not self._table_written or self._due(self._host_step + 1, last, self._activation_freq)
-            self.model.train_function = self._sampling_function if sample else self._gradient_only_function
+            self._function_kinds.append(self._current_kind())
+            self._train_functions.select()
+
+    def _kind_of_execution(self, first, last):
+        """Which train function runs the execution of steps [first, last]
+        (see `_make_train_functions`)."""
+        histograms = self._histogram_freq > 0 and last // self._histogram_freq > (first - 1) // self._histogram_freq
+        if self._activation_recorder is not None and (
+            not self._table_written or self._due(first, last, self._activation_freq)
+        ):
+            kind = SAMPLING
+        elif not self._table_written or histograms or self._due(first, last, self._update_freq) or self._last_execution:
+            # The last execution of the fit (where Keras' params tell it) is
+            # recorded, so the final, partial interval gets its row.
+            kind = RECORDING
+        else:
+            return LIGHT
+        return kind + "+" + HISTOGRAMS if histograms else kind
 
     def on_train_batch_end(self, batch, logs=None):
         if self._pending and self.model.trainable_variables:
@@ -566,6 +685,73 @@ class GradFlow(keras.callbacks.Callback):
             self._warn_once("gave-up", f"GradFlow: writing the last statistics failed ({type(e).__name__}: {e}).")
         finally:
             self._discard()
+
+
+class _TrainFunctions:
+    """The train functions of one model for the GradFlow callbacks hooked on
+    it, by the tuple of the kinds each callback needs (see
+    `GradFlow._make_train_functions`), each made when first needed and
+    traced on its first execution."""
+
+    def __init__(self, model):
+        self.model = model
+        self.callbacks = []
+        self.functions = {}
+
+    def add(self, callback):
+        self.callbacks.append(callback)
+        self.functions.clear()  # made without the new callback's wrappers
+
+    def remove(self, callback):
+        if callback in self.callbacks:
+            self.callbacks.remove(callback)
+            self.functions.clear()
+
+    def select(self):
+        """Sets `model.train_function` for the next execution."""
+        kinds = tuple(callback._current_kind() for callback in self.callbacks)
+        function = self.functions.get(kinds)
+        if function is None:
+            model = self.model
+            train_step = model.train_step
+            for callback, kind in zip(self.callbacks, kinds):
+                if SAMPLING in kind:
+                    train_step = callback._capture.sampling_train_step(train_step)
+                train_step = callback._monitored_train_step(train_step, kind)
+            # Keras' make_train_function takes `self.train_step` as it is now.
+            patch = patching.wrap(model, "train_step", lambda inner: train_step)
+            try:
+                model.make_train_function(force=True)
+            finally:
+                patch.remove()
+            function = self.functions[kinds] = model.train_function
+        self.model.train_function = function
+        return function
+
+
+# Per model: the train functions of the GradFlow callbacks hooked on it.
+_TRAIN_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _step_loss(seen, logs, replicas):
+    """The scalar loss of the traced step: what `model.compute_loss` returned
+    in it (the last call, if several), else the step's `loss` log; None if
+    neither is a scalar of this graph (nothing is watched then).
+
+    Under a multi-replica strategy each replica sees its share of the batch
+    and Keras divides its loss by the replica count; the recorder keeps the
+    first replica's (ONLY_FIRST_REPLICA), so it is multiplied back: the loss
+    of the first replica's share (a global mean would cost a cross-replica
+    reduction on every step).
+    """
+    graph = tf.compat.v1.get_default_graph()
+    candidates = [(loss, replicas) for loss in reversed(seen)]
+    if isinstance(logs, dict) and "loss" in logs:
+        candidates.append((logs["loss"], 1))
+    for loss, factor in candidates:
+        if isinstance(loss, tf.Tensor) and loss.shape.rank == 0 and loss.dtype.is_floating and loss.graph is graph:
+            return loss * factor if factor > 1 else loss
+    return None
 
 
 class _SilentLogger:

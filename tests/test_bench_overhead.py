@@ -1,0 +1,42 @@
+"""The overhead benchmark's harness, run in its tiny configuration so that it
+cannot rot: every configuration trains, the JSON has what the README table
+is built from. No time is asserted (speed lives in the benchmark's report)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_tiny_run_reports_every_configuration_as_json(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--json",
+         "--output", str(tmp_path / "overhead.json")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report == json.loads((tmp_path / "overhead.json").read_text())
+    rows = report["rows"]
+    configurations = [r["configuration"] for r in rows]
+    assert configurations[0] == "plain fit" and rows[0]["ratio"] == 1.0
+    assert any("default" in c for c in configurations) and any("every step" in c for c in configurations)
+    for row in rows:
+        assert row["model"] == "tiny" and row["ratio"] > 0 and row["startup_ratio"] > 0
+        assert row["ratio_95ci"][0] <= row["ratio"] <= row["ratio_95ci"][1]
+    every_step = next(r for r in rows if r["configuration"] == "every statistic every step")
+    # 20 measured steps, a row each, and bytes written for them.
+    assert every_step["logged_rows"] == 20 and every_step["event_bytes_per_logged_row"] > 0
+
+
+def test_tiny_memory_run_measures_each_configuration_in_its_own_process(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--memory", "--json",
+         "--configs", "defaults"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    rows = json.loads(out.stdout)["memory_rows"]
+    assert [r["configuration"] for r in rows] == ["plain fit", "defaults"]
+    assert all(r["peak_host_bytes"] > 100 * 2**20 for r in rows)  # TensorFlow alone is more
+    assert rows[0]["memory_ratio"] == 1.0
