@@ -21,7 +21,6 @@ Not a test: it measures, it does not assert. What it times:
 """
 
 import argparse
-import contextlib
 import datetime
 import gzip
 import importlib.abc
@@ -30,9 +29,7 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -249,39 +246,13 @@ main.run_main()
 """
 
 
-@contextlib.contextmanager
 def tensorboard_process(logdir, *flags):
-    """A real, TensorFlow-free `tensorboard` on 127.0.0.1 that loads the logdir once; yields its URL."""
-    from plugin_fixtures import free_port, http_get
+    """A real, TensorFlow-free `tensorboard` on 127.0.0.1 that loads the logdir once; returns a
+    context manager yielding its URL."""
+    from plugin_fixtures import tensorboard_server
 
-    port = free_port()
-    command = [sys.executable, "-c", _TF_FREE_TENSORBOARD, "--logdir", logdir, "--host", "127.0.0.1",
-               "--port", str(port), "--reload_interval=0", *flags]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"tensorboard exited with {process.returncode}:\n{log.read().decode(errors='replace')}")
-            with contextlib.suppress(OSError):
-                if http_get(url + "/data/plugins_listing", timeout=2)[0] == 200:
-                    break
-            if time.time() > deadline:
-                raise TimeoutError(f"tensorboard did not answer on {url}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+    return tensorboard_server(logdir, "--reload_interval=0", *flags, startup_timeout=600,
+                              launcher=("-c", _TF_FREE_TENSORBOARD))
 
 
 def bench_alerts(logdir, n_runs, n_steps, loaders=LOADERS):

@@ -215,11 +215,15 @@ def http_get(url, timeout=30):
 
 
 @contextlib.contextmanager
-def tensorboard_server(logdir, *extra_flags, startup_timeout=120):
-    """A real `tensorboard --logdir` on 127.0.0.1; yields its base URL."""
+def tensorboard_server(logdir, *extra_flags, startup_timeout=120, launcher=("-m", "tensorboard.main")):
+    """A real `tensorboard --logdir` on 127.0.0.1; yields its base URL.
+
+    `launcher`: the Python arguments that start it (benchmarks/bench_heatmap.py
+    passes a `-c` script that runs TensorBoard with TensorFlow unimportable).
+    """
     port = free_port()
     command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+        sys.executable, *launcher, "--logdir", str(logdir),
         "--host", "127.0.0.1", "--port", str(port), *extra_flags,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
