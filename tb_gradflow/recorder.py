@@ -219,15 +219,25 @@ class GradientRecorder:
         divisor = tf.constant(1.0) if scale is None else scale
         if scale is not None:
             self.loss_scale.assign(tf.cast(scale, tf.float32))
+        with_histograms = self.histogram_freq > 0 and (histograms or self.gated)
+        ranges_of = {}
         if self.gated:
             rows = self._gated_moments(grads, write, scale, divisor)
         else:
             # Every step this function runs holds a row: the detailed moments
             # of each gradient, one isolated call each (one trace in all).
-            rows = [
-                tf.zeros([aggregate.NUM_MOMENTS]) if g is None else self._statistic(_moments, g)(g, divisor)
-                for g in grads
-            ]
+            # With histograms, the same call yields the gradient's finite
+            # range: the per-call cost, not the arithmetic, dominates a row.
+            rows = []
+            for i, g in enumerate(grads):
+                if g is None:
+                    rows.append(tf.zeros([aggregate.NUM_MOMENTS]))
+                elif with_histograms and isinstance(g, tf.Tensor):
+                    moments_and_range = self._statistic(_moments_and_range, g)(g, divisor)
+                    rows.append(moments_and_range[: aggregate.NUM_MOMENTS])
+                    ranges_of[i] = moments_and_range[aggregate.NUM_MOMENTS :]
+                else:
+                    rows.append(self._statistic(_moments, g)(g, divisor))
         moments = tf.stack(rows)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
@@ -250,12 +260,12 @@ class GradientRecorder:
         self.has_gradient.assign(tf.constant(present))
         self.snapshot_step.assign(step)
 
-        if self.histogram_freq <= 0 or not (histograms or self.gated):
+        if not with_histograms:
             return
         hist = self.is_histogram_step(step)
         ranges, counts, log_counts = [], [], []
 
-        def per_layer(tensors, li):
+        def per_layer(tensors, li, known_ranges):
             if self.gated:
                 # One layer's gradients per cond, for the same reason as above.
                 return tf.cond(
@@ -264,18 +274,20 @@ class GradientRecorder:
                     lambda: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
                 )
             # Computed on each step of the function, kept on histogram steps (a select).
-            computed = self._layer_histograms(divisor, tensors)
+            computed = self._layer_histograms(divisor, tensors, known_ranges)
             kept = (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li])
             return tuple(tf.where(hist, new, old) for new, old in zip(computed, kept))
 
         for li, members in enumerate(self._variables_of_layer):
-            tensors = [grads[i] for i in members if grads[i] is not None]
+            present_members = [i for i in members if grads[i] is not None]
+            tensors = [grads[i] for i in present_members]
+            known_ranges = [ranges_of[i] for i in present_members] if all(i in ranges_of for i in present_members) else None
             if not tensors:
                 ranges.append(tf.zeros([2]))
                 counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
                 log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
                 continue
-            low_high, count, log_count = per_layer(tensors, li)
+            low_high, count, log_count = per_layer(tensors, li, known_ranges)
             ranges.append(low_high)
             counts.append(count)
             log_counts.append(log_count)
@@ -342,18 +354,25 @@ class GradientRecorder:
         self.applied_sum_squares.assign(sums)
         self.applied_step.assign(tf.cast(step, tf.int64))
 
-    def _layer_histograms(self, divisor, tensors):
+    def _layer_histograms(self, divisor, tensors, known_ranges=None):
         """(range, equal-width counts, log10 counts) of one layer's gradients /
-        divisor, from isolated per-gradient calls (counts add up exactly)."""
+        divisor, from isolated per-gradient calls (counts add up exactly).
+
+        `known_ranges`: each tensor's [2] finite range, where the moments'
+        call already measured it (else one call per tensor measures it)."""
         if not all(isinstance(t, tf.Tensor) for t in tensors):
             return self._isolated(_layer_histograms)(divisor, *tensors)
-        ranges = tf.stack([self._statistic(_scaled_range, t)(t, divisor) for t in tensors])
+        if known_ranges is None:
+            known_ranges = [self._statistic(_scaled_range, t)(t, divisor) for t in tensors]
+        ranges = tf.stack(known_ranges)
         finite = ranges[:, 0] <= ranges[:, 1]  # (inf, -inf) marks a tensor without finite elements
         low = tf.reduce_min(tf.where(finite, ranges[:, 0], float("inf")))
         high = tf.reduce_max(tf.where(finite, ranges[:, 1], float("-inf")))
         low, high = tf.where(tf.reduce_any(finite), low, 0.0), tf.where(tf.reduce_any(finite), high, 0.0)
-        counts = tf.add_n([self._statistic(_scaled_counts, t)(t, divisor, low, high) for t in tensors])
-        log_counts = tf.add_n([self._statistic(_scaled_log10_counts, t)(t, divisor) for t in tensors])
+        # Both kinds of counts of a tensor in one call, split after it.
+        both = [self._statistic(_scaled_both_counts, t)(t, divisor, low, high) for t in tensors]
+        counts = tf.add_n([b[: metadata.HISTOGRAM_BUCKETS] for b in both])
+        log_counts = tf.add_n([b[metadata.HISTOGRAM_BUCKETS :] for b in both])
         return tf.stack([low, high]), counts, log_counts
 
     def _isolated(self, function):
@@ -565,12 +584,16 @@ def _scaled_range(tensor, scale):
     )
 
 
-def _scaled_counts(tensor, scale, low, high):
-    return stats.equal_width_counts([tf.cast(tensor, tf.float32) / scale], low, high)
+def _moments_and_range(grad, scale):
+    """[NUM_MOMENTS + 2]: `_moments` followed by `_scaled_range`, one call."""
+    return tf.concat([_moments(grad, scale), _scaled_range(grad, scale)], axis=0)
 
 
-def _scaled_log10_counts(tensor, scale):
-    return stats.log10_magnitude_counts([tf.cast(tensor, tf.float32) / scale])
+def _scaled_both_counts(tensor, scale, low, high):
+    """[HISTOGRAM_BUCKETS + LOG10_BUCKETS] int32: the equal-width counts of
+    tensor / scale in [low, high], then its log10-magnitude counts."""
+    t = tf.cast(tensor, tf.float32) / scale
+    return tf.concat([stats.equal_width_counts([t], low, high), stats.log10_magnitude_counts([t])], axis=0)
 
 
 def _layer_histograms(scale, *tensors):
@@ -581,7 +604,7 @@ def _layer_histograms(scale, *tensors):
 
 
 # Scalar float32 arguments after the tensor, per isolated statistic (its input signature).
-_SCALAR_ARGUMENTS = {_moments: 1, _scaled_range: 1, _scaled_counts: 3, _scaled_log10_counts: 1}
+_SCALAR_ARGUMENTS = {_moments: 1, _scaled_range: 1, _moments_and_range: 1, _scaled_both_counts: 3}
 
 
 class ActivationRecorder:
