@@ -320,10 +320,151 @@ def _vanishing_rows(signal, grad_norm, nonfinite_count, has_gradient, has_parame
     return condition, relative
 
 
+def _no_gradient(grad_norm, nonfinite_count, has_gradient, has_parameters):
+    """bool [n_rows, n_layers]: layers with variables that got no gradient, or one exactly zero."""
+    grad_norm = np.asarray(grad_norm, np.float64)
+    no_gradient = np.zeros(grad_norm.shape, bool)
+    has_gradient = np.asarray(has_gradient, bool)
+    has_parameters = np.asarray(has_parameters, bool)
+    no_gradient[:, has_parameters & ~has_gradient] = True
+    watched = np.flatnonzero(has_parameters & has_gradient)
+    if watched.size:
+        zero = grad_norm == 0
+        if zero.any():  # (a norm of 0 over the finite elements of an all-NaN gradient is not a missing gradient)
+            zero &= np.asarray(nonfinite_count, np.float64) == 0
+            no_gradient[:, watched] |= zero[:, watched]
+    return no_gradient
+
+
+def _usable_max(signal, rows, start):
+    """max over the finite signal of `rows` in layers >= start (-inf where none):
+    np.max, and the masked maximum only for rows holding NaN or +Inf."""
+    tail = signal[rows, start:] if rows is not None else signal[:, start:]
+    if tail.shape[1] == 0:
+        return np.full(tail.shape[0], -np.inf)
+    out = tail.max(axis=1)
+    redo = ~(np.isfinite(out) | (out == -np.inf))
+    if redo.any():
+        odd = tail[redo]
+        out[redo] = np.where(np.isfinite(odd), odd, -np.inf).max(axis=1)
+    return out
+
+
+def _next_usable(signal, rows, start):
+    """The signal of the first layer >= start with a finite signal, per row (+Inf where none)."""
+    n_layers = signal.shape[1]
+    count = signal.shape[0] if rows is None else rows.size
+    out = np.full(count, np.inf)
+    pending = np.arange(count)
+    column = start
+    while pending.size and column < n_layers:
+        values = signal[pending if rows is None else rows[pending], column]
+        found = np.isfinite(values)
+        out[pending[found]] = values[found]
+        pending = pending[~found]
+        column += 1
+    return out
+
+
+def _faded_cells(signal, thresholds, first_block=8):
+    """(rows, layers, relative) of the cells `_vanishing_rows` calls faded.
+
+    A row's faded region starts at its input layer and ends at the first
+    layer with a signal that is not low, so only that prefix of each row is
+    examined: blocks of layers, doubling in width, over the rows still in
+    their region. Every quantity of a cell is computed as `_vanishing_rows`
+    computes it (the same maxima, the same division): the same cells and
+    values, in a few passes over the matrix instead of some twenty.
+    """
+    n_rows, n_layers = signal.shape
+    threshold = thresholds.vanishing_relative_signal
+    active = None  # every row, as slices
+    start, width = 0, first_block
+    found_rows, found_layers, found_relative = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    while start < n_layers and (active is None or active.size):
+        stop = min(n_layers, start + width)
+        block = signal[:, start:stop] if active is None else signal[active, start:stop]
+        usable = np.isfinite(block)
+        masked = np.where(usable, block, -np.inf)
+        # after[:, k]: the largest finite signal of the layers after block layer k.
+        after = np.empty_like(masked)
+        after[:, -1] = _usable_max(signal, active, stop)
+        if stop - start > 1:
+            inside = np.maximum.accumulate(masked[:, :0:-1], axis=1)[:, ::-1]
+            after[:, :-1] = np.maximum(inside, after[:, -1:])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = np.where(usable & (after > 0), block / np.where(after > 0, after, 1.0), np.nan)
+        # The signal of the next layer that has one (+Inf where none).
+        following = np.empty_like(masked)
+        following[:, -1] = _next_usable(signal, active, stop)
+        for k in range(stop - start - 2, -1, -1):
+            following[:, k] = np.where(usable[:, k + 1], block[:, k + 1], following[:, k + 1])
+        grows = following >= block
+        low = usable & grows & (np.nan_to_num(relative, nan=np.inf) < threshold)
+        healthy_before = np.logical_or.accumulate(usable & ~low, axis=1)
+        faded = low & ~healthy_before
+        local_rows, layers = np.nonzero(faded)
+        rows = local_rows if active is None else active[local_rows]
+        found_rows.append(rows)
+        found_layers.append(layers + start)
+        found_relative.append(relative[local_rows, layers])
+        still = ~healthy_before[:, -1]
+        active = np.flatnonzero(still) if active is None else active[still]
+        start, width = stop, width * 2
+    rows, layers, relative = (np.concatenate(parts) for parts in (found_rows, found_layers, found_relative))
+    keep = np.bincount(rows, minlength=n_rows)[rows] >= thresholds.vanishing_min_layers
+    return rows[keep], layers[keep], relative[keep]
+
+
+def _vanishing_fired(signal, grad_norm, nonfinite_count, has_gradient, has_parameters, thresholds):
+    """(fired, value) of the vanishing rule, the value only where it fired (NaN
+    elsewhere): `_vanishing_rows` and `_held_for` decide the same cells."""
+    signal = np.asarray(signal, np.float64)
+    rows, layers, relative = _faded_cells(signal, thresholds)
+    no_gradient = _no_gradient(grad_norm, nonfinite_count, has_gradient, has_parameters)
+    condition = no_gradient.copy()
+    condition[rows, layers] = True
+    fired = _held_for(condition, thresholds.vanishing_patience)
+    # The value of each fired cell: 0 without a gradient, else its relative signal.
+    value = np.full(signal.shape, np.nan)
+    fired_rows, fired_layers = np.nonzero(fired)
+    if fired_rows.size:
+        n_layers = signal.shape[1]
+        faded = rows * n_layers + layers
+        order = np.argsort(faded)
+        at = np.minimum(np.searchsorted(faded[order], fired_rows * n_layers + fired_layers), max(faded.size - 1, 0))
+        picked = relative[order][at] if faded.size else np.zeros(fired_rows.size)
+        value[fired_rows, fired_layers] = np.where(no_gradient[fired_rows, fired_layers], 0.0, picked)
+    return fired, value
+
+
+def vanishing_relative(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
+    """float [n_steps, n_layers]: the vanishing rule's value at every row (each
+    layer's backward signal over the largest of the layers after it; 0 where
+    a layer with variables gets no gradient), as `evaluate_series` gives it.
+    `series` as for `evaluate_series`."""
+    stats = {name: np.asarray(series[name], dtype=np.float64) for name in ("grad_norm", "nonfinite_count")}
+    n_layers = stats["grad_norm"].shape[1]
+    signal = np.asarray(series[BACKWARD_SIGNAL] if BACKWARD_SIGNAL in series else series["grad_rms"], np.float64)
+    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    _, relative = _vanishing_rows(signal, stats["grad_norm"], stats["nonfinite_count"],
+                                  np.asarray(has_gradient, bool), has_parameters, thresholds)
+    return relative
+
+
 def _held_for(condition, patience):
     """condition [n_rows, n_layers] -> True where it held on `patience` consecutive rows."""
     if patience <= 1:
         return condition
+    if patience <= 16:  # a few boolean ANDs of shifted rows (the cumulative sum below, faster)
+        held = np.zeros_like(condition)
+        n = condition.shape[0]
+        if n >= patience:
+            window = condition[patience - 1 :].copy()
+            for k in range(1, patience):
+                window &= condition[patience - 1 - k : n - k]
+            held[patience - 1 :] = window
+        return held
     counts = np.cumsum(np.concatenate([np.zeros((1,) + condition.shape[1:], np.int64), condition], axis=0), axis=0)
     held = np.zeros_like(condition)
     held[patience - 1 :] = (counts[patience:] - counts[:-patience]) == patience
@@ -356,23 +497,30 @@ def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256, r
     """
     n_steps, n_layers = norm.shape
     window, minimum = thresholds.exploding_window, thresholds.exploding_min_history
-    finite_norm = np.where(np.isfinite(norm), norm, np.nan)
-    baseline = np.full((n_steps, n_layers), np.nan)
+    fired = np.zeros((n_steps, n_layers), bool)
+    growth = np.full((n_steps, n_layers), np.nan)
     rows = np.arange(n_steps) if rows is None else np.asarray(rows, np.int64)
+    rows = rows[rows >= minimum]
+    if rows.size == 0:
+        return fired, growth
+    finite_norm = np.where(np.isfinite(norm), norm, np.nan)
+    baseline = np.full((rows.size, n_layers), np.nan)
     with _quiet_nan_warnings():
         # Rows with a partial window (fewer than `window` previous rows).
-        for i in rows[(rows >= minimum) & (rows < min(window, n_steps))]:
-            baseline[i] = np.nanmedian(finite_norm[:i], axis=0)
+        partial = np.flatnonzero(rows < min(window, n_steps))
+        for at in partial:
+            baseline[at] = np.nanmedian(finite_norm[: rows[at]], axis=0)
         # Full windows, in chunks to bound the [rows, window, layers] view's copy.
-        full = rows[rows >= window]
+        full = np.flatnonzero(rows >= window)
         if full.size:
             windows = np.lib.stride_tricks.sliding_window_view(finite_norm[:-1], window, axis=0)
             for lo in range(0, full.size, chunk):
-                picked = full[lo : lo + chunk]
-                baseline[picked] = _nanmedian_last_axis(windows[picked - window])
+                at = full[lo : lo + chunk]
+                baseline[at] = _nanmedian_last_axis(windows[rows[at] - window])
     with np.errstate(invalid="ignore", divide="ignore"):
-        growth = np.where(baseline > 0, interval_max / np.where(baseline > 0, baseline, 1.0), np.nan)
-    fired = has_gradient & np.isfinite(growth) & (growth > thresholds.exploding_growth)
+        picked = interval_max[rows] / np.where(baseline > 0, baseline, 1.0)
+        growth[rows] = np.where(baseline > 0, picked, np.nan)
+    fired[rows] = has_gradient & np.isfinite(growth[rows]) & (growth[rows] > thresholds.exploding_growth)
     return fired, growth
 
 
@@ -380,33 +528,40 @@ def _exploding_candidates(interval_max, norm, has_gradient, thresholds):
     """Sorted rows where the exploding rule may fire: every row where it does.
 
     A row's baseline (the median of the finite norms of its window) is at
-    least their minimum, so growth <= interval_max / that minimum; a row whose
-    interval max is not above `exploding_growth` times it cannot fire (with
-    a margin far above rounding). Far cheaper than the medians.
+    least their minimum, and that is at least the minimum of the two aligned
+    blocks of `exploding_window` rows that hold the window; a row whose
+    interval max is not above `exploding_growth` times that cannot fire (with
+    a margin far above rounding). One pass over the norms for the blocks'
+    minima, one comparison: far cheaper than the medians.
     """
-    n_steps = norm.shape[0]
+    n_steps, n_layers = norm.shape
     window, minimum = thresholds.exploding_window, thresholds.exploding_min_history
-    low = np.where(np.isfinite(norm), norm, np.inf)
-    # Minimum over the previous `window` rows, by doubling spans.
-    span, spans = 1, {1: low}
-    while span * 2 <= window:
-        spans[span * 2] = np.minimum(spans[span][:-span], spans[span][span:]) if n_steps > span else spans[span][:0]
-        span *= 2
-    ends = np.arange(n_steps)  # row i's window is rows [max(0, i - window), i)
-    starts = np.maximum(ends - window, 0)
-    lengths = ends - starts
-    wmin = np.full(norm.shape, np.inf)
-    valid = ends >= max(minimum, 1)
-    # min over [a, b) = min(spans[p][a], spans[p][b - p]) with p the largest power of two <= b - a.
-    for p, mins in spans.items():
-        pick = valid & (lengths >= p) & (lengths < 2 * p)
-        if pick.any() and mins.shape[0]:
-            a, b = starts[pick], ends[pick]
-            wmin[pick] = np.minimum(mins[a], mins[b - p])
+    first = max(minimum, 1)  # rows before it have no history to compare with
+    if n_steps <= first:
+        return np.zeros(0, np.int64)
+    n_blocks = -(-n_steps // window)
+    whole = (n_steps // window) * window
+    norm = np.asarray(norm, np.float64)
+    interval_max = np.asarray(interval_max, np.float64)
+    with _quiet_nan_warnings():
+        # fmin ignores NaN; an Inf or a negative norm only lowers the bound (more candidates).
+        lowest = np.empty((n_blocks, n_layers))
+        lowest[: whole // window] = np.fmin.reduce(norm[:whole].reshape(-1, window, n_layers), axis=1)
+        if whole < n_steps:
+            lowest[-1] = np.fmin.reduce(norm[whole:], axis=0)
+    # Row i (block i // window) looks at rows [i - window, i): blocks i // window - 1 and i // window.
+    bound = lowest.copy()
+    bound[1:] = np.fmin(lowest[1:], lowest[:-1])
+    bound = np.where(np.asarray(has_gradient, bool), bound * (thresholds.exploding_growth * (1 - 1e-9)), np.inf)
+    possible = np.zeros(n_steps, bool)
     with np.errstate(invalid="ignore", over="ignore"):
-        possible = np.asarray(has_gradient, bool) & (interval_max > wmin * (thresholds.exploding_growth * (1 - 1e-9)))
-    possible &= valid[:, None]
-    return np.flatnonzero(possible.any(axis=1))
+        if whole:
+            blocks = interval_max[:whole].reshape(-1, window, n_layers) > bound[: whole // window, None, :]
+            possible[:whole] = blocks.any(axis=2).reshape(-1)
+        if whole < n_steps:
+            possible[whole:] = (interval_max[whole:] > bound[-1]).any(axis=1)
+    possible[:first] = False
+    return np.flatnonzero(possible)
 
 
 def _nonfinite_series(count, has_gradient, loss_scale, thresholds, nonfinite_loss_steps=None):
@@ -472,10 +627,13 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_
 
 
 def evaluate_series_fired(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
-    """`evaluate_series`, except that the exploding growth is given only where
-    it fired (NaN elsewhere): every verdict, and every value an alert reports,
-    is the same; the median of each row's window, most of the rules' cost,
-    is computed only for rows that could fire. What the reader evaluates.
+    """`evaluate_series`, except that the vanishing and exploding values are
+    given only where they fired (NaN elsewhere): every verdict, and every
+    value an alert reports, is the same. The vanishing rule looks only at the
+    faded prefix of each row (from the input layer to the first healthy
+    one), and the median of each row's window, most of the rules' cost, is
+    computed only for rows that could fire. What the reader evaluates
+    (`vanishing_relative` gives the vanishing value at every row).
     """
     return _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growth=False)
 
@@ -486,17 +644,22 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
     has_gradient = np.asarray(has_gradient, dtype=bool)
     has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
     signal = np.asarray(series[BACKWARD_SIGNAL], np.float64) if BACKWARD_SIGNAL in series else stats["grad_rms"]
-    condition, relative = _vanishing_rows(
-        signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
-    )
-    vanishing = _held_for(condition, thresholds.vanishing_patience)
     rows = None
-    if not all_growth:
+    if all_growth:
+        condition, relative = _vanishing_rows(
+            signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
+        )
+        vanishing = _held_for(condition, thresholds.vanishing_patience)
+    else:
+        # Only each row's faded prefix and the rows where the growth can fire are evaluated.
+        vanishing, relative = _vanishing_fired(
+            signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
+        )
         rows = _exploding_candidates(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds)
     exploding, growth = _exploding_series(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds,
                                           rows=rows)
-    if not all_growth:
-        growth = np.where(exploding, growth, np.nan)
+    if rows is not None and rows.size:
+        growth[rows] = np.where(exploding[rows], growth[rows], np.nan)
     nonfinite, count = _nonfinite_series(
         stats["nonfinite_count"], has_gradient, series.get(LOSS_SCALE), thresholds, series.get(NONFINITE_LOSS_STEPS)
     )
@@ -505,8 +668,10 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
         EXPLODING: (exploding, growth),
         NONFINITE: (nonfinite, count),
     }
+    # Gradient rows never fire an activation kind (no value: a read-only NaN view).
     for kind in ACTIVATION_KINDS:
-        out[kind] = (np.zeros((n_steps, n_layers), bool), np.full((n_steps, n_layers), np.nan))
+        nothing = np.full((n_steps, n_layers), np.nan) if all_growth else np.broadcast_to(np.nan, (n_steps, n_layers))
+        out[kind] = (np.zeros((n_steps, n_layers), bool), nothing)
     return out
 
 
@@ -516,7 +681,7 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
     `history` (the previous rows' stats, oldest first; the last
     `thresholds.history_length` are enough) followed by `stats`.
 
-    `all_values=False`: the exploding growth only where it fired (as
+    `all_values=False`: the vanishing and exploding values only where they fired (as
     `evaluate_series_fired`; the same verdicts, for a fraction of the time).
 
     Returns:
@@ -724,7 +889,7 @@ def _explain_vanishing(verdicts, rows, layer, layer_names, has_gradient, values)
         if kind not in verdicts:
             continue
         fired, value = verdicts[kind]
-        culprits = [j for j in range(layer, len(layer_names)) if fired[span, j].any()]
+        culprits = (np.flatnonzero(fired[span, layer:].any(axis=0)) + layer).tolist()
         if culprits:
             worst = {j: np.nanmax(np.where(fired[span, j], value[span, j], np.nan)) for j in culprits}
             named = ", ".join(f"{layer_names[j]} ({worst[j]:.0%})" for j in culprits[:3])

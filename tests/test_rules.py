@@ -368,11 +368,86 @@ def test_the_readers_evaluation_decides_exactly_what_evaluate_series_decides():
             np.testing.assert_array_equal(fast[kind][0], whole[kind][0], err_msg=f"{kind}, trial {trial}")
             fired = whole[kind][0]
             np.testing.assert_array_equal(fast[kind][1][fired], whole[kind][1][fired])
-            if kind != rules.EXPLODING:
+            if kind not in (rules.EXPLODING, rules.VANISHING):
                 np.testing.assert_array_equal(fast[kind][1], whole[kind][1])
-        assert np.isnan(fast[rules.EXPLODING][1][~whole[rules.EXPLODING][0]]).all()
+        for kind in (rules.EXPLODING, rules.VANISHING):
+            assert np.isnan(fast[kind][1][~whole[kind][0]]).all()
         fired_somewhere += int(whole[rules.EXPLODING][0].any())
         steps = np.arange(n) * 10
         names = [f"l{i}" for i in range(layers)]
         assert rules.summarize(steps, fast, names) == rules.summarize(steps, whole, names)
     assert fired_somewhere >= 10  # the comparison covered rows that fire
+
+
+def _fading_signal(rng, n, layers):
+    """Backward signals that fade towards the input over a random depth, with
+    NaN, Inf, -Inf, zeros and exact ties sprinkled in."""
+    depth = rng.uniform(0.5, 8.0)
+    signal = 10.0 ** (np.linspace(-depth, 0, layers)[None, :] + rng.normal(0, rng.uniform(0.05, 0.6), (n, layers)))
+    mess = rng.random((n, layers))
+    signal[mess < 0.02] = np.nan
+    signal[(mess > 0.02) & (mess < 0.03)] = np.inf
+    signal[(mess > 0.03) & (mess < 0.035)] = -np.inf
+    signal[(mess > 0.035) & (mess < 0.045)] = 0.0
+    if layers > 1:
+        ties = rng.random(n) < 0.05
+        signal[ties, 1] = signal[ties, 0]
+    if rng.random() < 0.2:
+        signal[:, rng.integers(layers)] = np.nan  # a layer without a signal of its own
+    return signal
+
+
+def test_the_readers_vanishing_rule_decides_exactly_what_evaluate_series_decides():
+    """evaluate_series_fired examines only each row's faded prefix; on fades
+    of every depth, short and wide networks, NaN, Inf, zeros, ties, layers
+    without gradient or without variables and every patience and minimum,
+    it fires on exactly the same cells with the same values, and gives
+    vanishing_relative's value wherever it fired."""
+    rng = np.random.default_rng(11)
+    fired_cells = 0
+    for trial in range(60):
+        n, layers = int(rng.integers(0, 120)), int(rng.integers(1, 70))
+        signal = _fading_signal(rng, n, layers)
+        norm = np.abs(np.nan_to_num(signal, nan=1.0, posinf=1.0, neginf=1.0)) * 8
+        norm[rng.random((n, layers)) < 0.03] = 0.0
+        stats = {"grad_norm": norm, "grad_rms": np.abs(norm) / 8, "grad_norm_interval_max": norm * 1.1,
+                 "nonfinite_count": np.where(rng.random((n, layers)) < 0.02, 2.0, 0.0),
+                 rules.BACKWARD_SIGNAL: signal}
+        if trial % 4 == 0:
+            del stats[rules.BACKWARD_SIGNAL]  # the layer RMS stands in
+        t = rules.Thresholds(vanishing_patience=int(rng.integers(1, 20)), vanishing_min_layers=int(rng.integers(1, 5)),
+                             vanishing_relative_signal=float(rng.choice([0.05, 0.2, 0.5])))
+        has = rng.random(layers) < 0.9
+        params = rng.random(layers) < 0.9
+        whole = rules.evaluate_series(stats, has_gradient=has, thresholds=t, has_parameters=params)
+        fast = rules.evaluate_series_fired(stats, has_gradient=has, thresholds=t, has_parameters=params)
+        fired, value = whole[rules.VANISHING]
+        np.testing.assert_array_equal(fast[rules.VANISHING][0], fired, err_msg=f"trial {trial}")
+        np.testing.assert_array_equal(fast[rules.VANISHING][1][fired], value[fired], err_msg=f"trial {trial}")
+        assert np.isnan(fast[rules.VANISHING][1][~fired]).all()
+        np.testing.assert_array_equal(
+            rules.vanishing_relative(stats, has_gradient=has, thresholds=t, has_parameters=params), value)
+        fired_cells += int(fired.sum())
+    assert fired_cells > 1000
+
+
+def test_fast_rule_helpers_equal_their_plain_definitions():
+    """_held_for's shifted ANDs against the cumulative count; the exploding
+    candidates hold every row where the growth fires."""
+    rng = np.random.default_rng(3)
+    for patience in range(1, 20):
+        condition = rng.random((int(rng.integers(0, 60)), 4)) < 0.8
+        counts = np.cumsum(np.concatenate([np.zeros((1, 4), np.int64), condition]), axis=0)
+        expected = np.zeros_like(condition)
+        expected[patience - 1:] = (counts[patience:] - counts[:-patience]) == patience
+        np.testing.assert_array_equal(rules._held_for(condition, patience), expected if patience > 1 else condition)
+    for trial in range(40):
+        n, layers = int(rng.integers(1, 200)), int(rng.integers(1, 5))
+        norm = 10.0 ** rng.normal(-2, 0.5, (n, layers))
+        norm[rng.random((n, layers)) < 0.05] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -1.0])
+        interval_max = norm * 10.0 ** np.where(rng.random((n, layers)) < 0.05, rng.uniform(1.5, 3, (n, layers)), 0)
+        t = rules.Thresholds(exploding_window=int(rng.integers(1, 30)), exploding_min_history=1)
+        has = rng.random(layers) < 0.9
+        fired, _ = rules._exploding_series(interval_max, norm, has, t)
+        candidates = rules._exploding_candidates(interval_max, norm, has, t)
+        assert set(np.flatnonzero(fired.any(axis=1))) <= set(candidates.tolist()), trial
