@@ -387,3 +387,28 @@ def good_only_logdir():
     if not os.path.isdir(target):
         shutil.copytree(os.path.join(faulty_logdir(), "good"), target)
     return logdir
+
+
+def reference_cells(values, max_columns):
+    """The heatmap cell indices by tb_gradflow.plugin.downsample's rule (its module
+    docstring), sample by sample in log space: slow and plain, to test against."""
+    from tb_gradflow.plugin import downsample
+
+    n, n_layers = values.shape
+    starts, ends = downsample.bucket_bounds(n, max_columns)
+    index = np.zeros((starts.size, n_layers), np.int64)
+    with np.errstate(divide="ignore"):
+        logs = np.where(values == 0, -400.0, np.log10(np.abs(np.where(np.isfinite(values), values, 1.0))))
+    for layer in range(n_layers):
+        usable = np.isfinite(values[:, layer]) & (values[:, layer] != 0)
+        median = float(np.median(logs[usable, layer])) if usable.any() else 0.0
+        for column, (lo, hi) in enumerate(zip(starts, ends)):
+            bucket = values[lo:hi, layer]
+            bad = np.flatnonzero(~np.isfinite(bucket))
+            if bad.size:
+                index[column, layer] = lo + bad[0]
+                continue
+            low, high = logs[lo:hi, layer].min(), logs[lo:hi, layer].max()
+            pick = high if high - median >= median - low else low
+            index[column, layer] = lo + np.flatnonzero(logs[lo:hi, layer] == pick)[0]
+    return index

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from plugin_fixtures import reference_cells
 from tb_gradflow.plugin import downsample
 
 
@@ -103,3 +104,46 @@ def test_300_layers_by_10000_steps_is_fast():
     d = downsample.downsample_columns(values, max_columns=1024)
     d.pick(values)
     assert time.perf_counter() - start < 5.0  # generous: ~0.3 s on 2 cores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cells_are_those_of_the_definition_on_nan_inf_zeros_and_ties(seed):
+    """The magnitudes-first implementation picks the same sample as the
+    definition in log space, on float32 data as the writer stores it."""
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        n, layers, columns = int(rng.integers(2, 1500)), int(rng.integers(1, 9)), int(rng.integers(1, 200))
+        values = (10.0 ** rng.normal(rng.uniform(-8, 2), rng.uniform(0.01, 3), (n, layers))).astype(np.float32)
+        values = values.astype(np.float64) * rng.choice([-1.0, 1.0], (n, layers))
+        mess, share = rng.random((n, layers)), rng.uniform(0, 0.08) * (trial % 2)
+        values[mess < share / 4] = np.nan
+        values[(mess > share / 4) & (mess < share / 2)] = np.inf
+        values[(mess > share / 2) & (mess < 3 * share / 4)] = -np.inf
+        values[(mess > 3 * share / 4) & (mess < share)] = 0.0
+        if trial % 3 == 0:
+            values = np.round(values * 4) / 4  # ties, and zeros
+        if trial % 5 == 0:
+            values[:, 0] = 0.0 if trial % 2 else np.nan
+        d = downsample.downsample_columns(values, columns)
+        np.testing.assert_array_equal(d.index, reference_cells(values, columns), err_msg=f"trial {trial}")
+
+
+def test_alert_flags_set_directly_equal_the_per_row_flags():
+    """alert_flags on the verdicts' own rows (bits set per fired cell, or OR-ed
+    per column when many fired) gives the per-row path's flags."""
+    from tb_gradflow import rules
+    from tb_gradflow.plugin import responses
+
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        n, layers, columns = int(rng.integers(1, 400)), int(rng.integers(1, 6)), int(rng.integers(1, 50))
+        steps = np.sort(rng.choice(10 * n, n, replace=False))
+        share = rng.choice([0.0, 0.01, 0.5])
+        verdicts = {kind: (rng.random((n, layers)) < share, np.zeros((n, layers))) for kind in rules.KINDS}
+        starts, _ = downsample.bucket_bounds(n, columns)
+        direct = responses.alert_flags(steps, layers, (steps, verdicts), starts)
+        # Verdict rows for one more step than the series: the per-row path, same flags.
+        extra = {kind: (np.vstack([f, np.ones((1, layers), bool)]), np.vstack([v, np.zeros((1, layers))]))
+                 for kind, (f, v) in verdicts.items()}
+        per_row = responses.alert_flags(steps, layers, (np.append(steps, 10 * n + 1), extra), starts)
+        np.testing.assert_array_equal(direct, per_row, err_msg=f"trial {trial}")

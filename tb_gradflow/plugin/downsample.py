@@ -109,37 +109,62 @@ def downsample_columns(values, max_columns):
         index = np.repeat(np.arange(n, dtype=np.int64)[:, None], n_layers, axis=1)
         return Downsampled(starts=starts, ends=ends, index=index)
 
-    # Per layer, the samples lie contiguous ([n_layers, n]): the bucket
-    # reductions below run along the fast axis, about twice as fast.
-    values = np.ascontiguousarray(values.T)
-    finite = np.isfinite(values)
-    logs = _log10_magnitude(np.where(finite, values, 0.0))
-    # The layer's typical magnitude over the run (finite samples, zeros aside).
-    usable = finite & (values != 0)
-    median = _median_where(logs, usable)
-    median = np.where(np.isnan(median), 0.0, median)
+    # Everything is decided on magnitudes: log10 is monotonic, so the bucket
+    # extremes and the median's samples in log space are those of |value|,
+    # and only those few samples are taken to log space (the same floats the
+    # definition gives). Per layer, the samples lie contiguous ([n_layers, n]):
+    # the bucket reductions run along the fast axis.
+    magnitude = np.abs(values.T, order="C")
+    # NaN propagates through both reductions and +Inf tops the maxima: a
+    # bucket holding a non-finite sample has a non-finite maximum.
+    bucket_min = np.minimum.reduceat(magnitude, starts, axis=1)
+    bucket_max = np.maximum.reduceat(magnitude, starts, axis=1)
+    regular = np.isfinite(bucket_max)
+    # Layers with a zero or a non-finite sample take the median over their
+    # usable samples the general way; the others by one partition.
+    plain = regular.all(axis=1) & (bucket_min > 0).all(axis=1)
+    median = np.empty(n_layers)
+    if plain.any():
+        median[plain] = _median_log10(magnitude if plain.all() else magnitude[plain])
+    if not plain.all():
+        odd = magnitude[~plain]
+        usable = np.isfinite(odd) & (odd != 0)
+        median[~plain] = _median_where(_log10_magnitude(np.where(usable, odd, 0.0)), usable)
+    median = np.where(np.isnan(median), 0.0, median)[:, None]
 
-    big = np.int64(n)
-    columns = np.arange(n, dtype=np.int64)
-    bucket_min = np.minimum.reduceat(np.where(finite, logs, np.inf), starts, axis=1)
-    bucket_max = np.maximum.reduceat(np.where(finite, logs, -np.inf), starts, axis=1)
-    bucket_of_sample = np.repeat(np.arange(len(starts)), ends - starts)
+    take_max = (_log10_magnitude(bucket_max) - median) >= (median - _log10_magnitude(bucket_min))
+    target = np.where(take_max, bucket_max, bucket_min)
+    sizes = ends - starts
+    index = _first_equal(magnitude, np.repeat(target, sizes, axis=1), starts, sizes)
+    if not regular.all():
+        # The first non-finite sample wins its bucket.
+        first_bad = _first_equal(~np.isfinite(magnitude), True, starts, sizes)
+        index = np.where(regular, index, first_bad)
+    return Downsampled(starts=starts, ends=ends, index=np.ascontiguousarray(index.T))
 
-    def first_where(mask):
-        # First sample index in each bucket where mask holds, else `big`.
-        return np.minimum.reduceat(np.where(mask, columns, big), starts, axis=1)
 
-    first_min = first_where(finite & (logs == bucket_min[:, bucket_of_sample]))
-    first_max = first_where(finite & (logs == bucket_max[:, bucket_of_sample]))
-    first_nonfinite = first_where(~finite) if not finite.all() else np.full(bucket_min.shape, big)
+def _median_log10(magnitude):
+    """Per row, the median of log10(magnitude) (finite, non-zero values): by one
+    partition of the magnitudes, the middle one or two samples then in log space."""
+    n = magnitude.shape[1]
+    parted = np.partition(magnitude, n // 2, axis=1)
+    upper = parted[:, n // 2]
+    lower = parted[:, : n // 2].max(axis=1) if n % 2 == 0 else upper
+    return (np.log10(lower) + np.log10(upper)) / 2
 
-    take_max = (bucket_max - median[:, None]) >= (median[:, None] - bucket_min)
-    index = np.where(take_max, first_max, first_min)
-    index = np.where(first_nonfinite < big, first_nonfinite, index)
-    # A bucket with neither finite nor non-finite values cannot exist (buckets
-    # are non-empty), but stay in range regardless.
-    index = np.ascontiguousarray(np.minimum(index, n - 1).T)
-    return Downsampled(starts=starts, ends=ends, index=index)
+
+def _first_equal(values, target, starts, sizes):
+    """int64 [rows, buckets]: per bucket of each row, the first sample where
+    values == target (target [rows, n] or a scalar), else the bucket's last sample."""
+    rows, n = values.shape
+    hits = np.flatnonzero(values == target)
+    bucket_of_sample = np.repeat(np.arange(starts.size), sizes)
+    group = (hits // n) * starts.size + bucket_of_sample[hits % n]
+    first = np.ones(group.size, bool)
+    first[1:] = group[1:] != group[:-1]
+    index = np.repeat((starts + sizes - 1)[None, :], rows, axis=0)
+    index.flat[group[first]] = hits[first] % n
+    return index
 
 
 def reduce_flags(flags, downsampled):

@@ -147,6 +147,8 @@ def alert_flags(steps, n_layers, verdicts, starts):
       verdicts: (verdict steps, {kind: (fired, value)}) from Reader.verdicts, or None.
       starts: first row of each column (downsample.bucket_bounds).
     """
+    if verdicts is not None and steps.size and n_layers and np.array_equal(verdicts[0], steps):
+        return _column_flags(verdicts[1], n_layers, starts, steps.size)
     flags = np.zeros((steps.size, n_layers), np.uint8)
     if verdicts is not None and steps.size and n_layers:
         verdict_steps, by_kind = verdicts
@@ -158,6 +160,26 @@ def alert_flags(steps, n_layers, verdicts, starts):
     if steps.size == 0:
         return flags
     return np.bitwise_or.reduceat(flags, starts, axis=0)
+
+
+def _column_flags(by_kind, n_layers, starts, n_rows):
+    """`alert_flags` where the verdicts are on the series' own rows: each fired
+    cell sets its kind's bit in its column directly (alerts are rare: no
+    per-row flag matrix), or the kind's fired rows are OR-ed per column."""
+    flags = np.zeros((starts.size, n_layers), np.uint8)
+    column_of_row = np.repeat(np.arange(starts.size), np.diff(np.append(starts, n_rows)))
+    for kind, (fired, _) in by_kind.items():
+        if kind not in ALERT_BITS or fired.shape[1] != n_layers:
+            continue
+        count = np.count_nonzero(fired)
+        if count == 0:
+            continue
+        if count <= fired.size // 16:
+            rows, layers = np.nonzero(fired)
+            flags[column_of_row[rows], layers] |= ALERT_BITS[kind]
+        else:
+            flags |= np.logical_or.reduceat(fired, starts, axis=0).astype(np.uint8) * np.uint8(ALERT_BITS[kind])
+    return flags
 
 
 def _matrix(series, columns):
