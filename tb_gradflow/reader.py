@@ -223,43 +223,53 @@ def _decode_vectors(steps, wall_times, payloads, width):
     """LayerSeries of the rows that are numeric vectors of `width`, sorted by step (stable).
 
     Float vectors stored as tensor_content (what the writer writes) are
-    decoded together; any other row goes through make_ndarray on its own and
-    is kept or dropped by the same test.
+    decoded together, each field of the protos read in one pass; any other
+    row goes through make_ndarray on its own and is kept or dropped by the
+    same test.
     """
+    from operator import attrgetter
+
     from tensorboard.compat.proto import tensor_shape_pb2
     from tensorboard.util import tensor_util
 
     n = len(payloads)
     keep = np.zeros(n, bool)
     values = np.empty((n, width), np.float64)
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=width)])
-    groups = {}  # dtype -> (rows, contents)
-    for i, payload in enumerate(payloads):
-        if isinstance(payload, np.ndarray):
-            value = payload
-        else:
-            dtype = _FLOAT_DTYPES.get(payload.dtype)
-            content = payload.tensor_content if dtype is not None else b""
-            if dtype is not None and len(content) == width * int(dtype[-1]) and payload.tensor_shape == shape:
-                rows, contents = groups.setdefault(dtype, ([], []))
-                rows.append(i)
-                contents.append(content)
-                continue
-            value = tensor_util.make_ndarray(payload)
-        value = np.asarray(value)
+    # A provider answers protos only (TensorBoard's own, read directly) or arrays only (read_tensors).
+    proto_rows = np.arange(n) if n and not isinstance(payloads[0], np.ndarray) else np.zeros(0, np.int64)
+    if proto_rows.size:
+        try:
+            dtypes = np.fromiter(map(attrgetter("dtype"), payloads), np.int64, n)
+        except AttributeError:  # arrays among the protos after all
+            proto_rows = np.flatnonzero([not isinstance(p, np.ndarray) for p in payloads])
+            dtypes = np.fromiter((payloads[i].dtype for i in proto_rows), np.int64, proto_rows.size)
+        protos = payloads if proto_rows.size == n else [payloads[i] for i in proto_rows]
+        contents = list(map(attrgetter("tensor_content"), protos))
+        lengths = np.fromiter(map(len, contents), np.int64, proto_rows.size)
+        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=width)])
+        vectors = np.fromiter(map(shape.__eq__, map(attrgetter("tensor_shape"), protos)), bool, proto_rows.size)
+        for code, dtype in _FLOAT_DTYPES.items():
+            rows = vectors & (dtypes == code) & (lengths == width * int(dtype[-1]))
+            if rows.all() and proto_rows.size == n:  # every row (the writer's case): no selection, no copy
+                values = np.frombuffer(b"".join(contents), dtype).reshape(n, width).astype(np.float64)
+            elif rows.any():
+                at = np.flatnonzero(rows)
+                values[proto_rows[at]] = np.frombuffer(b"".join([contents[i] for i in at]), dtype).reshape(-1, width)
+            keep[proto_rows[rows]] = True
+    for i in np.flatnonzero(~keep):
+        payload = payloads[i]
+        value = np.asarray(payload if isinstance(payload, np.ndarray) else tensor_util.make_ndarray(payload))
         if value.shape == (width,) and value.dtype.kind in "fiub":
             keep[i] = True
             values[i] = value.astype(np.float64)
-    for dtype, (rows, contents) in groups.items():
-        keep[rows] = True
-        values[rows] = np.frombuffer(b"".join(contents), dtype).reshape(len(rows), width)
-    steps = np.asarray(steps, np.int64).reshape(n)[keep]
-    order = np.argsort(steps, kind="stable")
-    return LayerSeries(
-        steps=steps[order],
-        wall_times=np.asarray(wall_times, np.float64).reshape(n)[keep][order],
-        values=values[keep][order],
-    )
+    steps = np.asarray(steps, np.int64).reshape(n)
+    wall_times = np.asarray(wall_times, np.float64).reshape(n)
+    if not keep.all():
+        steps, wall_times, values = steps[keep], wall_times[keep], values[keep]
+    if steps.size > 1 and np.any(steps[1:] < steps[:-1]):
+        order = np.argsort(steps, kind="stable")
+        steps, wall_times, values = steps[order], wall_times[order], values[order]
+    return LayerSeries(steps=steps, wall_times=wall_times, values=values)
 
 
 def _stamp(series):
@@ -690,7 +700,8 @@ class Reader:
 
     def verdicts(self, run, ctx=None, listing=None):
         """(steps, verdicts, layer table) for one run, every kind of rules.KINDS
-        (rules.evaluate_series_fired: the exploding growth only where it fired).
+        (rules.evaluate_series_fired: the vanishing and exploding values only
+        where they fired).
 
         Steps are the union of the gradient rows and the activation rows (the
         same steps with the default update_freq = activation_freq); a kind
@@ -702,15 +713,32 @@ class Reader:
           UnreadableRunError: see `check_run`; also when the run lacks a
             statistic the rules read.
         """
-        tags = self.check_run(run, ctx, listing)
-        missing = [s for s in rules.REQUIRED_STATISTICS if metadata.layer_statistic_tag(s) not in tags]
-        if missing:
-            raise UnreadableRunError(run, NO_RULE_INPUTS_REASON.format(missing=", ".join(missing)))
+        tags = self._rule_tags(run, ctx, listing)
         return self._cached(
             ("verdicts", run), run_stamp(tags), lambda: self._evaluate(run, ctx, tags), size=_verdicts_size
         )
 
+    def _rule_tags(self, run, ctx, listing):
+        """check_run's tags of a run whose rules can be evaluated (raises as `verdicts`)."""
+        tags = self.check_run(run, ctx, listing)
+        missing = [s for s in rules.REQUIRED_STATISTICS if metadata.layer_statistic_tag(s) not in tags]
+        if missing:
+            raise UnreadableRunError(run, NO_RULE_INPUTS_REASON.format(missing=", ".join(missing)))
+        return tags
+
     def _evaluate(self, run, ctx, tags):
+        steps, aligned, table, gradient_rules = self._rule_inputs(run, ctx, tags)
+        # Every verdict as evaluate_series decides it; the vanishing and exploding
+        # values only where they fired (the values an alert reports), which
+        # saves most of the time.
+        verdicts = rules.evaluate_series_fired(aligned, **gradient_rules)
+        activation_steps, activation_verdicts = self.activation_verdicts(run, ctx, table, tags)
+        steps, verdicts = rules.merge_verdicts(steps, verdicts, activation_steps, activation_verdicts)
+        return steps, verdicts, table
+
+    def _rule_inputs(self, run, ctx, tags):
+        """(steps, {rules name: [n_steps, ...]}, layer table, the gradient rules' other
+        arguments) of the rows every statistic the gradient rules read holds."""
         table = self.layer_table(run, ctx, tags=tags)
         n_layers = len(table.layers)
         series = {
@@ -721,11 +749,14 @@ class Reader:
             series[rules.BACKWARD_SIGNAL] = signal
         run_scalars = self._rule_scalars(run, ctx)
         # Every statistic is written in the same event, but a sampling reservoir
-        # may still have kept different rows per tag: use the common steps.
+        # may still have kept different rows per tag: use the common steps
+        # (no copy where a series holds exactly those, the usual case).
         steps = series["grad_norm"].steps
-        for name in rules.REQUIRED_STATISTICS + ((rules.BACKWARD_SIGNAL,) if signal is not None else ()):
-            steps = steps[np.isin(steps, series[name].steps)]
-        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items()}
+        for s in series.values():
+            if not np.array_equal(s.steps, steps):
+                steps = steps[np.isin(steps, s.steps)]
+        aligned = {name: s.values if np.array_equal(s.steps, steps) else s.values[np.isin(s.steps, steps)]
+                   for name, s in series.items()}
         loss_scale = run_scalars.get(rules.LOSS_SCALE)
         if loss_scale is not None:
             # The scale of the latest row at or before each step (NaN before the first).
@@ -737,17 +768,14 @@ class Reader:
             at = np.searchsorted(loss_steps.steps, steps)
             found = (at < loss_steps.steps.size) & (loss_steps.steps[np.minimum(at, loss_steps.steps.size - 1)] == steps)
             aligned[rules.NONFINITE_LOSS_STEPS] = np.where(found, loss_steps.values[np.minimum(at, loss_steps.steps.size - 1), 0], 0.0)
-        has_gradient = np.array([layer.has_gradient for layer in table.layers], bool)
-        has_parameters = rules.layers_with_variables([v.layer_index for v in table.variables], n_layers)
-        # Every verdict as evaluate_series decides it; the exploding growth only
-        # where it fired (the values an alert reports), which saves most of the time.
-        verdicts = rules.evaluate_series_fired(aligned, has_gradient=has_gradient,
-                                               thresholds=self.thresholds(run, ctx, table), has_parameters=has_parameters)
-        activation_steps, activation_verdicts = self.activation_verdicts(run, ctx, table, tags)
-        steps, verdicts = rules.merge_verdicts(steps, verdicts, activation_steps, activation_verdicts)
-        return steps, verdicts, table
+        gradient_rules = dict(
+            has_gradient=np.array([layer.has_gradient for layer in table.layers], bool),
+            has_parameters=rules.layers_with_variables([v.layer_index for v in table.variables], n_layers),
+            thresholds=self.thresholds(run, ctx, table),
+        )
+        return steps, aligned, table, gradient_rules
 
-    def rule_series(self, run, statistic, ctx=None):
+    def rule_series(self, run, statistic, ctx=None, listing=None):
         """LayerSeries of a rule's own per-layer quantity (RULE_STATISTICS) at
         the rows it is decided on (the vanishing rule: each layer's backward
         signal over the largest of the layers after it).
@@ -758,15 +786,21 @@ class Reader:
         """
         if statistic not in RULE_STATISTICS:
             raise errors.NotFoundError(f"unknown rule statistic {statistic!r}")
-        steps, verdicts, _ = self.verdicts(run, ctx)
-        _, values = verdicts[RULE_STATISTICS[statistic]]
-        keep = ~np.all(np.isnan(values), axis=1) if values.size else np.zeros(0, bool)
-        return LayerSeries(np.asarray(steps)[keep], np.full(int(keep.sum()), np.nan), values[keep])
+        tags = self._rule_tags(run, ctx, listing)
+
+        def compute():
+            steps, aligned, _, gradient_rules = self._rule_inputs(run, ctx, tags)
+            values = rules.vanishing_relative(aligned, **gradient_rules)
+            keep = ~np.all(np.isnan(values), axis=1) if values.size else np.zeros(0, bool)
+            return LayerSeries(np.asarray(steps)[keep], np.full(int(keep.sum()), np.nan), values[keep])
+
+        return self._cached(("rule_series", run, statistic), run_stamp(tags), compute,
+                            size=lambda s: s.values.nbytes + s.steps.nbytes + s.wall_times.nbytes)
 
     def statistic_series(self, run, statistic, ctx=None, tags=None):
         """A written statistic (`layer_series`) or a rule's quantity (`rule_series`) by name."""
         if statistic in RULE_STATISTICS:
-            return self.rule_series(run, statistic, ctx)
+            return self.rule_series(run, statistic, ctx, listing={run: tags} if tags is not None else None)
         tags = tags if tags is not None else self.run_tags(run, ctx)
         n_layers = len(self.layer_table(run, ctx, tags=tags).layers)
         return self.layer_series(run, statistic, ctx, n_layers=n_layers, tags=tags)
@@ -826,7 +860,11 @@ def summarize(steps, verdicts, table):
 
 
 def _verdicts_size(result):
+    def owned(array):  # a read-only broadcast (rules' "no value") holds one element
+        array = np.asarray(array)
+        return array.itemsize if 0 in array.strides else array.nbytes
+
     try:
-        return sum(np.asarray(f).nbytes + np.asarray(v).nbytes for f, v in result[1].values())
+        return sum(owned(f) + owned(v) for f, v in result[1].values())
     except Exception:  # a shape this version does not know: count it as small
         return 0

@@ -395,3 +395,36 @@ def test_plugin_serves_without_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_fast_rules_and_cells_equal_the_plain_definitions_on_trained_runs(demo, seed001_logdir):
+    """On seed 001's trained runs read back through TensorBoard: the reader's
+    verdicts (evaluate_series_fired: faded prefixes, candidate rows) are
+    evaluate_series' verdicts, the alerts' values too; the vanishing_signal
+    statistic is its value at every row; the heatmap shows the cells the
+    log-space definition picks (tests/test_plugin_downsample.py)."""
+    from plugin_fixtures import reference_cells
+    from tb_gradflow import rules
+    from tb_gradflow.plugin import downsample
+
+    reader = Reader.for_logdir(str(seed001_logdir["logdir"]))
+    runs = reader.runs()
+    assert len(runs) == 3
+    for run in runs:
+        steps, verdicts, table = reader.verdicts(run)
+        gradient_steps, aligned, _, gradient_rules = reader._rule_inputs(run, None, reader.run_tags(run))
+        whole = rules.evaluate_series(aligned, **gradient_rules)
+        rows = np.searchsorted(steps, gradient_steps)
+        for kind in rules.GRADIENT_KINDS:
+            fired, value = whole[kind]
+            np.testing.assert_array_equal(verdicts[kind][0][rows], fired, err_msg=f"{run} {kind}")
+            np.testing.assert_array_equal(verdicts[kind][1][rows][fired], value[fired], err_msg=f"{run} {kind}")
+        relative = reader.rule_series(run, "vanishing_signal")
+        keep = ~np.all(np.isnan(whole[rules.VANISHING][1]), axis=1)
+        np.testing.assert_array_equal(relative.values, whole[rules.VANISHING][1][keep])
+        for statistic in reader.statistics(run):
+            values = reader.layer_series(run, statistic).values
+            for columns in (7, 64):
+                picked = downsample.downsample_columns(values, columns)
+                np.testing.assert_array_equal(picked.index, reference_cells(values, columns), err_msg=statistic)
+    assert any(a.kind == rules.VANISHING for a in reader.alerts("sigmoid/train"))

@@ -92,3 +92,34 @@ def test_both_loaders_answer_the_same_alerts_and_heatmaps():
     assert bodies[0] == bodies[1]
     assert any(a["kind"] == "nonfinite" and a["run"] == "good/a" for a in bodies[0]["alerts"]["alerts"])
     assert {u["run"] for u in bodies[0]["alerts"]["unreadable"]} >= {"killed/train", "corrupt/train", "newer/train"}
+
+
+def test_reader_verdicts_equal_evaluate_series_on_runs_read_back(tmp_path):
+    """Runs written by the EventWriter and read back through TensorBoard's
+    loader (a fade over 40 layers, a spike, a NaN, layers without gradient):
+    the reader's fast evaluation fires exactly where evaluate_series fires,
+    with the same values, and the vanishing_signal statistic is the rule's
+    value at every row."""
+    from tb_gradflow import rules
+
+    write_synthetic_run(str(tmp_path / "fade"), n_layers=40, n_steps=300, seed=5, spike_at=(150, 20),
+                        nonfinite_at=(90, 3))
+    write_synthetic_run(str(tmp_path / "detached"), n_layers=6, n_steps=120, seed=6,
+                        has_gradient=[True, False, True, True, True, True])
+    reader = reader_lib.Reader.for_logdir(str(tmp_path))
+    fired_kinds = set()
+    for run in ("fade", "detached"):
+        steps, verdicts, _ = reader.verdicts(run)
+        gradient_steps, aligned, _, gradient_rules = reader._rule_inputs(run, None, reader.run_tags(run))
+        np.testing.assert_array_equal(steps, gradient_steps)
+        whole = rules.evaluate_series(aligned, **gradient_rules)
+        for kind in rules.KINDS:
+            fired, value = whole[kind]
+            np.testing.assert_array_equal(verdicts[kind][0], fired, err_msg=f"{run} {kind}")
+            np.testing.assert_array_equal(verdicts[kind][1][fired], value[fired], err_msg=f"{run} {kind}")
+            fired_kinds |= {kind} if fired.any() else set()
+        relative = reader.rule_series(run, "vanishing_signal")
+        keep = ~np.all(np.isnan(whole[rules.VANISHING][1]), axis=1)
+        np.testing.assert_array_equal(relative.values, whole[rules.VANISHING][1][keep])
+        np.testing.assert_array_equal(relative.steps, steps[keep])
+    assert fired_kinds >= {rules.VANISHING, rules.EXPLODING, rules.NONFINITE}

@@ -182,7 +182,7 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         run's alerts cannot be evaluated (it lacks a rule input)."""
         if not reader_lib.has_rule_inputs(tags):
             return None
-        steps, verdicts, _ = reader.verdicts(run, ctx)
+        steps, verdicts, _ = reader.verdicts(run, ctx, listing={run: tags})  # no second listing
         return steps, verdicts
 
     # ---------------------------------------------------------------- implementations
