@@ -22,6 +22,7 @@ no statistic rows yet because the job died or the file was cut short) raises
 before. `survey()` sorts the runs into readable ones and `UnreadableRun`s.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -171,6 +172,11 @@ def _multiplexer_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter,
 
 def _grpc_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsample):
     """GrpcDataProvider.read_tensors without make_ndarray: one ReadTensors call, protos kept."""
+    return _grpc_answer(_grpc_call(provider, experiment_id, plugin_name, run_tag_filter, downsample))
+
+
+def _grpc_call(provider, experiment_id, plugin_name, run_tag_filter, downsample):
+    """The ReadTensors call in flight (a grpc future): the data server works while Python does."""
     from tensorboard.data import grpc_provider
     from tensorboard.data.proto import data_provider_pb2
 
@@ -179,10 +185,18 @@ def _grpc_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsa
     request.plugin_filter.plugin_name = plugin_name
     grpc_provider._populate_rtf(run_tag_filter, request.run_tag_filter)
     request.downsample.num_points = downsample
+    return provider._stub.ReadTensors.future(request)
+
+
+def _grpc_answer(call):
+    from tensorboard.data import grpc_provider
+
     with grpc_provider._translate_grpc_error():
-        response = provider._stub.ReadTensors(request)
+        response = call.result()
+    # The protos stay in their repeated field: a list would hold a Python object
+    # per row at once (the garbage collector then scans them all, repeatedly).
     return {run_entry.run_name: {tag_entry.tag_name: (list(tag_entry.data.step), list(tag_entry.data.wall_time),
-                                                      list(tag_entry.data.value))
+                                                      tag_entry.data.value)
                                  for tag_entry in run_entry.tags}
             for run_entry in response.runs}
 
@@ -217,6 +231,42 @@ def read_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsam
             Reader._warn_once(("rows", reader.__name__), "tb_gradflow: reading stored tensors directly "
                               "failed (%s: %s); using read_tensors", type(e).__name__, e)
     return _public_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsample)
+
+
+def read_rows_batches(provider, ctx, experiment_id, plugin_name, run_tag_filters, downsample):
+    """`read_rows` of each filter in turn (a generator). Under the Rust data
+    server the next read is already in flight while the caller decodes this
+    one (at most two at a time); other providers are read one after another."""
+    if _rows_reader(provider) is not _grpc_rows:
+        for run_tag_filter in run_tag_filters:
+            yield read_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsample)
+        return
+    pending = collections.deque()
+    filters = iter(run_tag_filters)
+
+    def submit():
+        run_tag_filter = next(filters, None)
+        if run_tag_filter is None:
+            return
+        try:
+            call = _grpc_call(provider, experiment_id, plugin_name, run_tag_filter, downsample)
+        except Exception:  # read_rows reports it and falls back, below
+            call = None
+        pending.append((run_tag_filter, call))
+
+    submit()
+    while pending:
+        run_tag_filter, call = pending.popleft()
+        submit()
+        try:
+            if call is None:
+                raise RuntimeError("the ReadTensors call could not be made")
+            answer = _grpc_answer(call)
+        except errors.PublicError:
+            raise
+        except Exception:  # read_rows says why (once) and reads through read_tensors
+            answer = read_rows(provider, ctx, experiment_id, plugin_name, run_tag_filter, downsample)
+        yield answer
 
 
 def _decode_vectors(steps, wall_times, payloads, width):
@@ -286,6 +336,35 @@ def run_stamp(tags):
     )
 
 
+# Every series the rules read for a run's alerts (the layer table, the
+# gradient statistics, the per-variable RMS of the backward signal, the
+# activation statistics): what /alerts lists, and what its verdicts depend on.
+RULE_TAGS = (
+    (metadata.LAYER_TABLE_TAG,)
+    + tuple(metadata.layer_statistic_tag(s) for s in rules.REQUIRED_STATISTICS)
+    + (metadata.variable_statistic_tag(metadata.GRAD_RMS),)
+    + tuple(metadata.activation_statistic_tag(a) for a in rules.REQUIRED_ACTIVATION_STATISTICS)
+)
+
+
+def rule_stamp(tags):
+    """Changes whenever a series the rules read (RULE_TAGS) gets new data; the
+    same from a run's whole listing or from one of RULE_TAGS only."""
+    return run_stamp({tag: tags[tag] for tag in RULE_TAGS if tag in tags})
+
+
+def _has_backward_signal(tags, table):
+    """Whether the rules read the run's backward signal (per-variable gradient RMS)."""
+    return metadata.variable_statistic_tag(metadata.GRAD_RMS) in tags and len(table.variables) > 0
+
+
+def _gradient_rule_statistics(tags, table):
+    """The per-layer statistics the gradient rules read for this run: grad_rms
+    only where it stands in for an unknown backward signal."""
+    signal = _has_backward_signal(tags, table)
+    return [s for s in rules.REQUIRED_STATISTICS if not (signal and s == metadata.GRAD_RMS)]
+
+
 def has_rule_inputs(tags):
     """Whether a run's listing holds every statistic the gradient rules read."""
     return all(metadata.layer_statistic_tag(s) in tags for s in rules.REQUIRED_STATISTICS)
@@ -329,13 +408,19 @@ class Reader:
             return compute()
         return self._cache.get_or_compute((self._experiment_id,) + key, stamp, compute, size)
 
-    def listing(self, ctx=None, run=None, plugin_name=metadata.PLUGIN_NAME):
-        """{run: {tag: TensorTimeSeries}} of one plugin's series (all runs, or one)."""
+    def listing(self, ctx=None, run=None, plugin_name=metadata.PLUGIN_NAME, tags=None):
+        """{run: {tag: TensorTimeSeries}} of one plugin's series (all runs, or one;
+        all tags, or those of `tags`). TensorBoard's Python loader scans every
+        row of a listed series for its last step: list only what is needed."""
+        run_tag_filter = None
+        if run is not None or tags is not None:
+            run_tag_filter = tb_provider.RunTagFilter(runs=[run] if run is not None else None,
+                                                      tags=list(tags) if tags is not None else None)
         result = self._provider.list_tensors(
             self._ctx(ctx),
             experiment_id=self._experiment_id,
             plugin_name=plugin_name,
-            run_tag_filter=tb_provider.RunTagFilter(runs=[run]) if run is not None else None,
+            run_tag_filter=run_tag_filter,
         )
         return result or {}
 
@@ -537,7 +622,7 @@ class Reader:
     # the Rust data server). Routes over many runs read what the rules need
     # for all of them first, in a few calls; the per-run code below then finds
     # it here (this Reader lives for one request) or in the shared cache.
-    _BATCH_BYTES = 32 * 2**20  # per read_tensors answer (the gRPC channel takes 256 MiB)
+    _BATCH_BYTES = 16 * 2**20  # per read_tensors answer (the gRPC channel takes 256 MiB); two in flight
 
     def prefetch_rule_inputs(self, runs, ctx=None, listing=None):
         """Reads the series, layer tables and loss scales `verdicts` needs for
@@ -559,7 +644,7 @@ class Reader:
             tags = listing.get(run, {})
             if metadata.LAYER_TABLE_TAG not in tags or not has_rule_inputs(tags):
                 continue
-            if self._cache is not None and self._cache.contains((self._experiment_id, "verdicts", run), run_stamp(tags)):
+            if self._cache is not None and self._cache.contains((self._experiment_id, "verdicts", run), rule_stamp(tags)):
                 continue
             pending.append(run)
         if not pending:
@@ -571,20 +656,21 @@ class Reader:
             if table is None:
                 continue
             tags = listing[run]
-            names = [metadata.layer_statistic_tag(s) for s in rules.REQUIRED_STATISTICS]
+            names = [metadata.layer_statistic_tag(s) for s in _gradient_rule_statistics(tags, table)]
             if all(metadata.activation_statistic_tag(a) in tags for a in rules.REQUIRED_ACTIVATION_STATISTICS):
                 names += [metadata.activation_statistic_tag(a) for a in rules.REQUIRED_ACTIVATION_STATISTICS]
             widths = [len(table.layers)] * len(names)
             variable_rms = metadata.variable_statistic_tag(metadata.GRAD_RMS)
-            if variable_rms in tags and len(table.variables):
+            if _has_backward_signal(tags, table):
                 names.append(variable_rms)
                 widths.append(len(table.variables))
             wanted[run] = [(tag, width) for tag, width in zip(names, widths)
                            if not self._is_cached(("series", run, tag, ALL_SAMPLES), (_stamp(tags[tag]), width))]
-        for batch in self._batches(wanted, listing):
-            tags = sorted({tag for run in batch for tag, _ in wanted[run]})
-            rows = read_rows(self._provider, ctx, self._experiment_id, metadata.PLUGIN_NAME,
-                             tb_provider.RunTagFilter(runs=batch, tags=tags), ALL_SAMPLES)
+        batches = list(self._batches(wanted, listing))
+        filters = [tb_provider.RunTagFilter(runs=batch, tags=sorted({tag for run in batch for tag, _ in wanted[run]}))
+                   for batch in batches]
+        answers = read_rows_batches(self._provider, ctx, self._experiment_id, metadata.PLUGIN_NAME, filters, ALL_SAMPLES)
+        for batch, rows in zip(batches, answers):
             for run in batch:
                 for tag, width in wanted[run]:
                     stored = rows.get(run, {}).get(tag)
@@ -687,8 +773,10 @@ class Reader:
         }
         steps = series["saturated_fraction"].steps
         for s in series.values():
-            steps = steps[np.isin(steps, s.steps)]
-        aligned = {name: s.values[np.isin(s.steps, steps)] for name, s in series.items()}
+            if not np.array_equal(s.steps, steps):
+                steps = steps[np.isin(steps, s.steps)]
+        aligned = {name: s.values if np.array_equal(s.steps, steps) else s.values[np.isin(s.steps, steps)]
+                   for name, s in series.items()}
         monitored = np.array([layer.activation_capture == "in-step" for layer in table.layers], bool)
         two_sided = rules.saturation_applies(
             [layer.activation_two_sided for layer in table.layers], [layer.is_output for layer in table.layers]
@@ -715,7 +803,7 @@ class Reader:
         """
         tags = self._rule_tags(run, ctx, listing)
         return self._cached(
-            ("verdicts", run), run_stamp(tags), lambda: self._evaluate(run, ctx, tags), size=_verdicts_size
+            ("verdicts", run), rule_stamp(tags), lambda: self._evaluate(run, ctx, tags), size=_verdicts_size
         )
 
     def _rule_tags(self, run, ctx, listing):
@@ -742,7 +830,8 @@ class Reader:
         table = self.layer_table(run, ctx, tags=tags)
         n_layers = len(table.layers)
         series = {
-            name: self.layer_series(run, name, ctx, n_layers=n_layers, tags=tags) for name in rules.REQUIRED_STATISTICS
+            name: self.layer_series(run, name, ctx, n_layers=n_layers, tags=tags)
+            for name in _gradient_rule_statistics(tags, table)
         }
         signal = self._backward_signal(run, ctx, tags, table)
         if signal is not None:
@@ -794,7 +883,7 @@ class Reader:
             keep = ~np.all(np.isnan(values), axis=1) if values.size else np.zeros(0, bool)
             return LayerSeries(np.asarray(steps)[keep], np.full(int(keep.sum()), np.nan), values[keep])
 
-        return self._cached(("rule_series", run, statistic), run_stamp(tags), compute,
+        return self._cached(("rule_series", run, statistic), rule_stamp(tags), compute,
                             size=lambda s: s.values.nbytes + s.steps.nbytes + s.wall_times.nbytes)
 
     def statistic_series(self, run, statistic, ctx=None, tags=None):
@@ -819,7 +908,7 @@ class Reader:
     def _backward_signal(self, run, ctx, tags, table):
         """LayerSeries of rules.backward_signal, or None when the run has no
         per-variable gradient RMS (the rules then use each layer's RMS)."""
-        if metadata.variable_statistic_tag(metadata.GRAD_RMS) not in tags or not len(table.variables):
+        if not _has_backward_signal(tags, table):
             return None
         variable_rms = self.variable_series(run, metadata.GRAD_RMS, ctx, tags=tags)
         index = rules.signal_variables(

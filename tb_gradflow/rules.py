@@ -609,7 +609,7 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_
     Args:
       series: mapping statistic name -> float array [n_steps, n_layers]:
         REQUIRED_STATISTICS, and BACKWARD_SIGNAL when known (else each
-        layer's grad_rms stands in); optionally LOSS_SCALE, [n_steps], the
+        layer's grad_rms stands in, and only then is grad_rms needed); optionally LOSS_SCALE, [n_steps], the
         dynamic loss scale at each row (mixed precision), and
         NONFINITE_LOSS_STEPS, [n_steps], the steps since the previous row
         with a non-finite loss.
@@ -639,7 +639,9 @@ def evaluate_series_fired(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS
 
 
 def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growth):
-    stats = {name: np.asarray(series[name], dtype=np.float64) for name in REQUIRED_STATISTICS}
+    # grad_rms stands in for the backward signal only where that is unknown.
+    stats = {name: np.asarray(series[name], dtype=np.float64) for name in REQUIRED_STATISTICS
+             if name != "grad_rms" or BACKWARD_SIGNAL not in series}
     n_steps, n_layers = stats["grad_norm"].shape
     has_gradient = np.asarray(has_gradient, dtype=bool)
     has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
@@ -798,8 +800,15 @@ def merge_verdicts(steps, verdicts, activation_steps, activation_verdicts):
     activation_steps = np.asarray(activation_steps, np.int64)
     if activation_steps.size == 0:
         return steps, verdicts
-    union = np.union1d(steps, activation_steps)
     n_layers = next(iter(verdicts.values()))[0].shape[1] if verdicts else next(iter(activation_verdicts.values()))[0].shape[1]
+    if np.array_equal(steps, activation_steps):  # the same rows (the default): each kind as it is
+        merged = {}
+        for kind in KINDS:
+            source = activation_verdicts if kind in ACTIVATION_KINDS else verdicts
+            merged[kind] = source[kind] if kind in source else (
+                np.zeros((steps.size, n_layers), bool), np.full((steps.size, n_layers), np.nan))
+        return steps, merged
+    union = np.union1d(steps, activation_steps)
     rows_g = np.searchsorted(union, steps)
     rows_a = np.searchsorted(union, activation_steps)
     merged = {}

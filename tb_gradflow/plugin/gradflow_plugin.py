@@ -267,13 +267,17 @@ class GradFlowPlugin(base_plugin.TBPlugin):
         with the reason; the other runs' rows are unaffected.
         """
         reader = self._reader(experiment_id)
-        listing = reader.listing(ctx)
+        # Only the series the rules read: the Python loader's listing scans every row of each.
+        listing = reader.listing(ctx, tags=reader_lib.RULE_TAGS)
         available = sorted(r for r, tags in listing.items() if metadata.LAYER_TABLE_TAG in tags)
         if runs is None:
             runs = available
         for run in runs:
             if run not in available:
                 raise errors.NotFoundError(f"run {run[:200]!r} has no tb_gradflow data")
+            if not reader_lib.has_rule_inputs(listing[run]):
+                # Its other series say why it cannot be evaluated (no rows yet, or which inputs it lacks).
+                listing[run] = reader.listing(ctx, run).get(run, listing[run])
         rows, unreadable = [], []
         # One batched read for every run's rule inputs instead of a few per run.
         reader.prefetch_rule_inputs(runs, ctx, listing)
