@@ -11,6 +11,7 @@ MODULES = [
     "tb_gradflow.aggregate",
     "tb_gradflow.writer",
     "tb_gradflow.run_logger",
+    "tb_gradflow.background_logger",
     "tb_gradflow.stats",
     "tb_gradflow.recorder",
     "tb_gradflow.keras.model_layers",

@@ -77,7 +77,7 @@ def test_package_and_reader_import_without_tensorflow(synthetic_logdir):
         import tb_gradflow
         # Tab completion offers the lazy names before anything loaded them.
         assert {{"GradFlow", "GradientWriter", "Thresholds"}} <= set(dir(tb_gradflow)), dir(tb_gradflow)
-        from tb_gradflow import reader, rules, metadata, writer, aggregate, run_logger, event_file
+        from tb_gradflow import reader, rules, metadata, writer, aggregate, run_logger, event_file, background_logger
         r = reader.Reader.for_logdir({str(synthetic_logdir)!r})
         assert r.runs() == ["synthetic"], r.runs()
         assert [a.layer for a in r.alerts("synthetic")] == ["dense_0", "dense_1"]

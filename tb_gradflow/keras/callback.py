@@ -16,6 +16,7 @@ from tb_gradflow.keras import model_layers
 from tb_gradflow.keras import patching
 from tb_gradflow.recorder import ActivationRecorder
 from tb_gradflow.recorder import GradientRecorder
+from tb_gradflow.background_logger import BackgroundLogger
 from tb_gradflow.run_logger import RunLogger
 from tb_gradflow.writer import LogDirError
 
@@ -231,7 +232,13 @@ class GradFlow(keras.callbacks.Callback):
         finally:
             logger = getattr(self, "_logger", None)
             if logger is not None:
-                logger.close()
+                self._logger = None
+                try:
+                    logger.close()  # Waits for the rows still being written.
+                except Exception as e:  # A monitor never stops the run: warn.
+                    self._warn_once("gave-up", f"GradFlow: writing the statistics failed ({type(e).__name__}: {e}).")
+                if logger.last_step >= 0:
+                    _LAST_STEPS.setdefault(self.model, {})[self._run_key()] = logger.last_step
 
     def _give_up(self, doing, error):
         """Warns once, restores the model and lets training go on unhooked."""
@@ -271,7 +278,9 @@ class GradFlow(keras.callbacks.Callback):
         # Under MultiWorkerMirroredStrategy every worker runs the same step
         # and reads the same (global) statistics; only the chief writes.
         chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
-        self._logger = RunLogger(self.run_dir, self.thresholds) if chief else _SilentLogger()
+        # Rows are aggregated, judged and written on a thread of the logger's
+        # own while the next steps run (background_logger.py).
+        self._logger = BackgroundLogger(RunLogger(self.run_dir, self.thresholds)) if chief else _SilentLogger()
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
         self._capture = None
@@ -640,8 +649,6 @@ class GradFlow(keras.callbacks.Callback):
 
     def _log(self, raw):
         self._logger.log(raw)
-        if self._logger.last_step >= 0:
-            _LAST_STEPS.setdefault(self.model, {})[self._run_key()] = self._logger.last_step
 
     def _write_layer_table(self):
         self._call_order.restore()  # The step is traced; stop recording.
@@ -669,7 +676,10 @@ class GradFlow(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._active and self._table_written:
-            self._logger.flush()
+            try:
+                self._logger.flush()  # Also raises a pending row's error.
+            except Exception as e:
+                self._give_up("writing the statistics", e)
 
     def on_train_end(self, logs=None):
         if not self._active:
@@ -770,6 +780,9 @@ class _SilentLogger:
         pass
 
     def flush(self):
+        pass
+
+    def wait(self):
         pass
 
     def close(self):
