@@ -12,8 +12,9 @@ Not a test: it measures, it does not assert. What it times:
    every heatmap request must at least do;
 4. the /heatmap route (server downsampling to 1024 columns), cold (first
    request: read, decode, downsample, evaluate the alert rules over every
-   step) and warm (series cached), and its response size;
-5. the /alerts route, cold;
+   step; a fresh plugin each time, the median of --repeat) and warm (series
+   cached), and its response size;
+5. the /alerts route, cold (median of --repeat);
 6. first paint in headless Chromium (Debian's /usr/bin/chromium via Playwright)
    against a real `tensorboard` (default loader): milliseconds from the
    plugin iframe's navigation start to the heatmap being drawn, and to the
@@ -178,7 +179,7 @@ def timed(fn, repeat=1):
     return result, (statistics.median(times) if repeat > 1 else times[0])
 
 
-def bench_server(logdir, run, columns):
+def bench_server(logdir, run, columns, repeat=5):
     from tensorboard import context
     from tensorboard.backend import application
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
@@ -213,11 +214,18 @@ def bench_server(logdir, run, columns):
 
     url = f"/data/plugin/gradflow/heatmap?run={run}&columns={columns}"
     results = {}
-    for name, suffix in (("heatmap_cold_no_alerts", "&alerts=false"), ("heatmap_cold", "")):
-        c = client()  # a fresh plugin: nothing cached
-        response, seconds = timed(lambda: c.get(url + suffix))
-        assert response.status_code == 200, response.get_data()[:300]
-        results[name] = seconds
+    # Cold: a fresh plugin each time (nothing cached), the two cases interleaved;
+    # the median of `repeat` (the machine may be shared).
+    cold = {"heatmap_cold_no_alerts": [], "heatmap_cold": []}
+    for _ in range(repeat):
+        for name, suffix in (("heatmap_cold_no_alerts", "&alerts=false"), ("heatmap_cold", "")):
+            c = client()
+            response, seconds = timed(lambda: c.get(url + suffix))
+            assert response.status_code == 200, response.get_data()[:300]
+            cold[name].append(seconds)
+    for name, seconds in cold.items():
+        results[name] = statistics.median(seconds)
+        results[name + "_samples"] = seconds
     c = client()
     c.get(url)
     response, results["heatmap_warm"] = timed(lambda: c.get(url), repeat=5)
@@ -225,10 +233,14 @@ def bench_server(logdir, run, columns):
     results["heatmap_bytes"] = len(body)
     results["heatmap_gzip_bytes"] = len(gzip.compress(body, 6))
     results["heatmap_columns"] = json.loads(body)["column_count"]
-    c = client()
-    response, results["alerts_cold"] = timed(lambda: c.get("/data/plugin/gradflow/alerts"))
-    assert response.status_code == 200
-    return dict(results, load=load_s, raw_read=raw_s, samples=samples)
+    alerts = []
+    for _ in range(repeat):
+        c = client()
+        response, seconds = timed(lambda: c.get("/data/plugin/gradflow/alerts"))
+        assert response.status_code == 200
+        alerts.append(seconds)
+    results["alerts_cold"] = statistics.median(alerts)
+    return dict(results, load=load_s, raw_read=raw_s, samples=samples, cold_repeats=repeat)
 
 
 # A tensorboard process without TensorFlow, as on a server that installed only
@@ -328,6 +340,14 @@ def bench_first_paint(logdir, repeat):
     }
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def _logdir(keep, name):
     """(path, whether it must be written): under --keep, reused when complete."""
     if keep is None:
@@ -350,10 +370,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--columns", type=int, default=1024)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5, help="cold requests per case (fresh plugin each); the median")
     parser.add_argument("--alerts-runs", type=int, default=50,
                         help="also time /alerts over a logdir of this many runs under each loader (0: skip)")
     parser.add_argument("--alerts-layers", type=int, default=50)
-    parser.add_argument("--alerts-steps", type=int, default=2000)
+    parser.add_argument("--alerts-steps", type=int, default=500,
+                        help="logged steps per run of the /alerts logdir (the Python loader holds every row in memory)")
     parser.add_argument("--only-alerts", action="store_true", help="skip the 300-layer heatmap run")
     parser.add_argument("--keep", help="write the logdirs under this folder, and reuse them from an earlier run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heatmap.json"))
@@ -361,8 +383,9 @@ def main():
 
     results = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.python_implementation()} "
-                   f"{platform.python_version()}, no GPU, TensorFlow-free reader",
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()} {_cpu_model()}, "
+                   f"{platform.python_implementation()} {platform.python_version()}, no GPU, TensorFlow-free reader",
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     rows = []
     if not args.only_alerts:
@@ -371,7 +394,7 @@ def main():
         if write:
             _, write_s = timed(lambda: write_run(os.path.join(logdir, "bench"), args.layers, args.steps))
             _mark_complete(logdir)
-        server = bench_server(logdir, "bench", args.columns)
+        server = bench_server(logdir, "bench", args.columns, args.repeat)
         browser = {}
         if not args.no_browser and os.path.exists(CHROMIUM):
             browser = bench_first_paint(logdir, repeat=3)
