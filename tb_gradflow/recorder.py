@@ -698,12 +698,11 @@ class ActivationRecorder:
 
     def _measure_function(self, tensor, threshold, unit_axis, function, output_op):
         """The statistics of one activation tensor, as an isolated call traced
-        once per kind of activation and tensor signature (rank, unit count,
-        dtype), not once per layer: a model's many activations of one kind
-        share a trace."""
+        once per kind of activation and tensor signature (rank, dtype), not
+        once per layer or width: a model's many activations of one kind share
+        a trace (each trace and its graph optimization cost start-up time)."""
         rank = tensor.shape.rank
-        units = tensor.shape[unit_axis] if rank else None
-        key = (output_op, function, float(threshold), unit_axis, rank, units, tensor.dtype)
+        key = (output_op, function, float(threshold), unit_axis, rank, tensor.dtype)
         measure_fn = self._measure_functions.get(key)
         if measure_fn is not None:
             return measure_fn
@@ -718,13 +717,11 @@ class ActivationRecorder:
 
         measure_fn = measure_tensor
         if not self._inline:
-            if rank is None or units is None:
+            if not rank:
                 measure_fn = noinline(measure_tensor)
             else:
-                shape = [None] * rank
-                shape[unit_axis] = units
                 measure_fn = tf.function(
-                    measure_tensor, input_signature=[tf.TensorSpec(shape, tensor.dtype)],
+                    measure_tensor, input_signature=[tf.TensorSpec([None] * rank, tensor.dtype)],
                     experimental_attributes={"_noinline": True}, autograph=False,
                 )
         self._measure_functions[key] = measure_fn

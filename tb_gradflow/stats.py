@@ -204,6 +204,8 @@ def _activation_moments(a, d, threshold, unit_axis):
     axis = unit_axis % rank
     if axis != rank - 1:
         d = tf.transpose(d, [i for i in range(rank) if i != axis] + [axis])
-    units = d.shape[-1]
+    # The unit count may be unknown while tracing: the recorder traces one
+    # function per kind of activation and rank, whatever the width.
+    units = d.shape[-1] if d.shape[-1] is not None else tf.shape(d)[-1]
     active = tf.reduce_sum(tf.cast(tf.reshape(d, [-1, units]) > 0, tf.float32), axis=0)
     return moments, active
