@@ -421,7 +421,7 @@ class GradientRecorder:
         snapshots = self.weight_snapshots
         tf.cond(
             self.is_write_step(step),
-            lambda: self._isolated(_copy_weights)(variables, snapshots),
+            lambda: self._copy_weights(variables, snapshots),
             lambda: tf.constant(False),
         )
 
@@ -467,7 +467,7 @@ class GradientRecorder:
                 weight = self._isolated(_sum_squares_of)(variables)
                 nan = tf.fill([len(variables)], float("nan"))
                 return weight, nan, nan
-            return self._isolated(_update_sums)(variables, snapshots)
+            return self._update_sums(variables, snapshots)
 
         def keep():
             return (
@@ -485,9 +485,48 @@ class GradientRecorder:
             # After this step's update: the "before" of the next write step.
             tf.cond(
                 self.is_write_step(step + 1),
-                lambda: self._isolated(_copy_weights)(variables, snapshots),
+                lambda: self._copy_weights(variables, snapshots),
                 lambda: tf.constant(False),
             )
+
+    def _per_variable(self, body, variables, dtype):
+        """`body(handle, before_handle)` as an isolated call traced once per
+        dtype for any variable shape, or None where variables cannot go by
+        handle (XLA, multi-replica: inline instead).
+
+        The variables go in as resource handles, read inside the call: the
+        training graph gains no weight-sized tensor (see `track_weights`),
+        and one trace serves every weight, where a function of all the
+        weights at once traced a few ops per weight (thousands of ops, tens
+        of seconds of start-up on a keras.applications model).
+        """
+        if self._inline or not all(hasattr(v, "handle") for v in variables):
+            return None
+        key = (body, dtype)
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            cached = self._isolated_functions[key] = tf.function(
+                lambda handle, before: body(handle, before, dtype),
+                input_signature=[tf.TensorSpec([], tf.resource)] * 2,
+                experimental_attributes={"_noinline": True}, autograph=False,
+            )
+        return cached
+
+    def _update_sums(self, variables, snapshots):
+        """(||w||^2, ||w - w_before||^2, ||w_before||^2) per variable."""
+        functions = [self._per_variable(_handle_update_sums, [v, b], v.dtype) for v, b in zip(variables, snapshots)]
+        if not variables or any(f is None for f in functions):
+            return self._isolated(_update_sums)(variables, snapshots)
+        sums = tf.stack([f(v.handle, b.handle) for f, v, b in zip(functions, variables, snapshots)])
+        return sums[:, 0], sums[:, 1], sums[:, 2]
+
+    def _copy_weights(self, variables, snapshots):
+        """Each snapshot := its weight, in isolated calls (see `_update_sums`)."""
+        functions = [self._per_variable(_handle_copy, [v, b], v.dtype) for v, b in zip(variables, snapshots)]
+        if not variables or any(f is None for f in functions):
+            return self._isolated(_copy_weights)(variables, snapshots)
+        done = [f(v.handle, b.handle) for f, v, b in zip(functions, variables, snapshots)]
+        return tf.reduce_all(tf.stack(done))
 
     def state(self):
         """{name: variable} of everything `snapshot` needs."""
@@ -563,6 +602,25 @@ def _update_sums(variables, snapshots):
     )
     before = tf.stack([stats.sum_squares(b) for b in snapshots])
     return weight, update, before
+
+
+def _handle_update_sums(handle, before_handle, dtype):
+    """[3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of one weight, by handle."""
+    weight = tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
+    before = tf.raw_ops.ReadVariableOp(resource=before_handle, dtype=dtype)
+    return tf.stack(
+        [
+            stats.sum_squares(weight),
+            stats.sum_squares(tf.cast(weight, tf.float32) - tf.cast(before, tf.float32)),
+            stats.sum_squares(before),
+        ]
+    )
+
+
+def _handle_copy(handle, snapshot_handle, dtype):
+    """snapshot := weight, by handle."""
+    tf.raw_ops.AssignVariableOp(resource=snapshot_handle, value=tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype))
+    return tf.constant(True)
 
 
 def _copy_weights(variables, snapshots):

@@ -34,6 +34,8 @@ Use an `Activation` layer or a layer's `activation` argument for them.
 """
 
 import dataclasses
+import inspect
+import json
 import threading
 
 import numpy as np
@@ -245,6 +247,30 @@ class Captured:
     read: str = ""  # READ_INPUT or READ_OUTPUT once captured
     output_op: str = ""  # with READ_OUTPUT: the op type that computes a from z
     recorded: bool = False  # the sampling trace reached it
+    # What the recorder measures z with (READ_INPUT): the first activation
+    # that behaves the same (`_sharing_key`), so their statistics share a trace.
+    measured_function: object = None
+
+
+def _sharing_key(layer, attribute, function):
+    """A key equal for activations that compute the same function of z, or
+    None: probed, checked and traced once per key, not once per layer.
+
+    A plain function (keras.activations.relu) is its own key. A layer's own
+    `call` (ReLU, LeakyReLU, ...) shares only with layers of its class and
+    configuration that hold no weights (PReLU's slopes are weights: each
+    keeps its own).
+    """
+    if attribute == "activation":
+        return ("function", function) if inspect.isfunction(function) or inspect.isbuiltin(function) else None
+    if getattr(layer, "weights", None):
+        return None
+    try:
+        config = dict(layer.get_config())
+        config.pop("name", None)
+        return ("call", type(layer), json.dumps(config, sort_keys=True, default=repr))
+    except Exception:  # A custom layer without a serializable config.
+        return None
 
 
 def candidates(model):
@@ -280,6 +306,7 @@ class ActivationCapture:
         discovered = _discover_units(model, [(layer, attribute) for layer, attribute in found
                                              if _units(layer, _unit_axis(layer)) is None])
         inside_rnn = _recurrent_layers(model)
+        shared = {}  # sharing key -> (probe result, read point, function measured)
         for layer, attribute in found:
             function = getattr(layer, attribute)
             unit_axis = _unit_axis(layer)
@@ -290,12 +317,18 @@ class ActivationCapture:
                 entry.status = f"not captured: {blocked}"
                 self.captured.append(entry)
                 continue
-            result = probe(function, saturation_derivative)
+            key = _sharing_key(layer, attribute, function)
+            if key is None or key not in shared:
+                result = probe(function, saturation_derivative)
+                point = read_point(function) if result.elementwise and not result.error else (None, None, "")
+                if key is not None:
+                    shared[key] = (result, point, function)
+            result, (read, output_op, why), measured = shared[key] if key is not None else (result, point, function)
             entry = Captured(layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute), 0, unit_axis, result)
+            entry.measured_function = measured
             name = _function_name(function) if attribute == "activation" else type(layer).__name__.lower()
             entry.name = name
             units = _units(layer, unit_axis) or discovered.get(id(layer))
-            read, output_op, why = read_point(function) if result.elementwise and not result.error else (None, None, "")
             if result.error:
                 entry.status = f"not captured: probing {name} failed ({result.error})"
             elif not result.elementwise:
@@ -359,7 +392,8 @@ class ActivationCapture:
                         recorder.record(entry.index, out, step_fn(), entry.unit_axis, output_op=entry.output_op)
                     else:
                         entry.recorded = True
-                        recorder.record(entry.index, z, step_fn(), entry.unit_axis, function=original)
+                        recorder.record(entry.index, z, step_fn(), entry.unit_axis,
+                                        function=entry.measured_function or original)
             return out
 
         return capturing
