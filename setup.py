@@ -38,8 +38,10 @@ setuptools.setup(
         # These are what it imports.
         # setuptools: tests/test_plugin_frontend.py builds the wheel without
         # build isolation. hypothesis: the plugin routes are fuzzed.
-        "test": ["pytest>=7", "playwright>=1.40", "werkzeug>=2", "scikit-learn>=1.0", "hypothesis>=6",
-                 "setuptools>=64", "regex", "kagglehub", "tokenizers"],
+        # pytest-xdist: the suite runs its files on every core (pytest.ini);
+        # filelock: workers train the shared seed 001 runs once (conftest.py).
+        "test": ["pytest>=7", "pytest-xdist>=3", "filelock>=3", "playwright>=1.40", "werkzeug>=2",
+                 "scikit-learn>=1.0", "hypothesis>=6", "setuptools>=64", "regex", "kagglehub", "tokenizers"],
         # examples/seed003_activations.py trains on scikit-learn's bundled digits.
         "examples": ["scikit-learn>=1.0"],
     },
