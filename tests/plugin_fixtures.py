@@ -290,6 +290,24 @@ def wait_for_run(url, run, tag_check=None, timeout=60):
         time.sleep(0.5)
 
 
+def wait_for_runs(url, runs, timeout=60):
+    """Waits until /runs lists every one of `runs`, readable or not: both
+    loaders list runs as they load them, in no fixed order."""
+    import json
+
+    deadline = time.time() + timeout
+    while True:
+        status, _, body = http_get(url + "/data/plugin/gradflow/runs")
+        if status == 200:
+            listing = json.loads(body)
+            seen = {r["run"] for r in listing["runs"] + listing.get("unreadable", [])}
+            if set(runs) <= seen:
+                return listing
+        if time.time() > deadline:
+            raise TimeoutError(f"runs {sorted(set(runs) - seen)} did not appear at {url}")
+        time.sleep(0.5)
+
+
 @functools.lru_cache(maxsize=None)
 def combined_logdir(seed001_logdir):
     """seed001/ (real hook data) and synthetic/ (long, small, xss) in one logdir."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tb_gradflow import schedule
-from plugin_fixtures import combined_logdir, has_data_server, http_get, tensorboard_server, wait_for_run
+from plugin_fixtures import combined_logdir, has_data_server, http_get, tensorboard_server, wait_for_run, wait_for_runs
 
 LOADERS = ["--load_fast=false", "--load_fast=true"]
 
@@ -24,7 +24,10 @@ def server(request, seed001_logdir):
         pytest.skip("tensorboard-data-server is not installed")
     logdir = combined_logdir(str(seed001_logdir["logdir"]))
     with tensorboard_server(logdir, request.param, "--reload_interval=0") as url:
+        # Every run the tests read: either loader lists runs as it loads
+        # them, in no fixed order (a loaded machine showed it).
         wait_for_run(url, "synthetic/long")
+        wait_for_runs(url, ["synthetic/small", "seed001/sigmoid/train", "seed001/tanh/train", "seed001/relu/train"])
         yield url
 
 

@@ -73,14 +73,14 @@ def test_both_loaders_answer_the_same_alerts_and_heatmaps():
     server's gRPC answer, the multiplexer's protos) gives the same bodies."""
     import json
 
-    from plugin_fixtures import faulty_logdir, has_data_server, http_get, tensorboard_server, wait_for_run
+    from plugin_fixtures import faulty_logdir, has_data_server, http_get, tensorboard_server, wait_for_runs
 
     if not has_data_server():
         pytest.skip("tensorboard-data-server is not installed")
     bodies = []
     for flag in ("--load_fast=false", "--load_fast=true"):
         with tensorboard_server(faulty_logdir(), flag, "--reload_interval=0") as url:
-            wait_for_run(url, "good/b")
+            wait_for_runs(url, ["good/a", "good/b", "killed/train", "corrupt/train", "newer/train"])
             got = {}
             for route in ("alerts", "heatmap?run=good/a&columns=7", "heatmap?run=good/b", "profile?run=good/a&step=30"):
                 status, _, body = http_get(f"{url}/data/plugin/gradflow/{route}")
