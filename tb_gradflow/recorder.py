@@ -421,7 +421,7 @@ class GradientRecorder:
         snapshots = self.weight_snapshots
         tf.cond(
             self.is_write_step(step),
-            lambda: self._copy_weights(variables, snapshots),
+            lambda: self._copy_to_snapshots(variables, snapshots),
             lambda: tf.constant(False),
         )
 
@@ -467,7 +467,7 @@ class GradientRecorder:
                 weight = self._isolated(_sum_squares_of)(variables)
                 nan = tf.fill([len(variables)], float("nan"))
                 return weight, nan, nan
-            return self._update_sums(variables, snapshots)
+            return self._weight_update_sums(variables, snapshots)
 
         def keep():
             return (
@@ -485,47 +485,50 @@ class GradientRecorder:
             # After this step's update: the "before" of the next write step.
             tf.cond(
                 self.is_write_step(step + 1),
-                lambda: self._copy_weights(variables, snapshots),
+                lambda: self._copy_to_snapshots(variables, snapshots),
                 lambda: tf.constant(False),
             )
 
-    def _per_variable(self, body, variables, dtype):
-        """`body(handle, before_handle)` as an isolated call traced once per
-        dtype for any variable shape, or None where variables cannot go by
-        handle (XLA, multi-replica: inline instead).
+    def _per_weight(self, body, variables, snapshots):
+        """[body(handle, snapshot_handle, dtype) for each weight and its
+        snapshot], as isolated calls traced once per dtype whatever the
+        weight's shape; None where the weights cannot go by handle (XLA,
+        multi-replica: the caller runs inline instead).
 
-        The variables go in as resource handles, read inside the call: the
+        The weights go in as resource handles, read inside the call: the
         training graph gains no weight-sized tensor (see `track_weights`),
         and one trace serves every weight, where a function of all the
         weights at once traced a few ops per weight (thousands of ops, tens
         of seconds of start-up on a keras.applications model).
         """
-        if self._inline or not all(hasattr(v, "handle") for v in variables):
+        if self._inline or not variables or not all(hasattr(v, "handle") for v in variables + snapshots):
             return None
-        key = (body, dtype)
-        cached = self._isolated_functions.get(key)
-        if cached is None:
-            cached = self._isolated_functions[key] = tf.function(
-                lambda handle, before: body(handle, before, dtype),
-                input_signature=[tf.TensorSpec([], tf.resource)] * 2,
-                experimental_attributes={"_noinline": True}, autograph=False,
-            )
-        return cached
+        results = []
+        for v, b in zip(variables, snapshots):
+            key = (body, v.dtype)
+            call = self._isolated_functions.get(key)
+            if call is None:
+                call = self._isolated_functions[key] = tf.function(
+                    lambda handle, snapshot, dtype=v.dtype: body(handle, snapshot, dtype),
+                    input_signature=[tf.TensorSpec([], tf.resource)] * 2,
+                    experimental_attributes={"_noinline": True}, autograph=False,
+                )
+            results.append(call(v.handle, b.handle))
+        return results
 
-    def _update_sums(self, variables, snapshots):
-        """(||w||^2, ||w - w_before||^2, ||w_before||^2) per variable."""
-        functions = [self._per_variable(_handle_update_sums, [v, b], v.dtype) for v, b in zip(variables, snapshots)]
-        if not variables or any(f is None for f in functions):
+    def _weight_update_sums(self, variables, snapshots):
+        """(||w||^2, ||w - w_before||^2, ||w_before||^2) per weight."""
+        sums = self._per_weight(_handle_update_sums, variables, snapshots)
+        if sums is None:
             return self._isolated(_update_sums)(variables, snapshots)
-        sums = tf.stack([f(v.handle, b.handle) for f, v, b in zip(functions, variables, snapshots)])
+        sums = tf.stack(sums)
         return sums[:, 0], sums[:, 1], sums[:, 2]
 
-    def _copy_weights(self, variables, snapshots):
-        """Each snapshot := its weight, in isolated calls (see `_update_sums`)."""
-        functions = [self._per_variable(_handle_copy, [v, b], v.dtype) for v, b in zip(variables, snapshots)]
-        if not variables or any(f is None for f in functions):
+    def _copy_to_snapshots(self, variables, snapshots):
+        """Each snapshot := its weight (see `_per_weight`)."""
+        done = self._per_weight(_handle_copy, variables, snapshots)
+        if done is None:
             return self._isolated(_copy_weights)(variables, snapshots)
-        done = [f(v.handle, b.handle) for f, v, b in zip(functions, variables, snapshots)]
         return tf.reduce_all(tf.stack(done))
 
     def state(self):
@@ -635,11 +638,7 @@ def _moments(grad, scale):
 
 def _scaled_range(tensor, scale):
     """[2]: min and max of the finite elements of tensor / scale; (inf, -inf) if none."""
-    t = tf.reshape(tf.cast(tensor, tf.float32) / scale, [-1])
-    finite = tf.math.is_finite(t)
-    return tf.stack(
-        [tf.reduce_min(tf.where(finite, t, float("inf"))), tf.reduce_max(tf.where(finite, t, float("-inf")))]
-    )
+    return stats.finite_extremes(tf.cast(tensor, tf.float32) / scale)
 
 
 def _moments_and_range(grad, scale):

@@ -52,16 +52,18 @@ def sum_squares(tensor):
     return tf.reduce_sum(tf.square(t))
 
 
+def finite_extremes(tensor):
+    """float32 [2]: min and max of the finite elements of one tensor; (inf, -inf) if none."""
+    t = tf.cast(tf.reshape(tensor, [-1]), tf.float32)
+    finite = tf.math.is_finite(t)
+    return tf.stack([tf.reduce_min(tf.where(finite, t, float("inf"))), tf.reduce_max(tf.where(finite, t, float("-inf")))])
+
+
 def finite_range(tensors):
     """(min, max) over the finite elements of several tensors; (0, 0) if none."""
-    lows, highs = [], []
-    for t in tensors:
-        t = tf.cast(tf.reshape(t, [-1]), tf.float32)
-        finite = tf.math.is_finite(t)
-        lows.append(tf.reduce_min(tf.where(finite, t, float("inf"))))
-        highs.append(tf.reduce_max(tf.where(finite, t, float("-inf"))))
-    low = tf.reduce_min(tf.stack(lows))
-    high = tf.reduce_max(tf.stack(highs))
+    extremes = tf.stack([finite_extremes(t) for t in tensors])
+    low = tf.reduce_min(extremes[:, 0])
+    high = tf.reduce_max(extremes[:, 1])
     empty = tf.logical_not(tf.math.is_finite(low))
     return tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
 

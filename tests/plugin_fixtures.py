@@ -274,25 +274,8 @@ def has_data_server():
         return False
 
 
-def wait_for_run(url, run, tag_check=None, timeout=60):
-    """Waits until /runs lists `run` (the data server loads in the background)."""
-    import json
-
-    deadline = time.time() + timeout
-    while True:
-        status, _, body = http_get(url + "/data/plugin/gradflow/runs")
-        if status == 200:
-            runs = {r["run"]: r for r in json.loads(body)["runs"]}
-            if run in runs and (tag_check is None or tag_check(runs[run])):
-                return runs
-        if time.time() > deadline:
-            raise TimeoutError(f"run {run!r} did not appear at {url}")
-        time.sleep(0.5)
-
-
-def wait_for_runs(url, runs, timeout=60):
-    """Waits until /runs lists every one of `runs`, readable or not: both
-    loaders list runs as they load them, in no fixed order."""
+def _wait_for_listing(url, satisfied, what, timeout):
+    """Polls /runs until `satisfied(listing)`; returns the listing."""
     import json
 
     deadline = time.time() + timeout
@@ -300,12 +283,32 @@ def wait_for_runs(url, runs, timeout=60):
         status, _, body = http_get(url + "/data/plugin/gradflow/runs")
         if status == 200:
             listing = json.loads(body)
-            seen = {r["run"] for r in listing["runs"] + listing.get("unreadable", [])}
-            if set(runs) <= seen:
+            if satisfied(listing):
                 return listing
         if time.time() > deadline:
-            raise TimeoutError(f"runs {sorted(set(runs) - seen)} did not appear at {url}")
+            raise TimeoutError(f"{what} did not appear at {url}")
         time.sleep(0.5)
+
+
+def wait_for_run(url, run, tag_check=None, timeout=60):
+    """Waits until /runs lists `run` (the data server loads in the background)."""
+
+    def listed(listing):
+        runs = {r["run"]: r for r in listing["runs"]}
+        return run in runs and (tag_check is None or tag_check(runs[run]))
+
+    listing = _wait_for_listing(url, listed, f"run {run!r}", timeout)
+    return {r["run"]: r for r in listing["runs"]}
+
+
+def wait_for_runs(url, runs, timeout=60):
+    """Waits until /runs lists every one of `runs`, readable or not: both
+    loaders list runs as they load them, in no fixed order."""
+
+    def listed(listing):
+        return set(runs) <= {r["run"] for r in listing["runs"] + listing.get("unreadable", [])}
+
+    return _wait_for_listing(url, listed, f"runs {sorted(runs)}", timeout)
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,6 +32,7 @@ from plugin_fixtures import (
     tensorboard_server,
     truncate_copy,
     wait_for_run,
+    wait_for_runs,
     write_synthetic_run,
     write_table_only_run,
 )
@@ -148,16 +149,10 @@ def servers(request):
         pytest.skip("tensorboard-data-server is not installed")
     with tensorboard_server(faulty_logdir(), request.param, "--reload_interval=0") as faulty, \
             tensorboard_server(good_only_logdir(), request.param, "--reload_interval=0") as good:
-        wait_for_run(faulty, "good/b")
-        wait_for_run(good, "good/b")
-        # The Rust server loads runs one by one: wait until every broken run is known too.
-        expected = {"good/a", "good/b", "cut/train", "partial/train", *UNREADABLE}
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            runs = _get(faulty, "/runs")[1]
-            if {r["run"] for r in runs["runs"] + runs["unreadable"]} == expected:
-                break
-            time.sleep(0.5)
+        # Both loaders list runs as they load them: wait until every run,
+        # broken ones included, is known.
+        wait_for_runs(faulty, ["good/a", "good/b", "cut/train", "partial/train", *UNREADABLE])
+        wait_for_runs(good, ["good/a", "good/b"])
         yield faulty, good
 
 

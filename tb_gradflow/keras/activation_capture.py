@@ -318,12 +318,14 @@ class ActivationCapture:
                 self.captured.append(entry)
                 continue
             key = _sharing_key(layer, attribute, function)
-            if key is None or key not in shared:
+            known = shared.get(key) if key is not None else None
+            if known is None:
                 result = probe(function, saturation_derivative)
                 point = read_point(function) if result.elementwise and not result.error else (None, None, "")
+                known = (result, point, function)
                 if key is not None:
-                    shared[key] = (result, point, function)
-            result, (read, output_op, why), measured = shared[key] if key is not None else (result, point, function)
+                    shared[key] = known
+            result, (read, output_op, why), measured = known
             entry = Captured(layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute), 0, unit_axis, result)
             entry.measured_function = measured
             name = _function_name(function) if attribute == "activation" else type(layer).__name__.lower()

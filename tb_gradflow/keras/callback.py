@@ -237,8 +237,6 @@ class GradFlow(keras.callbacks.Callback):
                     logger.close()  # Waits for the rows still being written.
                 except Exception as e:  # A monitor never stops the run: warn.
                     self._warn_once("gave-up", f"GradFlow: writing the statistics failed ({type(e).__name__}: {e}).")
-                if logger.last_step >= 0:
-                    _LAST_STEPS.setdefault(self.model, {})[self._run_key()] = logger.last_step
 
     def _give_up(self, doing, error):
         """Warns once, restores the model and lets training go on unhooked."""
@@ -649,6 +647,11 @@ class GradFlow(keras.callbacks.Callback):
 
     def _log(self, raw):
         self._logger.log(raw)
+        if raw.step >= 0:
+            # The run's last row, for a later fit into it: known here, on the
+            # training thread, though the logger writes it on its own.
+            steps = _LAST_STEPS.setdefault(self.model, {})
+            steps[self._run_key()] = max(steps.get(self._run_key(), -1), raw.step)
 
     def _write_layer_table(self):
         self._call_order.restore()  # The step is traced; stop recording.
@@ -780,9 +783,6 @@ class _SilentLogger:
         pass
 
     def flush(self):
-        pass
-
-    def wait(self):
         pass
 
     def close(self):
