@@ -22,6 +22,7 @@ caller decides what to say. The record format is TensorBoard's own
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 
@@ -29,7 +30,46 @@ from tensorboard.compat import tf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+try:
+    import google_crc32c
+except ImportError:  # pragma: no cover - a dependency; TensorBoard's own CRC then
+    google_crc32c = None
+
 _STOP = object()
+
+
+def masked_crc32c(data):
+    """The TFRecord checksum of `data`: CRC-32C, rotated and offset (TensorFlow's
+    `crc32c::Mask`), as TensorBoard's `masked_crc32c` computes it.
+
+    >>> masked_crc32c(b"tb_gradflow") == _tensorboard_masked_crc32c(b"tb_gradflow")
+    True
+    """
+    if google_crc32c is None:
+        return _tensorboard_masked_crc32c(data)
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _tensorboard_masked_crc32c(data):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
+
+    return pure_python(data)
+
+
+class _RecordWriter(RecordWriter):
+    """TensorBoard's `RecordWriter` with the checksums computed in C.
+
+    Its own CRC-32C is pure Python (about 140 ns a byte): a row of
+    histograms, tens of kilobytes, cost ~10 ms of a thread holding the GIL,
+    which the training thread waited for. Same record bytes.
+    """
+
+    def write(self, data):
+        header = struct.pack("<Q", len(data))
+        self._writer.write(
+            header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+        )
 _uid_lock = threading.Lock()
 _uid = [0]
 
@@ -60,7 +100,7 @@ class EventFile:
         )
         self.path = os.path.join(log_dir, name)
         self._file = tf.io.gfile.GFile(self.path, "wb")
-        self._records = RecordWriter(self._file)
+        self._records = _RecordWriter(self._file)
         self._flush_secs = flush_secs
         self._queue = queue.Queue(max_queue)
         self._error = None

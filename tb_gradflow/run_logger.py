@@ -75,14 +75,16 @@ class RunLogger:
         self._two_sided = rules.saturation_applies(
             [layer.activation_two_sided for layer in table.layers], [layer.is_output for layer in table.layers]
         )
-        # Per captured layer: the last dead_window rows of (active counts per
-        # unit, elements per unit), for the inactive fraction.
-        self._activation_window = collections.defaultdict(
-            lambda: collections.deque(maxlen=self.thresholds.dead_window)
-        )
-        # Per captured layer: the window's sums, kept as it moves (counts are
-        # integers in float64: adding and removing them is exact).
-        self._activation_window_sums = {}
+        # The captured layers' rows (table order), their recorder slots and
+        # unit counts: a row's per-unit arrays are joined in this order.
+        self._captured_rows = np.flatnonzero(self._activation_rows >= 0)
+        self._captured_slots = self._activation_rows[self._captured_rows]
+        # The last dead_window activation rows of (active counts per unit,
+        # elements per unit), joined over the captured layers, and their sums
+        # as the window moves (counts are integers in float64: adding and
+        # removing them is exact).
+        self._activation_window = collections.deque(maxlen=self.thresholds.dead_window)
+        self._activation_window_sums = None
         self.writer.write_layer_table(step, table)
 
     def log(self, raw):
@@ -157,35 +159,40 @@ class RunLogger:
             return
         n = len(self._layer_names)
         values = {name: np.full(n, np.nan) for name in metadata.ACTIVATION_STATISTICS}
-        histogram_rows = []
-        for row, slot in enumerate(self._activation_rows):
-            if slot < 0:
-                continue
-            derived = aggregate.activation_statistics(snapshot.moments[slot])
-            for name, value in derived.items():
-                values[name][row] = value
-            active = np.asarray(snapshot.active[slot], np.float64)
-            units = max(active.size, 1)
-            per_unit = float(snapshot.moments[slot][1]) / units  # column 1: element count
-            values[metadata.DEAD_FRACTION][row] = float(np.mean(active == 0)) if active.size else np.nan
-            window = self._activation_window[row]
-            seen, elements = self._activation_window_sums.get(row, (np.zeros_like(active), 0.0))
+        rows, slots = self._captured_rows, self._captured_slots
+        if rows.size:
+            moments = np.asarray([snapshot.moments[slot] for slot in slots], np.float64)
+            for name, column in aggregate.activation_statistics_rows(moments).items():
+                values[name][rows] = column
+            active = [np.asarray(snapshot.active[slot], np.float64) for slot in slots]
+            units = np.array([a.size for a in active])
+            layer_of_unit = np.repeat(np.arange(rows.size), units)
+            joined = np.concatenate(active)
+
+            def per_layer_fraction(flags):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return np.bincount(layer_of_unit, weights=flags, minlength=rows.size) / np.where(units > 0, units, np.nan)
+
+            values[metadata.DEAD_FRACTION][rows] = per_layer_fraction(joined == 0)
+            per_unit = moments[:, 1] / np.maximum(units, 1)  # column 1: element count
+            window = self._activation_window
+            if self._activation_window_sums is None:
+                self._activation_window_sums = (np.zeros_like(joined), np.zeros(rows.size))
+            seen, elements = self._activation_window_sums
             if len(window) == window.maxlen:
                 seen, elements = seen - window[0][0], elements - window[0][1]
-            window.append((active, per_unit))
-            seen, elements = seen + active, elements + per_unit
-            self._activation_window_sums[row] = (seen, elements)
-            values[metadata.INACTIVE_FRACTION][row] = (
-                float(np.mean(seen < self.thresholds.dead_inactivity * elements)) if elements > 0 else np.nan
-            )
-            histogram_rows.append((row, slot))
+            window.append((joined, per_unit))
+            seen, elements = seen + joined, elements + per_unit
+            self._activation_window_sums = (seen, elements)
+            inactive = per_layer_fraction(seen < self.thresholds.dead_inactivity * elements[layer_of_unit])
+            values[metadata.INACTIVE_FRACTION][rows] = np.where(elements > 0, inactive, np.nan)
         self.writer.write_activation_statistics(snapshot.step, values)
         layers = self.table.layers
         self.writer.write_preactivation_histograms(
             snapshot.step,
-            [(layers[row].depth, layers[row].name) for row, _ in histogram_rows],
-            [snapshot.histogram_range[slot] for _, slot in histogram_rows],
-            [snapshot.histogram_counts[slot] for _, slot in histogram_rows],
+            [(layers[row].depth, layers[row].name) for row in rows],
+            [snapshot.histogram_range[slot] for slot in slots],
+            [snapshot.histogram_counts[slot] for slot in slots],
         )
         row_stats = {name: values[name] for name in rules.REQUIRED_ACTIVATION_STATISTICS}
         verdicts = rules.evaluate_activation_step(

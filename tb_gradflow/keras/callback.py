@@ -176,6 +176,7 @@ class GradFlow(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
+        self._resolved_run_dir = None
         self._active = False
         self._pending = False
         self._table_written = False
@@ -341,7 +342,12 @@ class GradFlow(keras.callbacks.Callback):
         return clips and self._replicas == 1
 
     def _run_key(self):
-        return os.path.realpath(self.run_dir)
+        # Resolved once per fit: a row asks for it, and realpath stats every
+        # path component (a millisecond a row on the training thread).
+        key = getattr(self, "_resolved_run_dir", None)
+        if key is None or key[0] != self.run_dir:
+            key = self._resolved_run_dir = (self.run_dir, os.path.realpath(self.run_dir))
+        return key[1]
 
     def _whole_executions(self, name, steps, consequence):
         """`steps` rounded up to a multiple of steps_per_execution, with a warning."""
