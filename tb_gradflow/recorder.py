@@ -23,6 +23,8 @@ identical on every replica, so the first replica's copy is the global value.
 """
 
 import contextlib
+import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +60,38 @@ def due_in_graph(step, period, dense_start=schedule.DENSE_START, unit=1):
     gap = tf.minimum(largest, steady)
     due = tf.logical_or(tf.equal(executions % steady, 0), tf.equal(executions % gap, 0))
     return tf.logical_and(on_boundary, due)
+
+
+# graph -> {(id(owner), name, thread): (owner, weak tensor)}; gone with the graph.
+_ONCE_PER_GRAPH = weakref.WeakKeyDictionary()
+
+
+def _once_per_graph(owner, name, make):
+    """`make()`, built once per graph being traced (and tracing thread) for
+    `owner` and `name`; in eager mode every time.
+
+    A Keras train step is one graph per step (the multi-step loop calls a
+    separately traced one-step function), so a schedule decision of the
+    step is the same wherever in the graph it is asked: the activations'
+    forty-odd sample gates of a keras.applications model are one, not forty
+    copies of a dozen scalar ops each (trace time, and per-step op count). A
+    nested graph (a `tf.cond` branch, a loop body) has its own.
+    """
+    if tf.executing_eagerly():
+        return make()
+    graph = tf.compat.v1.get_default_graph()
+    cache = _ONCE_PER_GRAPH.get(graph)
+    if cache is None:
+        cache = _ONCE_PER_GRAPH[graph] = {}
+    key = (id(owner), name, threading.get_ident())
+    # Weak references: the tensor holds its graph, which must not outlive
+    # its function; the owner is held so that its id is not reused.
+    entry = cache.get(key)
+    tensor = entry[1]() if entry is not None else None
+    if tensor is None:
+        tensor = make()
+        cache[key] = (owner, weakref.ref(tensor))
+    return tensor
 
 
 class GradientRecorder:
@@ -184,7 +218,10 @@ class GradientRecorder:
 
     # Gates. `step` is the 1-based train step the gradients belong to.
     def is_write_step(self, step):
-        return due_in_graph(step, self.update_freq, self.dense_start, self.unit)
+        if self.gated:
+            # A custom loop's step function may record more than one step.
+            return due_in_graph(step, self.update_freq, self.dense_start, self.unit)
+        return _once_per_graph(self, "write", lambda: due_in_graph(step, self.update_freq, self.dense_start, self.unit))
 
     def is_histogram_step(self, step):
         if self.histogram_freq <= 0:
@@ -202,8 +239,9 @@ class GradientRecorder:
         traces a function with them only for executions holding a histogram
         step, so no step function carries a `tf.cond` per layer.
 
-        Every op here reads one variable's gradient (or one layer's) and
-        yields a few numbers, and the detailed ones run in a function that
+        Every op here reads one layer's gradients (one variable's, in a
+        custom loop's gated step) and yields a few numbers, and the detailed
+        ones run in a function that
         TensorFlow's graph optimizer (grappler) does not inline. Grappler's
         heuristics look at the whole graph: its memory optimizer, for one,
         picks which AddN sums to rewrite into in-place accumulations from a
@@ -220,24 +258,11 @@ class GradientRecorder:
         if scale is not None:
             self.loss_scale.assign(tf.cast(scale, tf.float32))
         with_histograms = self.histogram_freq > 0 and (histograms or self.gated)
-        ranges_of = {}
+        histograms_of = {}
         if self.gated:
             rows = self._gated_moments(grads, write, scale, divisor)
         else:
-            # Every step this function runs holds a row: the detailed moments
-            # of each gradient, one isolated call each (one trace in all).
-            # With histograms, the same call yields the gradient's finite
-            # range: the per-call cost, not the arithmetic, dominates a row.
-            rows = []
-            for i, g in enumerate(grads):
-                if g is None:
-                    rows.append(tf.zeros([aggregate.NUM_MOMENTS]))
-                elif with_histograms and isinstance(g, tf.Tensor):
-                    moments_and_range = self._statistic(_moments_and_range, g)(g, divisor)
-                    rows.append(moments_and_range[: aggregate.NUM_MOMENTS])
-                    ranges_of[i] = moments_and_range[aggregate.NUM_MOMENTS :]
-                else:
-                    rows.append(self._statistic(_moments, g)(g, divisor))
+            rows, histograms_of = self._layer_moments(grads, divisor, with_histograms)
         moments = tf.stack(rows)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
@@ -265,7 +290,7 @@ class GradientRecorder:
         hist = self.is_histogram_step(step)
         ranges, counts, log_counts = [], [], []
 
-        def per_layer(tensors, li, known_ranges):
+        def per_layer(tensors, li):
             if self.gated:
                 # One layer's gradients per cond, for the same reason as above.
                 return tf.cond(
@@ -273,21 +298,20 @@ class GradientRecorder:
                     lambda: self._layer_histograms(divisor, tensors),
                     lambda: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
                 )
-            # Computed on each step of the function, kept on histogram steps (a select).
-            computed = self._layer_histograms(divisor, tensors, known_ranges)
+            # Computed on each step of the function (by the layer's call in
+            # `_layer_moments`), kept on histogram steps (a select).
+            computed = histograms_of.get(li) or self._layer_histograms(divisor, tensors)
             kept = (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li])
             return tuple(tf.where(hist, new, old) for new, old in zip(computed, kept))
 
         for li, members in enumerate(self._variables_of_layer):
-            present_members = [i for i in members if grads[i] is not None]
-            tensors = [grads[i] for i in present_members]
-            known_ranges = [ranges_of[i] for i in present_members] if all(i in ranges_of for i in present_members) else None
+            tensors = [grads[i] for i in members if grads[i] is not None]
             if not tensors:
                 ranges.append(tf.zeros([2]))
                 counts.append(tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32))
                 log_counts.append(tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
                 continue
-            low_high, count, log_count = per_layer(tensors, li, known_ranges)
+            low_high, count, log_count = per_layer(tensors, li)
             ranges.append(low_high)
             counts.append(count)
             log_counts.append(log_count)
@@ -329,20 +353,72 @@ class GradientRecorder:
         return rows
 
     def _statistic(self, function, tensor):
-        """`function(tensor, ...)` as an isolated call (see `_isolated`) traced
-        once per dtype, whatever the tensor's shape: a model's hundreds of
-        variables cost one trace, not one per shape. Other values (sparse
-        IndexedSlices) get a call traced for their own structure."""
+        """`function(tensor, scale)` as an isolated call (see `_isolated`)
+        traced once per dtype, whatever the tensor's shape: a model's
+        hundreds of variables cost one trace, not one per shape. Other values
+        (sparse IndexedSlices) get a call traced for their own structure."""
         if self._inline or not isinstance(tensor, tf.Tensor):
             return self._isolated(function)
         key = (function, tensor.dtype)
         cached = self._isolated_functions.get(key)
         if cached is None:
-            spec = [tf.TensorSpec(None, tensor.dtype)] + [tf.TensorSpec([], tf.float32)] * _SCALAR_ARGUMENTS[function]
+            spec = [tf.TensorSpec(None, tensor.dtype), tf.TensorSpec([], tf.float32)]
             cached = self._isolated_functions[key] = tf.function(
                 function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
             )
         return cached
+
+    def _layer_call(self, function, tensors):
+        """`function(scale, *tensors)` (one layer's tensors) as an isolated
+        call traced once per count and dtypes of the tensors, whatever their
+        shapes: a few traces for a whole model (a Dense layer's kernel and
+        bias, a BatchNormalization's four), and one call per layer, not per
+        variable, in each step (a call costs tens of microseconds whatever
+        it computes)."""
+        if self._inline:
+            return function
+        dtypes = tuple(t.dtype for t in tensors)
+        key = (function, dtypes)
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            spec = [tf.TensorSpec([], tf.float32)] + [tf.TensorSpec(None, dtype) for dtype in dtypes]
+            cached = self._isolated_functions[key] = tf.function(
+                function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
+            )
+        return cached
+
+    def _layer_moments(self, grads, divisor, with_histograms):
+        """(moments row of each gradient, {layer: (range, counts, log10 counts)}):
+        a step that holds a row (ungated), one isolated call per layer.
+
+        The call reads one layer's gradients, which its backward ops make
+        together, and yields a few numbers: with histograms the layer's
+        finite range and both kinds of counts too (the histograms need the
+        whole layer's range first, and the call has it). A layer with a
+        sparse gradient (IndexedSlices, from an Embedding) gets a call per
+        gradient instead, its histograms computed apart.
+        """
+        rows = [tf.zeros([aggregate.NUM_MOMENTS]) if g is None else None for g in grads]
+        histograms_of = {}
+        for li, members in enumerate(self._variables_of_layer):
+            present = [i for i in members if grads[i] is not None]
+            tensors = [grads[i] for i in present]
+            if not tensors:
+                continue
+            if not all(isinstance(t, tf.Tensor) for t in tensors):
+                for i in present:
+                    rows[i] = self._statistic(_moments, grads[i])(grads[i], divisor)
+                continue
+            if with_histograms:
+                moments, low_high, counts, log_counts = self._layer_call(_layer_moments_and_histograms, tensors)(
+                    divisor, *tensors
+                )
+                histograms_of[li] = (low_high, counts, log_counts)
+            else:
+                moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
+            for j, i in enumerate(present):
+                rows[i] = moments[j]
+        return rows, histograms_of
 
     def record_applied(self, step, grads):
         """In-step, after the optimizer clipped: the sums of squares of the
@@ -354,26 +430,12 @@ class GradientRecorder:
         self.applied_sum_squares.assign(sums)
         self.applied_step.assign(tf.cast(step, tf.int64))
 
-    def _layer_histograms(self, divisor, tensors, known_ranges=None):
+    def _layer_histograms(self, divisor, tensors):
         """(range, equal-width counts, log10 counts) of one layer's gradients /
-        divisor, from isolated per-gradient calls (counts add up exactly).
-
-        `known_ranges`: each tensor's [2] finite range, where the moments'
-        call already measured it (else one call per tensor measures it)."""
-        if not all(isinstance(t, tf.Tensor) for t in tensors):
-            return self._isolated(_layer_histograms)(divisor, *tensors)
-        if known_ranges is None:
-            known_ranges = [self._statistic(_scaled_range, t)(t, divisor) for t in tensors]
-        ranges = tf.stack(known_ranges)
-        finite = ranges[:, 0] <= ranges[:, 1]  # (inf, -inf) marks a tensor without finite elements
-        low = tf.reduce_min(tf.where(finite, ranges[:, 0], float("inf")))
-        high = tf.reduce_max(tf.where(finite, ranges[:, 1], float("-inf")))
-        low, high = tf.where(tf.reduce_any(finite), low, 0.0), tf.where(tf.reduce_any(finite), high, 0.0)
-        # Both kinds of counts of a tensor in one call, split after it.
-        both = [self._statistic(_scaled_both_counts, t)(t, divisor, low, high) for t in tensors]
-        counts = tf.add_n([b[: metadata.HISTOGRAM_BUCKETS] for b in both])
-        log_counts = tf.add_n([b[metadata.HISTOGRAM_BUCKETS :] for b in both])
-        return tf.stack([low, high]), counts, log_counts
+        divisor, in one isolated call."""
+        if all(isinstance(t, tf.Tensor) for t in tensors):
+            return self._layer_call(_layer_histograms, tensors)(divisor, *tensors)
+        return self._isolated(_layer_histograms)(divisor, *tensors)
 
     def _isolated(self, function):
         """`function` as a call that grappler optimizes on its own (not inlined).
@@ -490,30 +552,37 @@ class GradientRecorder:
             )
 
     def _per_weight(self, body, variables, snapshots):
-        """[body(handle, snapshot_handle, dtype) for each weight and its
-        snapshot], as isolated calls traced once per dtype whatever the
-        weight's shape; None where the weights cannot go by handle (XLA,
-        multi-replica: the caller runs inline instead).
+        """[body(handles, snapshot_handles, dtypes)[j] for each weight j of
+        each layer], in weight order: one isolated call per layer, traced
+        once per count and dtypes of its weights whatever their shapes; None
+        where the weights cannot go by handle (XLA, multi-replica: the
+        caller runs inline instead).
 
         The weights go in as resource handles, read inside the call: the
         training graph gains no weight-sized tensor (see `track_weights`),
-        and one trace serves every weight, where a function of all the
+        and a few traces serve every layer, where a function of all the
         weights at once traced a few ops per weight (thousands of ops, tens
         of seconds of start-up on a keras.applications model).
         """
         if self._inline or not variables or not all(hasattr(v, "handle") for v in variables + snapshots):
             return None
-        results = []
-        for v, b in zip(variables, snapshots):
-            key = (body, v.dtype)
+        results = [None] * len(variables)
+        for members in self._variables_of_layer:
+            if not members:
+                continue
+            dtypes = tuple(variables[i].dtype for i in members)
+            key = (body, dtypes)
             call = self._isolated_functions.get(key)
             if call is None:
+                k = len(dtypes)
                 call = self._isolated_functions[key] = tf.function(
-                    lambda handle, snapshot, dtype=v.dtype: body(handle, snapshot, dtype),
-                    input_signature=[tf.TensorSpec([], tf.resource)] * 2,
+                    lambda *handles, dtypes=dtypes, k=k: body(handles[:k], handles[k:], dtypes),
+                    input_signature=[tf.TensorSpec([], tf.resource)] * (2 * k),
                     experimental_attributes={"_noinline": True}, autograph=False,
                 )
-            results.append(call(v.handle, b.handle))
+            out = call(*[variables[i].handle for i in members], *[snapshots[i].handle for i in members])
+            for j, i in enumerate(members):
+                results[i] = out[j]
         return results
 
     def _weight_update_sums(self, variables, snapshots):
@@ -607,23 +676,27 @@ def _update_sums(variables, snapshots):
     return weight, update, before
 
 
-def _handle_update_sums(handle, before_handle, dtype):
-    """[3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of one weight, by handle."""
-    weight = tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
-    before = tf.raw_ops.ReadVariableOp(resource=before_handle, dtype=dtype)
-    return tf.stack(
-        [
+def _handle_update_sums(handles, before_handles, dtypes):
+    """[k, 3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of each of one layer's weights, by handle."""
+    rows = []
+    for handle, before_handle, dtype in zip(handles, before_handles, dtypes):
+        weight = tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
+        before = tf.raw_ops.ReadVariableOp(resource=before_handle, dtype=dtype)
+        rows.append(tf.stack([
             stats.sum_squares(weight),
             stats.sum_squares(tf.cast(weight, tf.float32) - tf.cast(before, tf.float32)),
             stats.sum_squares(before),
-        ]
-    )
+        ]))
+    return tf.stack(rows)
 
 
-def _handle_copy(handle, snapshot_handle, dtype):
-    """snapshot := weight, by handle."""
-    tf.raw_ops.AssignVariableOp(resource=snapshot_handle, value=tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype))
-    return tf.constant(True)
+def _handle_copy(handles, snapshot_handles, dtypes):
+    """[k] True: each of one layer's snapshots := its weight, by handle."""
+    for handle, snapshot_handle, dtype in zip(handles, snapshot_handles, dtypes):
+        tf.raw_ops.AssignVariableOp(
+            resource=snapshot_handle, value=tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
+        )
+    return tf.fill([len(dtypes)], True)
 
 
 def _copy_weights(variables, snapshots):
@@ -636,21 +709,9 @@ def _moments(grad, scale):
     return stats.gradient_moments(tf.cast(grad, tf.float32) / scale)
 
 
-def _scaled_range(tensor, scale):
-    """[2]: min and max of the finite elements of tensor / scale; (inf, -inf) if none."""
-    return stats.finite_extremes(tf.cast(tensor, tf.float32) / scale)
-
-
-def _moments_and_range(grad, scale):
-    """[NUM_MOMENTS + 2]: `_moments` followed by `_scaled_range`, one call."""
-    return tf.concat([_moments(grad, scale), _scaled_range(grad, scale)], axis=0)
-
-
-def _scaled_both_counts(tensor, scale, low, high):
-    """[HISTOGRAM_BUCKETS + LOG10_BUCKETS] int32: the equal-width counts of
-    tensor / scale in [low, high], then its log10-magnitude counts."""
-    t = tf.cast(tensor, tf.float32) / scale
-    return tf.concat([stats.equal_width_counts([t], low, high), stats.log10_magnitude_counts([t])], axis=0)
+def _layer_moments(scale, *tensors):
+    """[k, NUM_MOMENTS]: `_moments` of each of one layer's gradients."""
+    return tf.stack([_moments(t, scale) for t in tensors])
 
 
 def _layer_histograms(scale, *tensors):
@@ -660,8 +721,9 @@ def _layer_histograms(scale, *tensors):
     return tf.stack([low, high]), stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
 
 
-# Scalar float32 arguments after the tensor, per isolated statistic (its input signature).
-_SCALAR_ARGUMENTS = {_moments: 1, _scaled_range: 1, _moments_and_range: 1, _scaled_both_counts: 3}
+def _layer_moments_and_histograms(scale, *tensors):
+    """`_layer_moments` and `_layer_histograms` of one layer's gradients, one call."""
+    return (_layer_moments(scale, *tensors),) + _layer_histograms(scale, *tensors)
 
 
 class ActivationRecorder:
@@ -721,7 +783,7 @@ class ActivationRecorder:
             self.step = state("step", [], tf.int64, -1, aggregation=first)
 
     def is_sample_step(self, step):
-        return due_in_graph(step, self.activation_freq, self.dense_start, self.unit)
+        return _once_per_graph(self, "sample", lambda: due_in_graph(step, self.activation_freq, self.dense_start, self.unit))
 
     def record(self, index, tensor, step, unit_axis=-1, function=None, output_op=None):
         """In-step: statistics of activation `index`, on sample steps only.
@@ -794,16 +856,33 @@ class ActivationRecorder:
         return out
 
     def read(self):
-        """Host: one read of everything, as an `aggregate.ActivationSnapshot`."""
-        if self._read_function is None:
-            state = self.state()
-            self._read_function = tf.function(lambda: {name: v.read_value() for name, v in state.items()}, autograph=False)
-        values = {name: np.asarray(t.numpy()) for name, t in self._read_function().items()}
+        """Host: one read of everything, as an `aggregate.ActivationSnapshot`.
+
+        The per-activation variables are stacked (the unit counts joined)
+        on the device, so a read fetches five tensors whatever the number of
+        activations: each fetched tensor is a host round trip on the training
+        thread, and with the row writer's thread holding the GIL in between
+        a few hundred of them cost tens of milliseconds a read."""
         n = len(self.units)
+        if self._read_function is None:
+            def read_all():
+                out = {"step": self.step.read_value()}
+                if n:
+                    out["moments"] = tf.stack([v.read_value() for v in self.moments])
+                    out["active"] = tf.concat([v.read_value() for v in self.active], axis=0)
+                    out["histogram_range"] = tf.stack([v.read_value() for v in self.histogram_range])
+                    out["histogram_counts"] = tf.stack([v.read_value() for v in self.histogram_counts])
+                return out
+
+            self._read_function = tf.function(read_all, autograph=False)
+        values = {name: np.asarray(t.numpy()) for name, t in self._read_function().items()}
+        if not n:
+            return aggregate.ActivationSnapshot(step=int(values["step"]), moments=[], active=[],
+                                                histogram_range=[], histogram_counts=[])
         return aggregate.ActivationSnapshot(
             step=int(values["step"]),
-            moments=[values[f"moments_{i}"] for i in range(n)],
-            active=[values[f"active_{i}"] for i in range(n)],
-            histogram_range=[values[f"histogram_range_{i}"] for i in range(n)],
-            histogram_counts=[values[f"histogram_counts_{i}"] for i in range(n)],
+            moments=list(values["moments"]),
+            active=np.split(values["active"], np.cumsum(self.units)[:-1]),
+            histogram_range=list(values["histogram_range"]),
+            histogram_counts=list(values["histogram_counts"]),
         )
