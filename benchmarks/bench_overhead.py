@@ -67,6 +67,8 @@ CONFIGS = {
     "gradient statistics only": ("gradflow", {"activation_freq": 0, "histogram_freq": 0}),
     "every statistic every step": ("gradflow", {"update_freq": 1, "histogram_freq": 1, "activation_freq": 1}),
     "histograms every step": ("gradflow", {"update_freq": 1, "histogram_freq": 1, "activation_freq": 0}),
+    # The issue's 500-layer memory case (15.9 GB before it was stopped).
+    "every statistic every 10 steps": ("gradflow", {"update_freq": 10, "histogram_freq": 10, "activation_freq": 10}),
     "peer: keras TensorBoard(histogram_freq=1)": ("keras_tensorboard", {"histogram_freq": 1}),
     "peer: seeds' GradientTape every step": ("tape", 1),
     "peer: seeds' GradientTape every 10 steps": ("tape", 10),
