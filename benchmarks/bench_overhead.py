@@ -20,11 +20,14 @@ Method, per model and XLA setting:
 - start-up: each model first trains one batch with `fit` (builds the
   optimizer, as a resumed run has it), then its step counter jumps to 10,000
   (a multiple of every interval, past the dense start, so the blocks see the
-  steady state). `startup_ratio` is the first execution after the callback's
-  `on_train_begin` (every trace and compile it triggers, and the step) over
-  plain fit's first execution; `startup_block_ratio` is the whole first
-  block's excess over its steady-state steps (so a trace that happens at the
-  second execution counts too), over plain fit's.
+  steady state). `startup_ratio` is the callback's `on_train_begin` (the
+  activation probes) plus the first execution (every trace and compile it
+  triggers, and the step) over plain fit's first execution
+  (`on_train_begin_s` is the first part; reports up to commit f1cf045
+  left it out); `startup_block_ratio` is the whole
+  first block's excess over its steady-state steps (so a trace that happens
+  at the second execution counts too), with `on_train_begin`, over plain
+  fit's.
 - steady state: round after round, each configuration runs one block of
   `--block` (100) steps, in rotating order, the way `fit` runs them
   (`on_train_batch_begin`, `model.train_function`, `on_train_batch_end`; a
@@ -232,9 +235,13 @@ class Trainer:
         self.logdir = logdir
         self.callback = make_callback(config, logdir, probe)
         self.model.make_train_function(force=True)  # every configuration traces afresh
+        start = time.perf_counter()
         if self.callback is not None:
             self.callback.set_model(self.model)
             self.callback.on_train_begin()
+        # What `fit` spends in the callback before the first step (GradFlow's
+        # activation probes, Keras' summary writers): part of the start-up.
+        self.on_train_begin_s = time.perf_counter() - start
         self.iterator = iter(data)
         self.batch = 0
         self.epoch = 0
@@ -287,14 +294,15 @@ def measure(model_name, jit, configs, rounds, block, logdir, log=print):
         trainer = Trainer(model_name, config, jit, data, probe, os.path.join(logdir, f"{model_name}-jit{int(jit)}-{i}"))
         start = time.perf_counter()
         first = trainer.run(1)
-        startup[config] = time.perf_counter() - start
+        startup[config] = trainer.on_train_begin_s + time.perf_counter() - start
         rest = trainer.run(block - 1)
         # What the first block cost beyond its steady-state steps: every trace
         # and compile, whichever execution triggered it.
         steps = np.asarray(first + rest)
-        startup_block[config] = float(steps.sum() - np.median(steps) * steps.size)
+        startup_block[config] = float(trainer.on_train_begin_s + steps.sum() - np.median(steps) * steps.size)
         trainers[config] = trainer
-        log(f"  {model_name} jit={jit} {config}: first execution {startup[config]:.2f} s", flush=True)
+        log(f"  {model_name} jit={jit} {config}: start-up {startup[config]:.2f} s "
+            f"(on_train_begin {trainer.on_train_begin_s:.2f} s)", flush=True)
     bytes_before = {config: directory_bytes(t.logdir) if os.path.isdir(t.logdir) else 0 for config, t in trainers.items()}
     steps_before = {config: trainer.batch for config, trainer in trainers.items()}
     per_round = {config: [] for config in configs}
@@ -328,6 +336,7 @@ def measure(model_name, jit, configs, rounds, block, logdir, log=print):
             "ratio_95ci": [round(low, 4), round(high, 4)],
             "typical_step_ratio": round(float(np.median(all_steps[config]) / np.median(all_steps[baseline])), 4),
             "startup_s": round(startup[config], 3),
+            "on_train_begin_s": round(trainer.on_train_begin_s, 3),
             "startup_ratio": round(startup[config] / startup[baseline], 4),
             "startup_block_excess_s": round(startup_block[config], 3),
             "startup_block_ratio": round(
@@ -347,24 +356,31 @@ def measure(model_name, jit, configs, rounds, block, logdir, log=print):
 def memory_child(model_name, config, steps, logdir):
     """In a subprocess: peak resident memory (bytes) of `steps` steps of `config` from step 0."""
     data, probe = dataset(model_name)
+    start = time.perf_counter()
     trainer = Trainer(model_name, config, False, data, probe, logdir, jump=0)
     trainer.run(steps)
     trainer.close()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = time.perf_counter() - start
+    return json.dumps({"peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                       "seconds": round(seconds, 1)})
 
 
 def measure_memory(model_name, configs, steps, logdir, log=print):
-    peaks = {}
+    peaks, seconds = {}, {}
     for i, config in enumerate(configs):
         out = subprocess.run(
             [sys.executable, __file__, "--memory-child", model_name, config, str(steps), os.path.join(logdir, f"mem-{i}")],
             capture_output=True, text=True, check=True,
         )
-        peaks[config] = int(out.stdout.strip().splitlines()[-1])
-        log(f"  {model_name} {config}: peak host memory {peaks[config] / 2**20:.0f} MiB", flush=True)
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        peaks[config], seconds[config] = child["peak_host_bytes"], child["seconds"]
+        log(f"  {model_name} {config}: peak host memory {peaks[config] / 2**20:.0f} MiB, {seconds[config]:.0f} s",
+            flush=True)
     return [
         {"model": model_name, "configuration": config, "baseline": "plain fit", "steps": steps,
-         "peak_host_bytes": peaks[config], "memory_ratio": round(peaks[config] / peaks["plain fit"], 4)}
+         "peak_host_bytes": peaks[config], "memory_ratio": round(peaks[config] / peaks["plain fit"], 4),
+         # The process's whole run: build, one plain batch, every trace, `steps` steps.
+         "seconds": seconds[config]}
         for config in configs
     ]
 

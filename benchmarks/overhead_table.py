@@ -26,10 +26,12 @@ def table(report):
             f"{row['event_bytes_per_logged_row']:,.0f} |"
         )
     if report.get("memory_rows"):
-        lines += ["", "| model | configuration | peak host memory | vs plain fit |", "|---|---|---|---|"]
+        lines += ["", "| model | configuration | peak host memory | vs plain fit | process time |",
+                  "|---|---|---|---|---|"]
         for row in report["memory_rows"]:
+            seconds = f"{row['seconds']:,.0f} s" if "seconds" in row else "not recorded"
             lines.append(f"| {row['model']} | {row['configuration']} | {row['peak_host_bytes'] / 2**20:,.0f} MiB | "
-                         f"{row['memory_ratio']:.2f} |")
+                         f"{row['memory_ratio']:.2f} | {seconds} |")
     return "\n".join(lines)
 
 
