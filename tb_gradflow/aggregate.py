@@ -178,23 +178,13 @@ class ActivationSnapshot:
     histogram_counts: list  # [HISTOGRAM_BUCKETS] each
 
 
-def activation_statistics(moments):
-    """{statistic: float} of one activation from its moments (see stats.activation_statistics).
-
-    >>> s = activation_statistics(np.array([1.0, 4.0, 4.0, 2.0, 1.0, 1.0]))
-    >>> s["saturated_fraction"], s["activation_mean"], round(s["activation_std"], 4)
-    (0.25, 0.5, 0.5)
-    """
-    rows = activation_statistics_rows(np.asarray(moments, np.float64)[None, :])
-    return {name: float(values[0]) for name, values in rows.items()}
-
-
 def activation_statistics_rows(moments):
-    """{statistic: float64 [m]} of m activations from their moments [m, 6],
-    row i what `activation_statistics(moments[i])` gives.
+    """{statistic: float64 [m]} of m activations from their moments [m, 6]
+    (columns as stats.ACT_*, see stats.activation_statistics).
 
-    >>> activation_statistics_rows(np.array([[1.0, 4.0, 4.0, 2.0, 1.0, 1.0]]))["activation_mean"].tolist()
-    [0.5]
+    >>> s = activation_statistics_rows(np.array([[1.0, 4.0, 4.0, 2.0, 1.0, 1.0]]))
+    >>> s["saturated_fraction"].tolist(), s["activation_mean"].tolist(), s["activation_std"].round(4).tolist()
+    ([0.25], [0.5], [0.5])
     """
     moments = np.asarray(moments, np.float64).reshape(-1, 6)
     saturated, size, finite, total, m2, sum_sq_over_n = moments.T

@@ -34,25 +34,12 @@ class LogDirError(ValueError):
     """The log directory cannot be created or written."""
 
 
-def histogram_buckets(low, high, counts):
-    """[k, 3] float64 (left, right, count) in TensorBoard's histogram layout.
-
-    >>> histogram_buckets(0.0, 3.0, [1, 0, 2]).tolist()
-    [[0.0, 1.0, 1.0], [1.0, 2.0, 0.0], [2.0, 3.0, 2.0]]
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    k = counts.shape[0]
-    if counts.sum() == 0:
-        return np.zeros((k, 3))
-    edges = np.linspace(low, high, k + 1)
-    edges[-1] = high
-    return np.stack([edges[:-1], edges[1:], counts], axis=1)
-
-
 def histogram_bucket_rows(low, high, counts):
-    """[n, k, 3]: `histogram_buckets(low[i], high[i], counts[i])` for every
-    row i at once, the same values (np.linspace's arithmetic, in the dtype it
-    would use), without a Python loop over a model's layers.
+    """[n, k, 3] float64: row i's k buckets (left, right, count) in
+    TensorBoard's histogram layout, the edges `np.linspace(low[i], high[i],
+    k + 1)` (its arithmetic, in the dtype it would use), all zeros for an
+    empty row; every row at once, without a Python loop over a model's
+    layers.
 
     >>> histogram_bucket_rows([0.0, 1.0], [3.0, 1.0], [[1, 0, 2], [0, 0, 0]]).tolist()[0]
     [[0.0, 1.0, 1.0], [1.0, 2.0, 0.0], [2.0, 3.0, 2.0]]
@@ -81,11 +68,6 @@ def _compact(buckets):
     from float32 gradients, and counts stay exact up to 2**24 per bucket. The
     histograms are most of a run's bytes (docs/event_contract.md, "Sizes")."""
     return np.asarray(buckets, np.float32)
-
-
-def log10_histogram_buckets(counts):
-    """[k, 3] buckets with decade edges [LOG10_LOW, LOG10_HIGH] (values are log10 |g|)."""
-    return histogram_buckets(float(metadata.LOG10_LOW), float(metadata.LOG10_HIGH), counts)
 
 
 _DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
