@@ -258,11 +258,12 @@ class GradientRecorder:
         if scale is not None:
             self.loss_scale.assign(tf.cast(scale, tf.float32))
         with_histograms = self.histogram_freq > 0 and (histograms or self.gated)
+        hist = self.is_histogram_step(step) if with_histograms else None
         histograms_of = {}
         if self.gated:
             rows = self._gated_moments(grads, write, scale, divisor)
         else:
-            rows, histograms_of = self._layer_moments(grads, divisor, with_histograms)
+            rows, histograms_of = self._layer_moments(grads, divisor, hist)
         moments = tf.stack(rows)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
@@ -287,7 +288,6 @@ class GradientRecorder:
 
         if not with_histograms:
             return
-        hist = self.is_histogram_step(step)
         ranges, counts, log_counts = [], [], []
 
         def per_layer(tensors, li):
@@ -298,8 +298,8 @@ class GradientRecorder:
                     lambda: self._layer_histograms(divisor, tensors),
                     lambda: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
                 )
-            # Computed on each step of the function (by the layer's call in
-            # `_layer_moments`), kept on histogram steps (a select).
+            # Computed by the layer's call in `_layer_moments` (on histogram
+            # steps only, zeros else), kept on histogram steps (a select).
             computed = histograms_of.get(li) or self._layer_histograms(divisor, tensors)
             kept = (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li])
             return tuple(tf.where(hist, new, old) for new, old in zip(computed, kept))
@@ -368,11 +368,12 @@ class GradientRecorder:
             )
         return cached
 
-    def _layer_call(self, function, tensors):
-        """`function(scale, *tensors)` (one layer's tensors) as an isolated
-        call traced once per count and dtypes of the tensors, whatever their
-        shapes: a few traces for a whole model (a Dense layer's kernel and
-        bias, a BatchNormalization's four), and one call per layer, not per
+    def _layer_call(self, function, tensors, leading=(tf.float32,)):
+        """`function(*scalars, *tensors)` (one layer's tensors, after scalar
+        arguments of the dtypes `leading`) as an isolated call traced once
+        per count and dtypes of the tensors, whatever their shapes: a few
+        traces for a whole model (a Dense layer's kernel and bias, a
+        BatchNormalization's four), and one call per layer, not per
         variable, in each step (a call costs tens of microseconds whatever
         it computes)."""
         if self._inline:
@@ -381,22 +382,29 @@ class GradientRecorder:
         key = (function, dtypes)
         cached = self._isolated_functions.get(key)
         if cached is None:
-            spec = [tf.TensorSpec([], tf.float32)] + [tf.TensorSpec(None, dtype) for dtype in dtypes]
+            spec = [tf.TensorSpec([], dtype) for dtype in leading] + [tf.TensorSpec(None, dtype) for dtype in dtypes]
             cached = self._isolated_functions[key] = tf.function(
                 function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
             )
         return cached
 
-    def _layer_moments(self, grads, divisor, with_histograms):
+    def _layer_moments(self, grads, divisor, hist=None):
         """(moments row of each gradient, {layer: (range, counts, log10 counts)}):
         a step that holds a row (ungated), one isolated call per layer.
 
         The call reads one layer's gradients, which its backward ops make
-        together, and yields a few numbers: with histograms the layer's
-        finite range and both kinds of counts too (the histograms need the
-        whole layer's range first, and the call has it). A layer with a
-        sparse gradient (IndexedSlices, from an Embedding) gets a call per
-        gradient instead, its histograms computed apart.
+        together, and yields a few numbers. With `hist` (the histogram-step
+        gate) it yields the layer's finite range and both kinds of counts
+        too (the histograms need the whole layer's range first, and the call
+        has it), computed on histogram steps only: a branch inside the
+        isolated call, invisible to the training graph, so one train
+        function serves rows with and without histograms (each function a
+        model traces costs start-up and host memory in proportion to its
+        layers). Inline (XLA, multi-replica), where a branch would be in the
+        training graph, they are computed on every row and the caller keeps
+        them on histogram steps. A layer with a sparse gradient
+        (IndexedSlices, from an Embedding) gets a call per gradient instead,
+        its histograms computed apart.
         """
         rows = [tf.zeros([aggregate.NUM_MOMENTS]) if g is None else None for g in grads]
         histograms_of = {}
@@ -409,10 +417,14 @@ class GradientRecorder:
                 for i in present:
                     rows[i] = self._statistic(_moments, grads[i])(grads[i], divisor)
                 continue
-            if with_histograms:
-                moments, low_high, counts, log_counts = self._layer_call(_layer_moments_and_histograms, tensors)(
-                    divisor, *tensors
-                )
+            if hist is not None:
+                if self._inline:
+                    results = _layer_moments_and_histograms(divisor, None, *tensors)
+                else:
+                    results = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))(
+                        divisor, hist, *tensors
+                    )
+                moments, low_high, counts, log_counts = results
                 histograms_of[li] = (low_high, counts, log_counts)
             else:
                 moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
@@ -721,9 +733,15 @@ def _layer_histograms(scale, *tensors):
     return tf.stack([low, high]), stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
 
 
-def _layer_moments_and_histograms(scale, *tensors):
-    """`_layer_moments` and `_layer_histograms` of one layer's gradients, one call."""
-    return (_layer_moments(scale, *tensors),) + _layer_histograms(scale, *tensors)
+def _layer_moments_and_histograms(scale, hist, *tensors):
+    """`_layer_moments` and `_layer_histograms` of one layer's gradients, one
+    call; the histograms only where the bool `hist` holds (zeros else), or
+    always where `hist` is None."""
+    moments = _layer_moments(scale, *tensors)
+    if hist is None:
+        return (moments,) + _layer_histograms(scale, *tensors)
+    skipped = (tf.zeros([2]), tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32), tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+    return (moments,) + tuple(tf.cond(hist, lambda: _layer_histograms(scale, *tensors), lambda: skipped))
 
 
 class ActivationRecorder:

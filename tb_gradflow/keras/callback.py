@@ -472,7 +472,9 @@ class GradFlow(keras.callbacks.Callback):
         """Train functions by what they compute, each traced on its first execution.
 
         A kind is one of LIGHT, RECORDING, SAMPLING, with HISTOGRAMS added
-        to the last two where an execution holds a histogram step:
+        to the last two where histograms are on (`histogram_freq` > 0;
+        they are computed on histogram steps only, inside the recorder's
+        isolated calls):
 
         - LIGHT: the user's own train step, unchanged, plus `record_loss`
           (a few scalar ops: the loss of every step, for spikes and
@@ -488,10 +490,11 @@ class GradFlow(keras.callbacks.Callback):
         Keras calls `model.train_function` afresh for every execution;
         `on_train_batch_begin` sets it. A function is traced only when an
         execution first needs it: at the defaults the sampling function runs
-        the first 15 steps and every row after them, the light function the
-        rest, the sampling function with histograms every 1000th step, and
-        the recording function never. No function holds a branch: what a
-        function computes is decided by which function runs.
+        the first 15 steps and every row after them (every 1000th step with
+        histograms), the light function the rest, and the recording function
+        never. No training graph holds a branch: what a function computes is
+        decided by which function runs, and whether a row's histograms are
+        computed by a branch inside the recorder's isolated calls.
         """
         self._tracing = {RECORDING: 0, HISTOGRAMS: 0}
         self._lock = threading.Lock()
@@ -622,7 +625,10 @@ class GradFlow(keras.callbacks.Callback):
             kind = RECORDING
         else:
             return LIGHT
-        return kind + "+" + HISTOGRAMS if histograms else kind
+        # Every recording function can write histograms (on histogram steps
+        # only, see GradientRecorder._layer_moments): one function fewer to
+        # trace, and no retrace at the first histogram step.
+        return kind + "+" + HISTOGRAMS if self._histogram_freq > 0 else kind
 
     def on_train_batch_end(self, batch, logs=None):
         if self._pending and self.model.trainable_variables:
