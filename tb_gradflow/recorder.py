@@ -235,9 +235,10 @@ class GradientRecorder:
         precision); the statistics are of `grads / scale`.
 
         `histograms` (ungated recorders): whether this step function
-        computes the histograms (kept on histogram steps). The Keras callback
-        traces a function with them only for executions holding a histogram
-        step, so no step function carries a `tf.cond` per layer.
+        computes the histograms. In the Keras callback every recording
+        function does, on histogram steps only: the branch is inside each
+        layer's isolated call (`_layer_moments`), so no training graph
+        carries a `tf.cond` per layer.
 
         Every op here reads one layer's gradients (one variable's, in a
         custom loop's gated step) and yields a few numbers, and the detailed
@@ -418,13 +419,8 @@ class GradientRecorder:
                     rows[i] = self._statistic(_moments, grads[i])(grads[i], divisor)
                 continue
             if hist is not None:
-                if self._inline:
-                    results = _layer_moments_and_histograms(divisor, None, *tensors)
-                else:
-                    results = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))(
-                        divisor, hist, *tensors
-                    )
-                moments, low_high, counts, log_counts = results
+                call = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))
+                moments, low_high, counts, log_counts = call(divisor, None if self._inline else hist, *tensors)
                 histograms_of[li] = (low_high, counts, log_counts)
             else:
                 moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
@@ -728,9 +724,10 @@ def _layer_moments(scale, *tensors):
 
 def _layer_histograms(scale, *tensors):
     """(range [2], equal-width counts, log10 counts) of one layer's gradients / scale."""
-    tensors = [tf.cast(t, tf.float32) / scale for t in tensors]
-    low, high = stats.finite_range(tensors)
-    return tf.stack([low, high]), stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
+    # Joined and scaled once, not again by each statistic.
+    joined = [stats.flat(tensors) / scale]
+    low, high = stats.finite_range(joined)
+    return tf.stack([low, high]), stats.equal_width_counts(joined, low, high), stats.log10_magnitude_counts(joined)
 
 
 def _layer_moments_and_histograms(scale, hist, *tensors):

@@ -84,7 +84,7 @@ def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
     >>> equal_width_counts([tf.constant([0.0, 1.0, 2.9, 3.0, float("nan")])], 0.0, 3.0, buckets=3).numpy().tolist()
     [1, 1, 2]
     """
-    t = _flat(tensors)
+    t = flat(tensors)
     width = (high - low) / buckets
     safe_width = tf.where(width > 0, width, 1.0)
     index = tf.clip_by_value(tf.cast(tf.floor((t - low) / safe_width), tf.int32), 0, buckets - 1)
@@ -95,9 +95,9 @@ def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
     return tf.where(width > 0, counts, last * tf.reduce_sum(counts))
 
 
-def _flat(tensors):
-    """The elements of `tensors` as one float32 vector: the counts below are
-    a dozen elementwise ops each, and on a layer's small tensors each op's
+def flat(tensors):
+    """The elements of `tensors` as one float32 vector: the counts are a
+    dozen elementwise ops each, and on a layer's small tensors each op's
     fixed cost, not its arithmetic, is the time."""
     flat = [tf.cast(tf.reshape(t, [-1]), tf.float32) for t in tensors]
     return flat[0] if len(flat) == 1 else tf.concat(flat, axis=0)
@@ -112,7 +112,7 @@ def log10_magnitude_counts(tensors):
     first go to bucket 0, from the last on to the last bucket. (A float32
     log10 rounds near powers of ten: 10.0 -> 0.99999994.)
     """
-    t = tf.abs(_flat(tensors))
+    t = tf.abs(flat(tensors))
     keep = tf.logical_and(tf.math.is_finite(t), t > 0)
     boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
     index = tf.searchsorted(boundaries[None, :], tf.cast(t, tf.float64)[None, :], side="right", out_type=tf.int32)[0]

@@ -67,7 +67,7 @@ def _raw(variable):
 
 
 # Train function kinds (GradFlow._make_train_functions).
-LIGHT, RECORDING, SAMPLING, HISTOGRAMS = "light", "recording", "sampling", "histograms"
+LIGHT, RECORDING, SAMPLING = "light", "recording", "sampling"
 
 
 class GradFlow(keras.callbacks.Callback):
@@ -176,7 +176,9 @@ class GradFlow(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
-        self._resolved_run_dir = None
+        # Resolved once per fit: each row asks for it, and realpath stats
+        # every path component (a millisecond a row on the training thread).
+        self._resolved_run_dir = os.path.realpath(self.run_dir)
         self._active = False
         self._pending = False
         self._table_written = False
@@ -342,12 +344,7 @@ class GradFlow(keras.callbacks.Callback):
         return clips and self._replicas == 1
 
     def _run_key(self):
-        # Resolved once per fit: a row asks for it, and realpath stats every
-        # path component (a millisecond a row on the training thread).
-        key = getattr(self, "_resolved_run_dir", None)
-        if key is None or key[0] != self.run_dir:
-            key = self._resolved_run_dir = (self.run_dir, os.path.realpath(self.run_dir))
-        return key[1]
+        return self._resolved_run_dir
 
     def _whole_executions(self, name, steps, consequence):
         """`steps` rounded up to a multiple of steps_per_execution, with a warning."""
@@ -471,10 +468,9 @@ class GradFlow(keras.callbacks.Callback):
     def _make_train_functions(self):
         """Train functions by what they compute, each traced on its first execution.
 
-        A kind is one of LIGHT, RECORDING, SAMPLING, with HISTOGRAMS added
-        to the last two where histograms are on (`histogram_freq` > 0;
-        they are computed on histogram steps only, inside the recorder's
-        isolated calls):
+        A kind is one of LIGHT, RECORDING, SAMPLING (the last two compute
+        the histograms where `histogram_freq` > 0, on histogram steps only,
+        inside the recorder's isolated calls):
 
         - LIGHT: the user's own train step, unchanged, plus `record_loss`
           (a few scalar ops: the loss of every step, for spikes and
@@ -496,7 +492,7 @@ class GradFlow(keras.callbacks.Callback):
         decided by which function runs, and whether a row's histograms are
         computed by a branch inside the recorder's isolated calls.
         """
-        self._tracing = {RECORDING: 0, HISTOGRAMS: 0}
+        self._tracing = {RECORDING: 0}
         self._lock = threading.Lock()
         self._losses = threading.local()
         self._function_kinds = []
@@ -517,7 +513,7 @@ class GradFlow(keras.callbacks.Callback):
         """`train_step` that advances the step count and watches the loss;
         the optimizer wrappers record what `kind` says while it traces."""
         callback, recorder = self, self._recorder
-        flags = [flag for flag in (RECORDING, HISTOGRAMS) if flag in kind or (flag == RECORDING and SAMPLING in kind)]
+        flags = [RECORDING] if kind != LIGHT else []
 
         def monitored_train_step(*args, **kwargs):
             step = recorder.advance_step()
@@ -548,7 +544,7 @@ class GradFlow(keras.callbacks.Callback):
 
     def _histograms(self):
         """Trace time: whether the step being traced computes histograms."""
-        return getattr(self, "_tracing", {}).get(HISTOGRAMS, 0) > 0
+        return self._recording() and self._histogram_freq > 0
 
     def _make_compute_loss(self, inner_compute_loss):
         """`model.compute_loss` that hands the loss it returns to the train step
@@ -628,7 +624,7 @@ class GradFlow(keras.callbacks.Callback):
         # Every recording function can write histograms (on histogram steps
         # only, see GradientRecorder._layer_moments): one function fewer to
         # trace, and no retrace at the first histogram step.
-        return kind + "+" + HISTOGRAMS if self._histogram_freq > 0 else kind
+        return kind
 
     def on_train_batch_end(self, batch, logs=None):
         if self._pending and self.model.trainable_variables:
