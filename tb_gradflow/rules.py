@@ -425,16 +425,18 @@ def _vanishing_fired(signal, grad_norm, nonfinite_count, has_gradient, has_param
     condition = no_gradient.copy()
     condition[rows, layers] = True
     fired = _held_for(condition, thresholds.vanishing_patience)
-    # The value of each fired cell: 0 without a gradient, else its relative signal.
-    value = np.full(signal.shape, np.nan)
+    # The value of each fired cell: 0 without a gradient, else its relative signal
+    # (a read-only NaN view when none fired, as `_where_fired`).
     fired_rows, fired_layers = np.nonzero(fired)
-    if fired_rows.size:
-        n_layers = signal.shape[1]
-        faded = rows * n_layers + layers
-        order = np.argsort(faded)
-        at = np.minimum(np.searchsorted(faded[order], fired_rows * n_layers + fired_layers), max(faded.size - 1, 0))
-        picked = relative[order][at] if faded.size else np.zeros(fired_rows.size)
-        value[fired_rows, fired_layers] = np.where(no_gradient[fired_rows, fired_layers], 0.0, picked)
+    if fired_rows.size == 0:
+        return fired, np.broadcast_to(np.nan, signal.shape)
+    value = np.full(signal.shape, np.nan)
+    n_layers = signal.shape[1]
+    faded = rows * n_layers + layers
+    order = np.argsort(faded)
+    at = np.minimum(np.searchsorted(faded[order], fired_rows * n_layers + fired_layers), max(faded.size - 1, 0))
+    picked = relative[order][at] if faded.size else np.zeros(fired_rows.size)
+    value[fired_rows, fired_layers] = np.where(no_gradient[fired_rows, fired_layers], 0.0, picked)
     return fired, value
 
 
@@ -489,20 +491,26 @@ def _nanmedian_last_axis(values):
     return np.where(finite > 0, (lower + upper) / 2, np.nan)
 
 
-def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256, rows=None):
-    """growth [n_steps, n_layers] over the median of each row's previous window.
-
-    rows: the rows to compute (sorted int indices); the others are NaN and
-    do not fire. None: every row.
-    """
+def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256):
+    """(fired, growth) [n_steps, n_layers]: each row's interval max over the
+    median of its previous window (`_exploding_rows` at every row)."""
     n_steps, n_layers = norm.shape
-    window, minimum = thresholds.exploding_window, thresholds.exploding_min_history
+    rows, fired_at, growth_at = _exploding_rows(interval_max, norm, has_gradient, thresholds, np.arange(n_steps), chunk)
     fired = np.zeros((n_steps, n_layers), bool)
     growth = np.full((n_steps, n_layers), np.nan)
-    rows = np.arange(n_steps) if rows is None else np.asarray(rows, np.int64)
+    fired[rows], growth[rows] = fired_at, growth_at
+    return fired, growth
+
+
+def _exploding_rows(interval_max, norm, has_gradient, thresholds, rows, chunk=256):
+    """(rows kept, fired [kept, n_layers], growth [kept, n_layers]) at the sorted
+    row indices `rows` that have history (row `exploding_min_history` on)."""
+    n_steps, n_layers = norm.shape
+    window, minimum = thresholds.exploding_window, thresholds.exploding_min_history
+    rows = np.asarray(rows, np.int64)
     rows = rows[rows >= minimum]
     if rows.size == 0:
-        return fired, growth
+        return rows, np.zeros((0, n_layers), bool), np.zeros((0, n_layers))
     finite_norm = np.where(np.isfinite(norm), norm, np.nan)
     baseline = np.full((rows.size, n_layers), np.nan)
     with _quiet_nan_warnings():
@@ -519,9 +527,22 @@ def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256, r
                 baseline[at] = _nanmedian_last_axis(windows[rows[at] - window])
     with np.errstate(invalid="ignore", divide="ignore"):
         picked = interval_max[rows] / np.where(baseline > 0, baseline, 1.0)
-        growth[rows] = np.where(baseline > 0, picked, np.nan)
-    fired[rows] = has_gradient & np.isfinite(growth[rows]) & (growth[rows] > thresholds.exploding_growth)
-    return fired, growth
+        growth = np.where(baseline > 0, picked, np.nan)
+    fired = has_gradient & np.isfinite(growth) & (growth > thresholds.exploding_growth)
+    return rows, fired, growth
+
+
+def _where_fired(fired, rows, values):
+    """float [n_rows, n_layers]: `values` [rows.size, n_layers] at the cells of
+    `fired` in `rows`, NaN elsewhere; a read-only NaN view when nothing fired
+    (the usual case: no dense matrix to allocate, cache or fill)."""
+    cells = fired[rows]
+    if not cells.any():
+        return np.broadcast_to(np.nan, fired.shape)
+    out = np.full(fired.shape, np.nan)
+    at, layers = np.nonzero(cells)
+    out[rows[at], layers] = values[at, layers]
+    return out
 
 
 def _exploding_candidates(interval_max, norm, has_gradient, thresholds):
@@ -646,22 +667,24 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
     has_gradient = np.asarray(has_gradient, dtype=bool)
     has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
     signal = np.asarray(series[BACKWARD_SIGNAL], np.float64) if BACKWARD_SIGNAL in series else stats["grad_rms"]
-    rows = None
+    interval_max, norm = stats["grad_norm_interval_max"], stats["grad_norm"]
     if all_growth:
         condition, relative = _vanishing_rows(
-            signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
+            signal, norm, stats["nonfinite_count"], has_gradient, has_parameters, thresholds
         )
         vanishing = _held_for(condition, thresholds.vanishing_patience)
+        exploding, growth = _exploding_series(interval_max, norm, has_gradient, thresholds)
     else:
-        # Only each row's faded prefix and the rows where the growth can fire are evaluated.
+        # Only each row's faded prefix and the rows where the growth can fire
+        # are evaluated, and only fired cells get a value.
         vanishing, relative = _vanishing_fired(
-            signal, stats["grad_norm"], stats["nonfinite_count"], has_gradient, has_parameters, thresholds
+            signal, norm, stats["nonfinite_count"], has_gradient, has_parameters, thresholds
         )
-        rows = _exploding_candidates(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds)
-    exploding, growth = _exploding_series(stats["grad_norm_interval_max"], stats["grad_norm"], has_gradient, thresholds,
-                                          rows=rows)
-    if rows is not None and rows.size:
-        growth[rows] = np.where(exploding[rows], growth[rows], np.nan)
+        candidates = _exploding_candidates(interval_max, norm, has_gradient, thresholds)
+        rows, fired_at, growth_at = _exploding_rows(interval_max, norm, has_gradient, thresholds, candidates)
+        exploding = np.zeros((n_steps, n_layers), bool)
+        exploding[rows] = fired_at
+        growth = _where_fired(exploding, rows, growth_at)
     nonfinite, count = _nonfinite_series(
         stats["nonfinite_count"], has_gradient, series.get(LOSS_SCALE), thresholds, series.get(NONFINITE_LOSS_STEPS)
     )

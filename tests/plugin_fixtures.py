@@ -415,6 +415,7 @@ def reference_cells(values, max_columns):
     docstring), sample by sample in log space: slow and plain, to test against."""
     from tb_gradflow.plugin import downsample
 
+    values = np.asarray(values, np.float64)  # the definition's logs are of the exact values (float32 widens exactly)
     n, n_layers = values.shape
     starts, ends = downsample.bucket_bounds(n, max_columns)
     index = np.zeros((starts.size, n_layers), np.int64)

@@ -109,7 +109,8 @@ def test_300_layers_by_10000_steps_is_fast():
 @pytest.mark.parametrize("seed", range(6))
 def test_cells_are_those_of_the_definition_on_nan_inf_zeros_and_ties(seed):
     """The magnitudes-first implementation picks the same sample as the
-    definition in log space, on float32 data as the writer stores it."""
+    definition in log space, on float32 data as the writer stores it, given
+    as float32 or widened to float64."""
     rng = np.random.default_rng(seed)
     for trial in range(25):
         n, layers, columns = int(rng.integers(2, 1500)), int(rng.integers(1, 9)), int(rng.integers(1, 200))
@@ -126,6 +127,11 @@ def test_cells_are_those_of_the_definition_on_nan_inf_zeros_and_ties(seed):
             values[:, 0] = 0.0 if trial % 2 else np.nan
         d = downsample.downsample_columns(values, columns)
         np.testing.assert_array_equal(d.index, reference_cells(values, columns), err_msg=f"trial {trial}")
+        # The reader hands over float32 as stored: the same cells as its exact float64 widening.
+        stored = values.astype(np.float32)
+        np.testing.assert_array_equal(stored.astype(np.float64), values)
+        np.testing.assert_array_equal(downsample.downsample_columns(stored, columns).index, d.index,
+                                      err_msg=f"float32, trial {trial}")
 
 
 def test_alert_flags_set_directly_equal_the_per_row_flags():

@@ -94,13 +94,16 @@ def downsample_columns(values, max_columns):
     """Chooses one sample per (bucket, layer); see the module docstring.
 
     Args:
-      values: float array [n_samples, n_layers], rows in step order.
+      values: float array [n_samples, n_layers], rows in step order (float32
+        or float64, worked on as given; anything else as float64).
       max_columns: int >= 1.
 
     Returns:
       Downsampled.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     if values.ndim != 2:
         raise ValueError(f"values must be 2-D [steps, layers], got shape {values.shape}")
     n, n_layers = values.shape
@@ -113,7 +116,9 @@ def downsample_columns(values, max_columns):
     # extremes and the median's samples in log space are those of |value|,
     # and only those few samples are taken to log space (the same floats the
     # definition gives). Per layer, the samples lie contiguous ([n_layers, n]):
-    # the bucket reductions run along the fast axis.
+    # the bucket reductions run along the fast axis. Comparisons and picks run
+    # in the stored precision (float32 widens exactly, so they pick the same
+    # samples); the few log10s are taken in float64.
     magnitude = np.abs(values.T, order="C")
     # NaN propagates through both reductions and +Inf tops the maxima: a
     # bucket holding a non-finite sample has a non-finite maximum.
@@ -129,10 +134,11 @@ def downsample_columns(values, max_columns):
     if not plain.all():
         odd = magnitude[~plain]
         usable = np.isfinite(odd) & (odd != 0)
-        median[~plain] = _median_where(_log10_magnitude(np.where(usable, odd, 0.0)), usable)
+        median[~plain] = _median_where(_log10_magnitude(np.where(usable, odd, 0.0).astype(np.float64)), usable)
     median = np.where(np.isnan(median), 0.0, median)[:, None]
 
-    take_max = (_log10_magnitude(bucket_max) - median) >= (median - _log10_magnitude(bucket_min))
+    take_max = (_log10_magnitude(bucket_max.astype(np.float64)) - median) >= (
+        median - _log10_magnitude(bucket_min.astype(np.float64)))
     target = np.where(take_max, bucket_max, bucket_min)
     sizes = ends - starts
     index = _first_equal(magnitude, np.repeat(target, sizes, axis=1), starts, sizes)
@@ -148,8 +154,8 @@ def _median_log10(magnitude):
     partition of the magnitudes, the middle one or two samples then in log space."""
     n = magnitude.shape[1]
     parted = np.partition(magnitude, n // 2, axis=1)
-    upper = parted[:, n // 2]
-    lower = parted[:, : n // 2].max(axis=1) if n % 2 == 0 else upper
+    upper = parted[:, n // 2].astype(np.float64)
+    lower = parted[:, : n // 2].max(axis=1).astype(np.float64) if n % 2 == 0 else upper
     return (np.log10(lower) + np.log10(upper)) / 2
 
 
