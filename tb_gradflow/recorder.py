@@ -262,10 +262,9 @@ class GradientRecorder:
         hist = self.is_histogram_step(step) if with_histograms else None
         histograms_of = {}
         if self.gated:
-            rows = self._gated_moments(grads, write, scale, divisor)
+            moments = tf.stack(self._gated_moments(grads, write, scale, divisor))
         else:
-            rows, histograms_of = self._layer_moments(grads, divisor, hist)
-        moments = tf.stack(rows)
+            moments, histograms_of = self._layer_moments(grads, divisor, hist)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
         # The interval starts on the first step recorded after a write (and
@@ -300,10 +299,8 @@ class GradientRecorder:
                     lambda: (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li]),
                 )
             # Computed by the layer's call in `_layer_moments` (on histogram
-            # steps only, zeros else), kept on histogram steps (a select).
-            computed = histograms_of.get(li) or self._layer_histograms(divisor, tensors)
-            kept = (self.histogram_range[li], self.histogram_counts[li], self.log10_counts[li])
-            return tuple(tf.where(hist, new, old) for new, old in zip(computed, kept))
+            # steps only, zeros else); kept below on histogram steps.
+            return histograms_of.get(li) or self._layer_histograms(divisor, tensors)
 
         for li, members in enumerate(self._variables_of_layer):
             tensors = [grads[i] for i in members if grads[i] is not None]
@@ -316,9 +313,14 @@ class GradientRecorder:
             ranges.append(low_high)
             counts.append(count)
             log_counts.append(log_count)
-        self.histogram_range.assign(tf.stack(ranges))
-        self.histogram_counts.assign(tf.stack(counts))
-        self.log10_counts.assign(tf.stack(log_counts))
+        for variable, rows in ((self.histogram_range, ranges), (self.histogram_counts, counts),
+                               (self.log10_counts, log_counts)):
+            stacked = tf.stack(rows)
+            if not self.gated:
+                # One select per array, not one per layer (with a slice of the
+                # variable each: ~15 ops a layer to trace and optimize).
+                stacked = tf.where(hist, stacked, variable.read_value())
+            variable.assign(stacked)
         self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
 
     def _gated_moments(self, grads, write, scale, divisor):
@@ -390,7 +392,7 @@ class GradientRecorder:
         return cached
 
     def _layer_moments(self, grads, divisor, hist=None):
-        """(moments row of each gradient, {layer: (range, counts, log10 counts)}):
+        """(moments [n_gradients, NUM_MOMENTS], {layer: (range, counts, log10 counts)}):
         a step that holds a row (ungated), one isolated call per layer.
 
         The call reads one layer's gradients, which its backward ops make
@@ -407,7 +409,14 @@ class GradientRecorder:
         (IndexedSlices, from an Embedding) gets a call per gradient instead,
         its histograms computed apart.
         """
-        rows = [tf.zeros([aggregate.NUM_MOMENTS]) if g is None else None for g in grads]
+        # Each layer's [k, NUM_MOMENTS] block as its call returns it, joined
+        # once and put in gradient order by one gather where the layers'
+        # order differs: no slice per gradient (with three constants each).
+        blocks, order = [], []
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            blocks.append(tf.zeros([len(missing), aggregate.NUM_MOMENTS]))
+            order += missing
         histograms_of = {}
         for li, members in enumerate(self._variables_of_layer):
             present = [i for i in members if grads[i] is not None]
@@ -416,7 +425,8 @@ class GradientRecorder:
                 continue
             if not all(isinstance(t, tf.Tensor) for t in tensors):
                 for i in present:
-                    rows[i] = self._statistic(_moments, grads[i])(grads[i], divisor)
+                    blocks.append(self._statistic(_moments, grads[i])(grads[i], divisor)[tf.newaxis])
+                    order.append(i)
                 continue
             if hist is not None:
                 call = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))
@@ -424,9 +434,14 @@ class GradientRecorder:
                 histograms_of[li] = (low_high, counts, log_counts)
             else:
                 moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
-            for j, i in enumerate(present):
-                rows[i] = moments[j]
-        return rows, histograms_of
+            blocks.append(moments)
+            order += present
+        if not blocks:
+            return tf.zeros([0, aggregate.NUM_MOMENTS]), histograms_of
+        joined = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        if order != sorted(order):
+            joined = tf.gather(joined, np.argsort(order))
+        return joined, histograms_of
 
     def record_applied(self, step, grads):
         """In-step, after the optimizer clipped: the sums of squares of the
@@ -798,7 +813,17 @@ class ActivationRecorder:
             self.step = state("step", [], tf.int64, -1, aggregation=first)
 
     def is_sample_step(self, step):
-        return _once_per_graph(self, "sample", lambda: due_in_graph(step, self.activation_freq, self.dense_start, self.unit))
+        """Whether `step` (int64) is a sample step; built once per graph, and
+        with it the sampled step's own record: the activations of a graph
+        share one gate and one step, not a copy each (select, read and
+        assign per activation: hundreds of ops to trace on a
+        keras.applications model)."""
+        def gate():
+            sample = due_in_graph(step, self.activation_freq, self.dense_start, self.unit)
+            self.step.assign(tf.where(sample, step, self.step.read_value()))
+            return sample
+
+        return _once_per_graph(self, "sample", gate)
 
     def record(self, index, tensor, step, unit_axis=-1, function=None, output_op=None):
         """In-step: statistics of activation `index`, on sample steps only.
@@ -819,16 +844,16 @@ class ActivationRecorder:
         # select, not a branch). Fewer nodes that reorder the forward pass;
         # see docs/event_contract.md, "Exactness", for why order matters.
         sample = self.is_sample_step(step)
-        moments, active, low_high, counts = measure_fn(tensor)
-
-        def keep(variable, value):
-            variable.assign(tf.where(sample, value, variable.read_value()))
-
-        keep(self.moments[index], moments)
-        keep(self.active[index], active)
-        keep(self.histogram_range[index], low_high)
-        keep(self.histogram_counts[index], counts)
-        self.step.assign(tf.where(sample, step, self.step.read_value()))
+        variables = (self.moments[index], self.active[index], self.histogram_range[index],
+                     self.histogram_counts[index])
+        if self._inline:
+            for variable, value in zip(variables, measure_fn(tensor)):
+                variable.assign(tf.where(sample, value, variable.read_value()))
+        else:
+            # Kept inside the isolated call, by handle: the training graph
+            # gains one call per activation, not a read, a select and an
+            # assign per variable (a dozen ops to trace and optimize each).
+            measure_fn(tensor, sample, *[v.handle for v in variables])
 
     def _measure_function(self, tensor, threshold, unit_axis, function, output_op):
         """The statistics of one activation tensor, as an isolated call traced
@@ -849,13 +874,21 @@ class ActivationRecorder:
             low, high = stats.finite_range([t])
             return moments, active, tf.stack([low, high]), stats.equal_width_counts([t], low, high)
 
+        def measure_and_keep(t, sample, *handles):
+            """measure_tensor(t) into the activation's variables (by handle) on sample steps."""
+            for handle, value in zip(handles, measure_tensor(t)):
+                old = tf.raw_ops.ReadVariableOp(resource=handle, dtype=value.dtype)
+                tf.raw_ops.AssignVariableOp(resource=handle, value=tf.where(sample, value, old))
+
         measure_fn = measure_tensor
         if not self._inline:
             if not rank:
-                measure_fn = noinline(measure_tensor)
+                measure_fn = noinline(measure_and_keep)
             else:
                 measure_fn = tf.function(
-                    measure_tensor, input_signature=[tf.TensorSpec([None] * rank, tensor.dtype)],
+                    measure_and_keep,
+                    input_signature=[tf.TensorSpec([None] * rank, tensor.dtype), tf.TensorSpec([], tf.bool)]
+                    + [tf.TensorSpec([], tf.resource)] * 4,
                     experimental_attributes={"_noinline": True}, autograph=False,
                 )
         self._measure_functions[key] = measure_fn
