@@ -812,9 +812,10 @@ class ActivationRecorder:
             ]
             self.step = state("step", [], tf.int64, -1, aggregation=first)
 
-    def is_sample_step(self, step):
+    def sample_gate(self, step):
         """Whether `step` (int64) is a sample step; built once per graph, and
-        with it the sampled step's own record: the activations of a graph
+        with it the record of the sampled step (a side effect, hence not an
+        `is_` name): the activations of a graph
         share one gate and one step, not a copy each (select, read and
         assign per activation: hundreds of ops to trace on a
         keras.applications model)."""
@@ -843,7 +844,7 @@ class ActivationRecorder:
         # are computed on each of its steps and kept on sample steps only (a
         # select, not a branch). Fewer nodes that reorder the forward pass;
         # see docs/event_contract.md, "Exactness", for why order matters.
-        sample = self.is_sample_step(step)
+        sample = self.sample_gate(step)
         variables = (self.moments[index], self.active[index], self.histogram_range[index],
                      self.histogram_counts[index])
         if self._inline:

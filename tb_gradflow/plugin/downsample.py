@@ -72,6 +72,8 @@ def bucket_bounds(n_samples, max_columns):
 
 
 def _log10_magnitude(values):
+    """log10 |values| in float64 (float32 input widens exactly), _LOG10_ZERO at zeros."""
+    values = np.asarray(values, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.log10(np.abs(values))
     out[np.abs(values) == 0] = _LOG10_ZERO
@@ -134,11 +136,10 @@ def downsample_columns(values, max_columns):
     if not plain.all():
         odd = magnitude[~plain]
         usable = np.isfinite(odd) & (odd != 0)
-        median[~plain] = _median_where(_log10_magnitude(np.where(usable, odd, 0.0).astype(np.float64)), usable)
+        median[~plain] = _median_where(_log10_magnitude(np.where(usable, odd, 0.0)), usable)
     median = np.where(np.isnan(median), 0.0, median)[:, None]
 
-    take_max = (_log10_magnitude(bucket_max.astype(np.float64)) - median) >= (
-        median - _log10_magnitude(bucket_min.astype(np.float64)))
+    take_max = (_log10_magnitude(bucket_max) - median) >= (median - _log10_magnitude(bucket_min))
     target = np.where(take_max, bucket_max, bucket_min)
     sizes = ends - starts
     index = _first_equal(magnitude, np.repeat(target, sizes, axis=1), starts, sizes)
