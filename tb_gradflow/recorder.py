@@ -438,10 +438,7 @@ class GradientRecorder:
             order += present
         if not blocks:
             return tf.zeros([0, aggregate.NUM_MOMENTS]), histograms_of
-        joined = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-        if order != sorted(order):
-            joined = tf.gather(joined, np.argsort(order))
-        return joined, histograms_of
+        return _join_in_order(blocks, order), histograms_of
 
     def record_applied(self, step, grads):
         """In-step, after the optimizer clipped: the sums of squares of the
@@ -503,12 +500,7 @@ class GradientRecorder:
         """
         if self.weight_snapshots is None or self.gated:
             return
-        snapshots = self.weight_snapshots
-        tf.cond(
-            self.is_write_step(step),
-            lambda: self._copy_to_snapshots(variables, snapshots),
-            lambda: tf.constant(False),
-        )
+        self._copy_to_snapshots_if(self.is_write_step(step), variables, self.weight_snapshots)
 
     def record_loss(self, step, loss):
         """In-step, every step (the user's own train function included): the
@@ -546,50 +538,53 @@ class GradientRecorder:
         step = tf.cast(step, tf.int64)
         write = self.is_write_step(step)
         snapshots = self.weight_snapshots
+        kept = (
+            self.weight_sum_squares.read_value(),
+            self.update_sum_squares.read_value(),
+            self.weight_before_sum_squares.read_value(),
+        )
+        # By handle, one call per layer that measures only where `write`
+        # holds (NaN else) and one select per array: no branch in the
+        # training graph (a tf.cond here captured two handles per weight and
+        # traced ~13 ops a layer).
+        sums = self._per_weight(_handle_update_sums_if, write, variables, snapshots) if snapshots else None
+        if sums is not None:
+            weight, update, weight_before = tf.unstack(tf.where(write, sums, tf.stack(kept, axis=1)), axis=1)
+        else:
+            def measure():
+                if snapshots is None:
+                    weight = self._isolated(_sum_squares_of)(variables)
+                    nan = tf.fill([len(variables)], float("nan"))
+                    return weight, nan, nan
+                return self._isolated(_update_sums)(variables, snapshots)
 
-        def measure():
-            if snapshots is None:
-                weight = self._isolated(_sum_squares_of)(variables)
-                nan = tf.fill([len(variables)], float("nan"))
-                return weight, nan, nan
-            return self._weight_update_sums(variables, snapshots)
-
-        def keep():
-            return (
-                self.weight_sum_squares.read_value(),
-                self.update_sum_squares.read_value(),
-                self.weight_before_sum_squares.read_value(),
-            )
-
-        weight, update, weight_before = tf.cond(write, measure, keep)
+            weight, update, weight_before = tf.cond(write, measure, lambda: kept)
         self.weight_sum_squares.assign(weight)
         self.update_sum_squares.assign(update)
         self.weight_before_sum_squares.assign(weight_before)
         self.weight_step.assign(tf.where(write, step, self.weight_step))
         if snapshots is not None and self.gated:
             # After this step's update: the "before" of the next write step.
-            tf.cond(
-                self.is_write_step(step + 1),
-                lambda: self._copy_to_snapshots(variables, snapshots),
-                lambda: tf.constant(False),
-            )
+            self._copy_to_snapshots_if(self.is_write_step(step + 1), variables, snapshots)
 
-    def _per_weight(self, body, variables, snapshots):
-        """[body(handles, snapshot_handles, dtypes)[j] for each weight j of
-        each layer], in weight order: one isolated call per layer, traced
-        once per count and dtypes of its weights whatever their shapes; None
-        where the weights cannot go by handle (XLA, multi-replica: the
-        caller runs inline instead).
+    def _per_weight(self, body, gate, variables, snapshots):
+        """`body(gate, handles, snapshot_handles, dtypes)` of each layer's
+        weights, one isolated call per layer traced once per count and dtypes
+        of its weights whatever their shapes, the results joined in weight
+        order ([n_weights, ...]); None where the weights cannot go by handle
+        (XLA, multi-replica: the caller runs inline instead).
 
         The weights go in as resource handles, read inside the call: the
         training graph gains no weight-sized tensor (see `track_weights`),
         and a few traces serve every layer, where a function of all the
         weights at once traced a few ops per weight (thousands of ops, tens
-        of seconds of start-up on a keras.applications model).
+        of seconds of start-up on a keras.applications model). The bool
+        `gate` goes in too, so whether the call works is a branch inside it,
+        traced once, not one in the training graph around every layer's call.
         """
         if self._inline or not variables or not all(hasattr(v, "handle") for v in variables + snapshots):
             return None
-        results = [None] * len(variables)
+        blocks, order = [], []
         for members in self._variables_of_layer:
             if not members:
                 continue
@@ -599,29 +594,18 @@ class GradientRecorder:
             if call is None:
                 k = len(dtypes)
                 call = self._isolated_functions[key] = tf.function(
-                    lambda *handles, dtypes=dtypes, k=k: body(handles[:k], handles[k:], dtypes),
-                    input_signature=[tf.TensorSpec([], tf.resource)] * (2 * k),
+                    lambda gate, *handles, dtypes=dtypes, k=k: body(gate, handles[:k], handles[k:], dtypes),
+                    input_signature=[tf.TensorSpec([], tf.bool)] + [tf.TensorSpec([], tf.resource)] * (2 * k),
                     experimental_attributes={"_noinline": True}, autograph=False,
                 )
-            out = call(*[variables[i].handle for i in members], *[snapshots[i].handle for i in members])
-            for j, i in enumerate(members):
-                results[i] = out[j]
-        return results
+            blocks.append(call(gate, *[variables[i].handle for i in members], *[snapshots[i].handle for i in members]))
+            order += members
+        return _join_in_order(blocks, order)
 
-    def _weight_update_sums(self, variables, snapshots):
-        """(||w||^2, ||w - w_before||^2, ||w_before||^2) per weight."""
-        sums = self._per_weight(_handle_update_sums, variables, snapshots)
-        if sums is None:
-            return self._isolated(_update_sums)(variables, snapshots)
-        sums = tf.stack(sums)
-        return sums[:, 0], sums[:, 1], sums[:, 2]
-
-    def _copy_to_snapshots(self, variables, snapshots):
-        """Each snapshot := its weight (see `_per_weight`)."""
-        done = self._per_weight(_handle_copy, variables, snapshots)
-        if done is None:
-            return self._isolated(_copy_weights)(variables, snapshots)
-        return tf.reduce_all(tf.stack(done))
+    def _copy_to_snapshots_if(self, gate, variables, snapshots):
+        """Where the bool `gate` holds, each snapshot := its weight (see `_per_weight`)."""
+        if self._per_weight(_handle_copy_if, gate, variables, snapshots) is None:
+            tf.cond(gate, lambda: self._isolated(_copy_weights)(variables, snapshots), lambda: tf.constant(False))
 
     def state(self):
         """{name: variable} of everything `snapshot` needs."""
@@ -697,6 +681,34 @@ def _update_sums(variables, snapshots):
     )
     before = tf.stack([stats.sum_squares(b) for b in snapshots])
     return weight, update, before
+
+
+def _join_in_order(blocks, order):
+    """The rows of `blocks` (each [k_b, ...]) in the order `order` names:
+    one concat, and one gather where the blocks' order differs; no slice
+    per row (three constants each)."""
+    joined = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    if order != sorted(order):
+        joined = tf.gather(joined, np.argsort(order))
+    return joined
+
+
+def _handle_update_sums_if(gate, handles, before_handles, dtypes):
+    """[k, 3]: `_handle_update_sums` where the bool `gate` holds, NaN else."""
+    return tf.cond(
+        gate,
+        lambda: _handle_update_sums(handles, before_handles, dtypes),
+        lambda: tf.fill([len(dtypes), 3], float("nan")),
+    )
+
+
+def _handle_copy_if(gate, handles, snapshot_handles, dtypes):
+    """[k]: `_handle_copy` where the bool `gate` holds (all True), nothing else (all False)."""
+    return tf.cond(
+        gate,
+        lambda: _handle_copy(handles, snapshot_handles, dtypes),
+        lambda: tf.fill([len(dtypes)], False),
+    )
 
 
 def _handle_update_sums(handles, before_handles, dtypes):
