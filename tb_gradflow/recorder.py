@@ -228,17 +228,11 @@ class GradientRecorder:
             return tf.constant(False)
         return tf.equal(step % self.histogram_freq, 0)
 
-    def record_gradients(self, step, grads, scale=None, histograms=True, weights=None):
+    def record_gradients(self, step, grads, scale=None, histograms=True):
         """In-step: statistics of `grads` (aligned with `sizes`; None allowed).
 
         `scale`: a loss scale the gradients are multiplied by (mixed
         precision); the statistics are of `grads / scale`.
-
-        `weights` (ungated recorders that `track_weights`): the variables
-        aligned with `sizes`, not yet updated. On a write step they are
-        copied into the weight snapshots by the same per-layer calls that
-        compute the moments (`snapshot_weights` without a call of its own
-        per layer: each call costs tens of microseconds per step).
 
         `histograms` (ungated recorders): whether this step function
         computes the histograms. In the Keras callback every recording
@@ -267,15 +261,10 @@ class GradientRecorder:
         with_histograms = self.histogram_freq > 0 and (histograms or self.gated)
         hist = self.is_histogram_step(step) if with_histograms else None
         histograms_of = {}
-        copy = weights is not None and self.weight_snapshots is not None and not self.gated
         if self.gated:
             moments = tf.stack(self._gated_moments(grads, write, scale, divisor))
-        elif copy and not self._inline and all(hasattr(v, "handle") for v in list(weights) + self.weight_snapshots):
-            moments, histograms_of = self._layer_moments(grads, divisor, hist, write, weights)
         else:
             moments, histograms_of = self._layer_moments(grads, divisor, hist)
-            if copy:
-                self.snapshot_weights(step, weights)
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
         # The interval starts on the first step recorded after a write (and
@@ -382,46 +371,29 @@ class GradientRecorder:
             )
         return cached
 
-    def _layer_call(self, function, tensors, leading=(tf.float32,), weight_dtypes=None):
+    def _layer_call(self, function, tensors, leading=(tf.float32,)):
         """`function(*scalars, *tensors)` (one layer's tensors, after scalar
         arguments of the dtypes `leading`) as an isolated call traced once
         per count and dtypes of the tensors, whatever their shapes: a few
         traces for a whole model (a Dense layer's kernel and bias, a
         BatchNormalization's four), and one call per layer, not per
         variable, in each step (a call costs tens of microseconds whatever
-        it computes).
-
-        With `weight_dtypes` (the dtypes of the layer's weights) the call
-        takes, after the tensors, a bool and the handles of the weights and
-        of their snapshots, and where the bool holds copies each weight into
-        its snapshot (`_handle_copy_if`) besides returning `function`'s
-        result: the weight snapshot of a write step rides on the call that
-        computes the layer's moments instead of costing a call of its own.
-        """
+        it computes)."""
         if self._inline:
             return function
         dtypes = tuple(t.dtype for t in tensors)
-        key = (function, dtypes, weight_dtypes)
+        key = (function, dtypes)
         cached = self._isolated_functions.get(key)
         if cached is None:
             spec = [tf.TensorSpec([], dtype) for dtype in leading] + [tf.TensorSpec(None, dtype) for dtype in dtypes]
-            body = function
-            if weight_dtypes is not None:
-                spec += [tf.TensorSpec([], tf.bool)] + [tf.TensorSpec([], tf.resource)] * (2 * len(weight_dtypes))
-                body = _copying(function, len(leading), len(dtypes), weight_dtypes)
             cached = self._isolated_functions[key] = tf.function(
-                body, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
+                function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
             )
         return cached
 
-    def _layer_moments(self, grads, divisor, hist=None, write=None, weights=None):
+    def _layer_moments(self, grads, divisor, hist=None):
         """(moments [n_gradients, NUM_MOMENTS], {layer: (range, counts, log10 counts)}):
         a step that holds a row (ungated), one isolated call per layer.
-
-        With `weights` (and the write-step bool `write`), each layer's call
-        also copies its weights into their snapshots on a write step (see
-        `record_gradients`); the weights of layers without a dense gradient
-        are copied apart.
 
         The call reads one layer's gradients, which its backward ops make
         together, and yields a few numbers. With `hist` (the histogram-step
@@ -446,37 +418,24 @@ class GradientRecorder:
             blocks.append(tf.zeros([len(missing), aggregate.NUM_MOMENTS]))
             order += missing
         histograms_of = {}
-        copy_apart = []  # layers whose weights no moments call copies
         for li, members in enumerate(self._variables_of_layer):
             present = [i for i in members if grads[i] is not None]
             tensors = [grads[i] for i in present]
-            dense = bool(tensors) and all(isinstance(t, tf.Tensor) for t in tensors)
-            copying = weights is not None and bool(members) and dense
-            if weights is not None and members and not copying:
-                copy_apart.append(li)
             if not tensors:
                 continue
-            if not dense:
+            if not all(isinstance(t, tf.Tensor) for t in tensors):
                 for i in present:
                     blocks.append(self._statistic(_moments, grads[i])(grads[i], divisor)[tf.newaxis])
                     order.append(i)
                 continue
-            copy_args = ()
-            weight_dtypes = None
-            if copying:
-                weight_dtypes = tuple(weights[i].dtype for i in members)
-                copy_args = (write, *[weights[i].handle for i in members],
-                             *[self.weight_snapshots[i].handle for i in members])
             if hist is not None:
-                call = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool), weight_dtypes)
-                moments, low_high, counts, log_counts = call(divisor, None if self._inline else hist, *tensors, *copy_args)
+                call = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))
+                moments, low_high, counts, log_counts = call(divisor, None if self._inline else hist, *tensors)
                 histograms_of[li] = (low_high, counts, log_counts)
             else:
-                moments = self._layer_call(_layer_moments, tensors, weight_dtypes=weight_dtypes)(divisor, *tensors, *copy_args)
+                moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
             blocks.append(moments)
             order += present
-        if copy_apart:
-            self._copy_to_snapshots_if(write, weights, self.weight_snapshots, layers=copy_apart)
         if not blocks:
             return tf.zeros([0, aggregate.NUM_MOMENTS]), histograms_of
         return _join_in_order(blocks, order), histograms_of
@@ -537,10 +496,7 @@ class GradientRecorder:
         The step before a write step runs the user's own train function, so
         the copy is taken here, in an isolated call that writes variables:
         the training graph gains no weight-sized tensor, only the order
-        "copy, then update" on each weight. `record_gradients(weights=...)`
-        takes the same copy inside its per-layer calls (one call per layer
-        fewer); this is for where the gradients are recorded elsewhere (the
-        all-reduce, under a multi-replica strategy).
+        "copy, then update" on each weight.
         """
         if self.weight_snapshots is None or self.gated:
             return
@@ -612,13 +568,12 @@ class GradientRecorder:
             # After this step's update: the "before" of the next write step.
             self._copy_to_snapshots_if(self.is_write_step(step + 1), variables, snapshots)
 
-    def _per_weight(self, body, gate, variables, snapshots, layers=None):
+    def _per_weight(self, body, gate, variables, snapshots):
         """`body(gate, handles, snapshot_handles, dtypes)` of each layer's
-        weights (of the layers `layers`, by default all), one isolated call
-        per layer traced once per count and dtypes of its weights whatever
-        their shapes, the results joined in weight order ([n_weights, ...]);
-        None where the weights cannot go by handle (XLA, multi-replica: the
-        caller runs inline instead).
+        weights, one isolated call per layer traced once per count and dtypes
+        of its weights whatever their shapes, the results joined in weight
+        order ([n_weights, ...]); None where the weights cannot go by handle
+        (XLA, multi-replica: the caller runs inline instead).
 
         The weights go in as resource handles, read inside the call: the
         training graph gains no weight-sized tensor (see `track_weights`),
@@ -631,9 +586,8 @@ class GradientRecorder:
         if self._inline or not variables or not all(hasattr(v, "handle") for v in variables + snapshots):
             return None
         blocks, order = [], []
-        chosen = None if layers is None else set(layers)
-        for li, members in enumerate(self._variables_of_layer):
-            if not members or (chosen is not None and li not in chosen):
+        for members in self._variables_of_layer:
+            if not members:
                 continue
             dtypes = tuple(variables[i].dtype for i in members)
             key = (body, dtypes)
@@ -647,17 +601,11 @@ class GradientRecorder:
                 )
             blocks.append(call(gate, *[variables[i].handle for i in members], *[snapshots[i].handle for i in members]))
             order += members
-        if not blocks:
-            return tf.zeros([0])
         return _join_in_order(blocks, order)
 
-    def _copy_to_snapshots_if(self, gate, variables, snapshots, layers=None):
-        """Where the bool `gate` holds, each snapshot := its weight (of the
-        layers `layers`, by default all; see `_per_weight`)."""
-        if self._per_weight(_handle_copy_if, gate, variables, snapshots, layers) is None:
-            if layers is not None:
-                chosen = [i for li in layers for i in self._variables_of_layer[li]]
-                variables, snapshots = [variables[i] for i in chosen], [snapshots[i] for i in chosen]
+    def _copy_to_snapshots_if(self, gate, variables, snapshots):
+        """Where the bool `gate` holds, each snapshot := its weight (see `_per_weight`)."""
+        if self._per_weight(_handle_copy_if, gate, variables, snapshots) is None:
             tf.cond(gate, lambda: self._isolated(_copy_weights)(variables, snapshots), lambda: tf.constant(False))
 
     def state(self):
@@ -785,22 +733,6 @@ def _handle_copy(handles, snapshot_handles, dtypes):
             resource=snapshot_handle, value=tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
         )
     return tf.fill([len(dtypes)], True)
-
-
-def _copying(function, n_leading, n_tensors, weight_dtypes):
-    """`function(*leading, *tensors)` that also takes a bool and the handles
-    of k weights and of their snapshots after its tensors, and where the
-    bool holds copies each weight into its snapshot (see
-    `GradientRecorder._layer_call`)."""
-    k = len(weight_dtypes)
-
-    def call(*args):
-        leading, tensors = args[:n_leading], args[n_leading:n_leading + n_tensors]
-        write, handles = args[n_leading + n_tensors], args[n_leading + n_tensors + 1:]
-        _handle_copy_if(write, handles[:k], handles[k:], weight_dtypes)
-        return function(*leading, *tensors)
-
-    return call
 
 
 def _copy_weights(variables, snapshots):

@@ -30,11 +30,10 @@ SHALLOW, DEEP = 3, 6
 STEPS = 24  # past the dense start (15): the light function is traced too
 
 # What a hooked Dense layer (kernel, bias, activation) may add to the step
-# graph of an execution that records everything (measured at 11: a call each
-# for the moments, histograms and weight snapshot, the weight and update
-# sums and the activation statistics, and the handles they take; 12 while
-# the snapshot had a call of its own, 28 with a tf.cond around it).
-RECORDING_OPS_PER_LAYER = 13
+# graph of an execution that records everything (measured at 12: a call each
+# for the moments and histograms, the weight snapshot, the weight and update
+# sums and the activation statistics, and the handles they take).
+RECORDING_OPS_PER_LAYER = 14
 
 
 class Probe(keras.Sequential):

@@ -404,19 +404,13 @@ class GradFlow(keras.callbacks.Callback):
                     callback._clip_positions = [
                         index_of(v) for g, v in zip(grads, trainable_variables or self._variables) if g is not None
                     ]
-                weights = [_raw(v) for v in self._variables]
                 if not distributed:
                     # LossScaleOptimizer.apply sees scaled gradients; the
                     # recorder reports the ones the inner optimizer applies
                     # (the same division, inside its isolated statistics).
-                    # The weights' snapshot for the update ratio is taken by
-                    # the same per-layer calls, before the update.
                     scale = tf.cast(optimizer.dynamic_scale, tf.float32) if scaled else None
-                    recorder.record_gradients(
-                        step, aligned, scale=scale, histograms=callback._histograms(), weights=weights
-                    )
-                else:
-                    recorder.snapshot_weights(step, weights)
+                    recorder.record_gradients(step, aligned, scale=scale, histograms=callback._histograms())
+                recorder.snapshot_weights(step, [_raw(v) for v in self._variables])
                 result = inner_apply(grads, trainable_variables)
                 recorder.record_weights(step, [_raw(v) for v in self._variables])
                 return result
