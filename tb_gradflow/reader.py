@@ -963,7 +963,9 @@ def summarize(steps, verdicts, table):
 
 
 def _verdicts_size(result):
-    def owned(array):  # a read-only broadcast (rules' "no value") holds one element
+    def owned(array):  # FiredValues hold their fired cells only; a broadcast view one element
+        if isinstance(array, rules.FiredValues):
+            return array.nbytes
         array = np.asarray(array)
         return array.itemsize if 0 in array.strides else array.nbytes
 

@@ -109,6 +109,7 @@ Activation rules (rows every `activation_freq` steps, `evaluate_activation_*`):
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 
@@ -222,6 +223,75 @@ class StepVerdict:
     value: np.ndarray  # float [n_layers], NaN where the rule has no value
 
 
+class FiredValues:
+    """float [n_rows, n_layers]: NaN except at the cells where a rule fired.
+
+    The values `evaluate_series_fired` gives for the vanishing and exploding
+    rules, stored as the fired cells only. Alerts are rare (134 fired cells
+    in a synthetic 300-layer x 10,000-step run with a fade), and a dense NaN
+    matrix of that run is 24 MB of fresh memory per kind per cold request:
+    most of an /alert_cells request's time on a machine where new pages are
+    slow. Indexing gives what indexing the dense matrix gives, for any key
+    numpy accepts; `np.asarray` builds the dense matrix.
+
+    >>> v = FiredValues((2, 3), cells=[4], values=[0.5])
+    >>> v[1].tolist(), float(v[1, 1]), np.isnan(v[0, 0])
+    ([nan, 0.5, nan], 0.5, np.True_)
+    >>> np.asarray(v)[1, 1], v[[1, 1], [0, 1]].tolist()
+    (np.float64(0.5), [nan, 0.5])
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, shape, cells=(), values=()):
+        """cells: sorted flat (row-major) indices of the fired cells; values: theirs."""
+        self.shape = tuple(int(n) for n in shape)
+        if len(self.shape) != 2:
+            raise ValueError(f"FiredValues is [n_rows, n_layers], got shape {self.shape}")
+        self.cells = np.asarray(cells, np.int64)
+        self.values = np.asarray(values, np.float64)
+        if self.cells.shape != self.values.shape or self.cells.ndim != 1:
+            raise ValueError(f"cells {self.cells.shape} and values {self.values.shape} must be two 1-D arrays of one length")
+
+    @classmethod
+    def at(cls, shape, rows, layers, values):
+        """From the (rows, layers) of the fired cells in row-major order (np.nonzero's)."""
+        return cls(shape, np.asarray(rows, np.int64) * shape[1] + np.asarray(layers, np.int64), values)
+
+    @property
+    def size(self):
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nbytes(self):
+        return self.cells.nbytes + self.values.nbytes
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"FiredValues(shape={self.shape}, fired cells={self.cells.size})"
+
+    def __array__(self, dtype=None, copy=None):
+        dense = np.full(self.shape, np.nan)
+        dense.flat[self.cells] = self.values
+        return dense if dtype is None else dense.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        # The row and layer of each selected cell, by indexing zero-stride views
+        # of the two coordinate ranges with the key itself (numpy's own
+        # semantics, and memory for the selection only).
+        n_rows, n_layers = self.shape
+        rows = np.broadcast_to(np.arange(n_rows)[:, None], self.shape)[key]
+        layers = np.broadcast_to(np.arange(n_layers)[None, :], self.shape)[key]
+        flat = np.asarray(rows, np.int64) * n_layers + layers
+        if self.cells.size == 0:
+            return np.full(flat.shape, np.nan)[()]
+        at = np.minimum(np.searchsorted(self.cells, flat), self.cells.size - 1)
+        return np.where(self.cells[at] == flat, self.values[at], np.nan)[()]
+
+
 # --------------------------------------------------------------- the backward signal
 # The leaf names of the variables whose gradient is the backward signal at a
 # layer's output: a bias (Dense, Conv, recurrent cells, EinsumDense) or a
@@ -264,12 +334,13 @@ def backward_signal(variable_rms, signal_index, layer_rms=None):
 
     Runs logged without per-variable statistics (`variable_rms` None: older
     runs, writers of per-layer statistics only) use each layer's gradient
-    RMS instead.
+    RMS instead. Float32 statistics stay float32 (picking is exact; the rules
+    widen where they compute).
     """
     signal_index = np.asarray(signal_index, np.int64)
     if variable_rms is None:
-        return np.asarray(layer_rms, np.float64)
-    variable_rms = np.asarray(variable_rms, np.float64)
+        return _stored_float(layer_rms)
+    variable_rms = _stored_float(variable_rms)
     picked = np.take(variable_rms, np.maximum(signal_index, 0), axis=-1)
     return np.where(signal_index >= 0, picked, np.nan)
 
@@ -322,7 +393,7 @@ def _vanishing_rows(signal, grad_norm, nonfinite_count, has_gradient, has_parame
 
 def _no_gradient(grad_norm, nonfinite_count, has_gradient, has_parameters):
     """bool [n_rows, n_layers]: layers with variables that got no gradient, or one exactly zero."""
-    grad_norm = np.asarray(grad_norm, np.float64)
+    grad_norm = _stored_float(grad_norm)
     no_gradient = np.zeros(grad_norm.shape, bool)
     has_gradient = np.asarray(has_gradient, bool)
     has_parameters = np.asarray(has_parameters, bool)
@@ -331,7 +402,7 @@ def _no_gradient(grad_norm, nonfinite_count, has_gradient, has_parameters):
     if watched.size:
         zero = grad_norm == 0
         if zero.any():  # (a norm of 0 over the finite elements of an all-NaN gradient is not a missing gradient)
-            zero &= np.asarray(nonfinite_count, np.float64) == 0
+            zero &= _stored_float(nonfinite_count) == 0
             no_gradient[:, watched] |= zero[:, watched]
     return no_gradient
 
@@ -383,7 +454,7 @@ def _faded_cells(signal, thresholds, first_block=8):
     found_rows, found_layers, found_relative = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
     while start < n_layers and (active is None or active.size):
         stop = min(n_layers, start + width)
-        block = signal[:, start:stop] if active is None else signal[active, start:stop]
+        block = np.asarray(signal[:, start:stop] if active is None else signal[active, start:stop], np.float64)
         usable = np.isfinite(block)
         masked = np.where(usable, block, -np.inf)
         # after[:, k]: the largest finite signal of the layers after block layer k.
@@ -417,27 +488,23 @@ def _faded_cells(signal, thresholds, first_block=8):
 
 
 def _vanishing_fired(signal, grad_norm, nonfinite_count, has_gradient, has_parameters, thresholds):
-    """(fired, value) of the vanishing rule, the value only where it fired (NaN
-    elsewhere): `_vanishing_rows` and `_held_for` decide the same cells."""
-    signal = np.asarray(signal, np.float64)
+    """(fired, FiredValues) of the vanishing rule: `_vanishing_rows` and
+    `_held_for` decide the same cells, and give the same values where it fired.
+    `signal` float32 or float64 (_stored_float)."""
     rows, layers, relative = _faded_cells(signal, thresholds)
     no_gradient = _no_gradient(grad_norm, nonfinite_count, has_gradient, has_parameters)
     condition = no_gradient.copy()
     condition[rows, layers] = True
     fired = _held_for(condition, thresholds.vanishing_patience)
-    # The value of each fired cell: 0 without a gradient, else its relative signal
-    # (a read-only NaN view when none fired, as `_where_fired`).
+    # The value of each fired cell: 0 without a gradient, else its relative signal.
     fired_rows, fired_layers = np.nonzero(fired)
-    if fired_rows.size == 0:
-        return fired, np.broadcast_to(np.nan, signal.shape)
-    value = np.full(signal.shape, np.nan)
     n_layers = signal.shape[1]
     faded = rows * n_layers + layers
     order = np.argsort(faded)
     at = np.minimum(np.searchsorted(faded[order], fired_rows * n_layers + fired_layers), max(faded.size - 1, 0))
     picked = relative[order][at] if faded.size else np.zeros(fired_rows.size)
-    value[fired_rows, fired_layers] = np.where(no_gradient[fired_rows, fired_layers], 0.0, picked)
-    return fired, value
+    value = np.where(no_gradient[fired_rows, fired_layers], 0.0, picked)
+    return fired, FiredValues.at(signal.shape, fired_rows, fired_layers, value)
 
 
 def vanishing_relative(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
@@ -488,7 +555,14 @@ def _nanmedian_last_axis(values):
     finite = np.sum(~np.isnan(values), axis=-1)
     lower = np.take_along_axis(ordered, np.maximum((finite - 1) // 2, 0)[..., None], axis=-1)[..., 0]
     upper = np.take_along_axis(ordered, np.maximum(finite // 2, 0)[..., None], axis=-1)[..., 0]
-    return np.where(finite > 0, (lower + upper) / 2, np.nan)
+    # The mean of the middle two in float64 whatever the input (a float32
+    # run's sum would round differently from the float64 evaluation's).
+    return np.where(finite > 0, (np.asarray(lower, np.float64) + upper) / 2, np.nan)
+
+
+def _finite_or_nan(values):
+    """`values` with every non-finite element (NaN, +-Inf) as NaN, in its own dtype."""
+    return np.where(np.isfinite(values), values, np.asarray(np.nan, values.dtype))
 
 
 def _exploding_series(interval_max, norm, has_gradient, thresholds, chunk=256):
@@ -511,38 +585,32 @@ def _exploding_rows(interval_max, norm, has_gradient, thresholds, rows, chunk=25
     rows = rows[rows >= minimum]
     if rows.size == 0:
         return rows, np.zeros((0, n_layers), bool), np.zeros((0, n_layers))
-    finite_norm = np.where(np.isfinite(norm), norm, np.nan)
     baseline = np.full((rows.size, n_layers), np.nan)
     with _quiet_nan_warnings():
         # Rows with a partial window (fewer than `window` previous rows).
         partial = np.flatnonzero(rows < min(window, n_steps))
         for at in partial:
-            baseline[at] = np.nanmedian(finite_norm[: rows[at]], axis=0)
-        # Full windows, in chunks to bound the [rows, window, layers] view's copy.
+            baseline[at] = np.nanmedian(_finite_or_nan(np.asarray(norm[: rows[at]], np.float64)), axis=0)
+        # Full windows, in chunks to bound the [rows, window, layers] view's copy
+        # (each chunk's copy is masked: no masked copy of the whole matrix).
         full = np.flatnonzero(rows >= window)
         if full.size:
-            windows = np.lib.stride_tricks.sliding_window_view(finite_norm[:-1], window, axis=0)
+            windows = np.lib.stride_tricks.sliding_window_view(norm[:-1], window, axis=0)
             for lo in range(0, full.size, chunk):
                 at = full[lo : lo + chunk]
-                baseline[at] = _nanmedian_last_axis(windows[rows[at] - window])
+                baseline[at] = _nanmedian_last_axis(_finite_or_nan(windows[rows[at] - window]))
     with np.errstate(invalid="ignore", divide="ignore"):
-        picked = interval_max[rows] / np.where(baseline > 0, baseline, 1.0)
+        picked = np.asarray(interval_max[rows], np.float64) / np.where(baseline > 0, baseline, 1.0)
         growth = np.where(baseline > 0, picked, np.nan)
     fired = has_gradient & np.isfinite(growth) & (growth > thresholds.exploding_growth)
     return rows, fired, growth
 
 
 def _where_fired(fired, rows, values):
-    """float [n_rows, n_layers]: `values` [rows.size, n_layers] at the cells of
-    `fired` in `rows`, NaN elsewhere; a read-only NaN view when nothing fired
-    (the usual case: no dense matrix to allocate, cache or fill)."""
-    cells = fired[rows]
-    if not cells.any():
-        return np.broadcast_to(np.nan, fired.shape)
-    out = np.full(fired.shape, np.nan)
-    at, layers = np.nonzero(cells)
-    out[rows[at], layers] = values[at, layers]
-    return out
+    """FiredValues: `values` [rows.size, n_layers] at the cells of `fired` in
+    `rows` (sorted), NaN elsewhere."""
+    at, layers = np.nonzero(fired[rows])
+    return FiredValues.at(fired.shape, rows[at], layers, values[at, layers])
 
 
 def _exploding_candidates(interval_max, norm, has_gradient, thresholds):
@@ -562,8 +630,8 @@ def _exploding_candidates(interval_max, norm, has_gradient, thresholds):
         return np.zeros(0, np.int64)
     n_blocks = -(-n_steps // window)
     whole = (n_steps // window) * window
-    norm = np.asarray(norm, np.float64)
-    interval_max = np.asarray(interval_max, np.float64)
+    norm = _stored_float(norm)  # minima and comparisons: exact in float32 too
+    interval_max = _stored_float(interval_max)
     with _quiet_nan_warnings():
         # fmin ignores NaN; an Inf or a negative norm only lowers the bound (more candidates).
         lowest = np.empty((n_blocks, n_layers))
@@ -604,7 +672,7 @@ def _nonfinite_series(count, has_gradient, loss_scale, thresholds, nonfinite_los
     is non-finite), which a non-finite gradient that persists reaches within
     ~15 steps.
     """
-    count = np.asarray(count, np.float64)
+    count = _stored_float(count)  # the value reported: the count as logged
     fired = np.asarray(has_gradient, bool) & (count > 0)
     if nonfinite_loss_steps is not None:
         loss_steps = np.asarray(nonfinite_loss_steps, np.float64).reshape(count.shape[0], 1)
@@ -649,24 +717,43 @@ def evaluate_series(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_
 
 def evaluate_series_fired(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
     """`evaluate_series`, except that the vanishing and exploding values are
-    given only where they fired (NaN elsewhere): every verdict, and every
-    value an alert reports, is the same. The vanishing rule looks only at the
+    given only where they fired (NaN elsewhere, stored as `FiredValues`; so
+    are the activation kinds' empty values): every verdict, and every value
+    an alert reports, is the same. The vanishing rule looks only at the
     faded prefix of each row (from the input layer to the first healthy
     one), and the median of each row's window, most of the rules' cost, is
-    computed only for rows that could fire. What the reader evaluates
-    (`vanishing_relative` gives the vanishing value at every row).
+    computed only for rows that could fire. Float32 statistics are worked on
+    as stored, widened where the rules compute (see `_stored_float`). What
+    the reader evaluates (`vanishing_relative` gives the vanishing value at
+    every row).
     """
     return _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growth=False)
 
 
+def _stored_float(values):
+    """`values` as a float32 or float64 array, as stored (no copy); other dtypes as float64.
+
+    The reader's rules keep a run's float32 series as they are: each widening
+    to float64 is a new matrix (4 x 24 MB for 300 layers x 10,000 steps, most
+    of a cold request in fresh pages), and widening is exact, so every
+    quantity computed from a widened slice, or compared across the two
+    dtypes, is what the all-float64 evaluation computes.
+    """
+    values = np.asarray(values)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+
+
 def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growth):
     # grad_rms stands in for the backward signal only where that is unknown.
-    stats = {name: np.asarray(series[name], dtype=np.float64) for name in REQUIRED_STATISTICS
+    # The fired path keeps float32 inputs as stored (see _stored_float); every
+    # arithmetic step in it widens first.
+    as_float = functools.partial(np.asarray, dtype=np.float64) if all_growth else _stored_float
+    stats = {name: as_float(series[name]) for name in REQUIRED_STATISTICS
              if name != "grad_rms" or BACKWARD_SIGNAL not in series}
     n_steps, n_layers = stats["grad_norm"].shape
     has_gradient = np.asarray(has_gradient, dtype=bool)
     has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
-    signal = np.asarray(series[BACKWARD_SIGNAL], np.float64) if BACKWARD_SIGNAL in series else stats["grad_rms"]
+    signal = as_float(series[BACKWARD_SIGNAL]) if BACKWARD_SIGNAL in series else stats["grad_rms"]
     interval_max, norm = stats["grad_norm_interval_max"], stats["grad_norm"]
     if all_growth:
         condition, relative = _vanishing_rows(
@@ -693,9 +780,9 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
         EXPLODING: (exploding, growth),
         NONFINITE: (nonfinite, count),
     }
-    # Gradient rows never fire an activation kind (no value: a read-only NaN view).
+    # Gradient rows never fire an activation kind (no value).
     for kind in ACTIVATION_KINDS:
-        nothing = np.full((n_steps, n_layers), np.nan) if all_growth else np.broadcast_to(np.nan, (n_steps, n_layers))
+        nothing = np.full((n_steps, n_layers), np.nan) if all_growth else FiredValues((n_steps, n_layers))
         out[kind] = (np.zeros((n_steps, n_layers), bool), nothing)
     return out
 
@@ -829,19 +916,27 @@ def merge_verdicts(steps, verdicts, activation_steps, activation_verdicts):
         for kind in KINDS:
             source = activation_verdicts if kind in ACTIVATION_KINDS else verdicts
             merged[kind] = source[kind] if kind in source else (
-                np.zeros((steps.size, n_layers), bool), np.full((steps.size, n_layers), np.nan))
+                np.zeros((steps.size, n_layers), bool), FiredValues((steps.size, n_layers)))
         return steps, merged
     union = np.union1d(steps, activation_steps)
     rows_g = np.searchsorted(union, steps)
     rows_a = np.searchsorted(union, activation_steps)
     merged = {}
+    shape = (union.size, n_layers)
     for kind in KINDS:
-        fired = np.zeros((union.size, n_layers), bool)
-        value = np.full((union.size, n_layers), np.nan)
+        fired = np.zeros(shape, bool)
         source, rows = (activation_verdicts, rows_a) if kind in ACTIVATION_KINDS else (verdicts, rows_g)
-        if kind in source:
-            fired[rows], value[rows] = source[kind]
-        merged[kind] = (fired, value)
+        if kind not in source:
+            merged[kind] = (fired, FiredValues(shape))
+            continue
+        fired[rows], value_in = source[kind]
+        if isinstance(value_in, FiredValues):  # stays sparse: its cells move to their union rows
+            at, layers = np.divmod(value_in.cells, n_layers)
+            merged[kind] = (fired, FiredValues.at(shape, rows[at], layers, value_in.values))
+        else:
+            value = np.full(shape, np.nan)
+            value[rows] = value_in
+            merged[kind] = (fired, value)
     return union, merged
 
 

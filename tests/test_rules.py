@@ -362,6 +362,8 @@ def test_the_readers_evaluation_decides_exactly_what_evaluate_series_decides():
         t = rules.Thresholds(exploding_window=int(rng.integers(1, 25)), exploding_min_history=1) if trial % 3 else \
             rules.DEFAULT_THRESHOLDS
         has = rng.random(layers) < 0.9
+        if trial % 2:  # as the reader decodes a run: float32, which the fired path keeps
+            stats = {name: values.astype(np.float32) for name, values in stats.items()}
         whole = rules.evaluate_series(stats, has_gradient=has, thresholds=t)
         fast = rules.evaluate_series_fired(stats, has_gradient=has, thresholds=t)
         for kind in rules.KINDS:
@@ -415,6 +417,8 @@ def test_the_readers_vanishing_rule_decides_exactly_what_evaluate_series_decides
                  rules.BACKWARD_SIGNAL: signal}
         if trial % 4 == 0:
             del stats[rules.BACKWARD_SIGNAL]  # the layer RMS stands in
+        if trial % 3 == 0:
+            stats = {name: values.astype(np.float32) for name, values in stats.items()}
         t = rules.Thresholds(vanishing_patience=int(rng.integers(1, 20)), vanishing_min_layers=int(rng.integers(1, 5)),
                              vanishing_relative_signal=float(rng.choice([0.05, 0.2, 0.5])))
         has = rng.random(layers) < 0.9
@@ -429,6 +433,73 @@ def test_the_readers_vanishing_rule_decides_exactly_what_evaluate_series_decides
             rules.vanishing_relative(stats, has_gradient=has, thresholds=t, has_parameters=params), value)
         fired_cells += int(fired.sum())
     assert fired_cells > 1000
+
+
+def test_float32_windows_take_their_median_in_float64():
+    """The exploding rule's baseline: the mean of two float32 norms rounds
+    differently in float32 (here by one ulp, enough to move a verdict at the
+    threshold); the fired path keeps float32 inputs, so it must widen."""
+    a, b = np.float32(1.0), np.nextafter(np.float32(1.0), np.float32(2.0))
+    window = np.array([[[a, b]]], np.float32)
+    assert rules._nanmedian_last_axis(window)[0, 0] == (np.float64(a) + np.float64(b)) / 2
+    assert rules._nanmedian_last_axis(window)[0, 0] != np.float64((a + b) / np.float32(2))
+
+
+def _dense_keys(rng, n_rows, n_layers):
+    """Keys of every kind numpy takes for a 2-D array, sized for [n_rows, n_layers]."""
+    rows = rng.integers(-n_rows, n_rows, 5)
+    layers = rng.integers(-n_layers, n_layers, 5)
+    mask = rng.random((n_rows, n_layers)) < 0.3
+    return [int(rows[0]), (int(rows[0]), int(layers[0])), rows, (rows, int(layers[0])), (rows, layers),
+            slice(1, None, 2), (slice(None), int(layers[1])), (slice(2, -1), layers[:3]), mask, ~mask,
+            mask[:, 0], (mask[:, 0], slice(None)), (rows[:, None], layers[None, :]), Ellipsis, (Ellipsis, -1)]
+
+
+def test_fired_values_index_as_the_dense_matrix_does():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n_rows, n_layers = int(rng.integers(1, 30)), int(rng.integers(1, 9))
+        fired = rng.random((n_rows, n_layers)) < (0.0 if trial % 5 == 0 else 0.2)
+        rows, layers = np.nonzero(fired)
+        values = rng.normal(size=rows.size)
+        sparse = rules.FiredValues.at((n_rows, n_layers), rows, layers, values)
+        dense = np.full((n_rows, n_layers), np.nan)
+        dense[rows, layers] = values
+        np.testing.assert_array_equal(np.asarray(sparse), dense)
+        for key in _dense_keys(rng, n_rows, n_layers):
+            got, want = sparse[key], dense[key]
+            assert np.shape(got) == np.shape(want), (trial, key)
+            np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}, key {key!r}")
+        assert sparse.nbytes == 16 * rows.size and sparse.shape == dense.shape and len(sparse) == n_rows
+    with pytest.raises(IndexError):
+        rules.FiredValues((2, 3))[2]
+    with pytest.raises(ValueError, match="must be two 1-D arrays of one length"):
+        rules.FiredValues((2, 3), cells=[1, 2], values=[0.5])
+
+
+def test_merge_verdicts_moves_fired_values_to_their_union_rows():
+    """The reader's verdicts (FiredValues) merged over the union of gradient and
+    activation steps give what the dense verdicts give."""
+    grad_rows = [row([1e-3, 1e-2, 1.0])] * 3 + [row([1.0, 1.0, 1.0])] + [row([1e-3, 1e-2, 1.0])] * 3
+    act = rules.evaluate_activation_series(act_rows([[0.9] * 3] * 3, [[0.9, 0.0, 0.0]] * 3), monitored=ON,
+                                           two_sided=ON, thresholds=rules.Thresholds(dead_window=1))
+    t = rules.Thresholds(vanishing_patience=2)
+    dense = rules.evaluate_series(series(grad_rows), has_gradient=ALL, thresholds=t)
+    fired = rules.evaluate_series_fired(series(grad_rows), has_gradient=ALL, thresholds=t)
+    assert isinstance(fired[rules.VANISHING][1], rules.FiredValues) and fired[rules.VANISHING][0].any()
+    steps = np.arange(1, 8) * 10
+    union, from_dense = rules.merge_verdicts(steps, dense, np.array([15, 30, 75]), act)
+    same_union, from_fired = rules.merge_verdicts(steps, fired, np.array([15, 30, 75]), act)
+    np.testing.assert_array_equal(union, same_union)
+    for kind in rules.KINDS:
+        np.testing.assert_array_equal(from_fired[kind][0], from_dense[kind][0], err_msg=kind)
+        where = from_dense[kind][0]
+        if kind in (rules.VANISHING, rules.EXPLODING):  # values only where they fired
+            np.testing.assert_array_equal(from_fired[kind][1][where], from_dense[kind][1][where], err_msg=kind)
+            assert np.isnan(np.asarray(from_fired[kind][1])[~where]).all()
+        else:
+            np.testing.assert_array_equal(np.asarray(from_fired[kind][1]), from_dense[kind][1], err_msg=kind)
+    assert rules.summarize(union, from_fired, ["a", "b", "c"]) == rules.summarize(union, from_dense, ["a", "b", "c"])
 
 
 def test_fast_rule_helpers_equal_their_plain_definitions():
