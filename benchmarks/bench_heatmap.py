@@ -243,6 +243,55 @@ def bench_server(logdir, run, columns, repeat=5):
     return dict(results, load=load_s, raw_read=raw_s, samples=samples, cold_repeats=repeat)
 
 
+def _probe(logdir, run, columns):
+    """In this (fresh) process: load the logdir, then the dashboard's two requests
+    on one plugin, as a first visit after `tensorboard` started makes them: the
+    heatmap without marks, then its alert marks. Prints their seconds as JSON."""
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    from tb_gradflow.plugin.gradflow_plugin import GradFlowPlugin
+
+    mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
+    mux.AddRunsFromDirectory(logdir)
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, logdir)
+    plugin = GradFlowPlugin(base_plugin.TBContext(logdir=logdir, data_provider=provider))
+    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider), wrappers.Response)
+    out = {}
+    for name, route in (("heatmap", "heatmap"), ("alert_cells", "alert_cells")):
+        query = f"/data/plugin/gradflow/{route}?run={run}&columns={columns}" + ("&alerts=false" if route == "heatmap" else "")
+        response, out[name] = timed(lambda: client.get(query))
+        assert response.status_code == 200, response.get_data()[:300]
+    print(json.dumps(out))
+
+
+def bench_fresh_processes(logdir, run, columns, repeat):
+    """`_probe` in `repeat` fresh processes: cold as on a `tensorboard` just
+    started. (Cold requests inside one long process depend on what it
+    allocated and freed before: on this project's VM a fresh page costs
+    ~10-100 us, and whether a request's temporaries land in fresh pages
+    varies with the allocator's state.)"""
+    import subprocess
+
+    samples = {"heatmap": [], "alert_cells": []}
+    for _ in range(repeat):
+        answer = subprocess.run([sys.executable, __file__, "--probe", logdir, "--probe-run", run,
+                                 "--columns", str(columns)], check=True, capture_output=True, text=True)
+        for name, seconds in json.loads(answer.stdout.strip().splitlines()[-1]).items():
+            samples[name].append(seconds)
+    marks = [a + b for a, b in zip(samples["heatmap"], samples["alert_cells"])]
+    return {
+        "fresh_process_heatmap_no_alerts": statistics.median(samples["heatmap"]),
+        "fresh_process_alert_cells": statistics.median(samples["alert_cells"]),
+        "fresh_process_heatmap_then_marks": statistics.median(marks),
+        "fresh_process_samples": samples,
+    }
+
+
 # A tensorboard process without TensorFlow, as on a server that installed only
 # tensorboard and tb_gradflow (tests/test_tf_free.py blocks it the same way).
 _TF_FREE_TENSORBOARD = """
@@ -379,7 +428,11 @@ def main():
     parser.add_argument("--only-alerts", action="store_true", help="skip the 300-layer heatmap run")
     parser.add_argument("--keep", help="write the logdirs under this folder, and reuse them from an earlier run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heatmap.json"))
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # bench_fresh_processes' child: this logdir
+    parser.add_argument("--probe-run", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        return _probe(args.probe, args.probe_run, args.columns)
 
     results = {
         "date": datetime.date.today().isoformat(),
@@ -395,6 +448,7 @@ def main():
             _, write_s = timed(lambda: write_run(os.path.join(logdir, "bench"), args.layers, args.steps))
             _mark_complete(logdir)
         server = bench_server(logdir, "bench", args.columns, args.repeat)
+        server.update(bench_fresh_processes(logdir, "bench", args.columns, args.repeat))
         browser = {}
         if not args.no_browser and os.path.exists(CHROMIUM):
             browser = bench_first_paint(logdir, repeat=3)
@@ -416,6 +470,9 @@ def main():
              f"{results['ratio_heatmap_cold_no_alerts_to_raw_read']:.2f}x"),
             (f"/heatmap cold, {server['heatmap_columns']} cols, with alert marks", f"{server['heatmap_cold']:.3f} s",
              f"{results['ratio_heatmap_cold_to_raw_read']:.2f}x"),
+            ("fresh process: /heatmap, no alerts (median)", f"{server['fresh_process_heatmap_no_alerts']:.3f} s", ""),
+            ("fresh process: then /alert_cells", f"{server['fresh_process_alert_cells']:.3f} s", ""),
+            ("fresh process: heatmap + its marks", f"{server['fresh_process_heatmap_then_marks']:.3f} s", ""),
             ("/heatmap warm (series cached)", f"{server['heatmap_warm']:.3f} s",
              f"{results['ratio_heatmap_warm_to_raw_read']:.2f}x"),
             ("/heatmap response (JSON / gzip)",

@@ -19,4 +19,7 @@ def test_heatmap_benchmark_runs_and_writes_its_json(tmp_path):
     result = json.loads(out.read_text())
     assert result["layers"] == 6 and result["samples"] == 200 and result["heatmap_columns"] == 64
     assert len(result["heatmap_cold_samples"]) == 2 and result["heatmap_cold"] > 0
+    # The dashboard's first-visit requests, each sample in a fresh process.
+    assert [len(v) for v in result["fresh_process_samples"].values()] == [2, 2]
+    assert result["fresh_process_heatmap_then_marks"] > result["fresh_process_heatmap_no_alerts"] > 0
     assert result["alerts_logdir"]["runs"] == 2 and result["alerts_logdir"]["false"]["alerts_cold_s"] > 0
