@@ -366,9 +366,7 @@ class GradientRecorder:
         cached = self._isolated_functions.get(key)
         if cached is None:
             spec = [tf.TensorSpec(None, tensor.dtype), tf.TensorSpec([], tf.float32)]
-            cached = self._isolated_functions[key] = tf.function(
-                function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
-            )
+            cached = self._isolated_functions[key] = noinline(function, input_signature=spec)
         return cached
 
     def _layer_call(self, function, tensors, leading=(tf.float32,)):
@@ -386,9 +384,7 @@ class GradientRecorder:
         cached = self._isolated_functions.get(key)
         if cached is None:
             spec = [tf.TensorSpec([], dtype) for dtype in leading] + [tf.TensorSpec(None, dtype) for dtype in dtypes]
-            cached = self._isolated_functions[key] = tf.function(
-                function, input_signature=spec, experimental_attributes={"_noinline": True}, autograph=False
-            )
+            cached = self._isolated_functions[key] = noinline(function, input_signature=spec)
         return cached
 
     def _layer_moments(self, grads, divisor, hist=None):
@@ -594,10 +590,9 @@ class GradientRecorder:
             call = self._isolated_functions.get(key)
             if call is None:
                 k = len(dtypes)
-                call = self._isolated_functions[key] = tf.function(
+                call = self._isolated_functions[key] = noinline(
                     lambda gate, *handles, dtypes=dtypes, k=k: body(gate, handles[:k], handles[k:], dtypes),
                     input_signature=[tf.TensorSpec([], tf.bool)] + [tf.TensorSpec([], tf.resource)] * (2 * k),
-                    experimental_attributes={"_noinline": True}, autograph=False,
                 )
             blocks.append(call(gate, *[variables[i].handle for i in members], *[snapshots[i].handle for i in members]))
             order += members
@@ -660,13 +655,19 @@ class GradientRecorder:
         return raw
 
 
-def noinline(function):
+def noinline(function, input_signature=None):
     """`function` as a tf.function that grappler optimizes on its own, not
-    inlined into the train step (see GradientRecorder.record_gradients)."""
+    inlined into the train step (see GradientRecorder.record_gradients).
+
+    With `input_signature` (shapes left None where they vary) it is traced
+    once for every input of that signature: a few traces serve a model's
+    hundreds of layers.
+    """
     # No autograph: the statistics are written with tf ops (tf.cond, tf.where),
     # and converting their source costs seconds of start-up per function.
     return tf.function(
-        function, experimental_attributes={"_noinline": True}, reduce_retracing=False, autograph=False
+        function, input_signature=input_signature, experimental_attributes={"_noinline": True},
+        reduce_retracing=False, autograph=False,
     )
 
 
@@ -899,11 +900,10 @@ class ActivationRecorder:
             if not rank:
                 measure_fn = noinline(measure_and_keep)
             else:
-                measure_fn = tf.function(
+                measure_fn = noinline(
                     measure_and_keep,
                     input_signature=[tf.TensorSpec([None] * rank, tensor.dtype), tf.TensorSpec([], tf.bool)]
                     + [tf.TensorSpec([], tf.resource)] * 4,
-                    experimental_attributes={"_noinline": True}, autograph=False,
                 )
         self._measure_functions[key] = measure_fn
         return measure_fn
