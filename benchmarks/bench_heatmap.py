@@ -376,12 +376,17 @@ def bench_first_paint(logdir, repeat):
             alerts_ms = frame.evaluate("performance.getEntriesByName('gradflow:alerts-painted')[0].startTime")
             if i == 0:
                 cold, cold_alerts = ms, alerts_ms
+                # Which requests the first visit waited on: route, start and end (ms).
+                requests = frame.evaluate(
+                    "performance.getEntriesByType('resource').map(e => [e.name.split('/').pop(), "
+                    "Math.round(e.startTime), Math.round(e.responseEnd)])")
             else:
                 paints.append(ms)
                 alert_paints.append(alerts_ms)
             page.close()
         browser.close()
     return {
+        "first_visit_requests": requests,
         "first_paint_cold_ms": cold,
         "alert_marks_cold_ms": cold_alerts,
         "first_paint_warm_ms": statistics.median(paints) if paints else None,
