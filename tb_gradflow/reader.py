@@ -963,11 +963,8 @@ def summarize(steps, verdicts, table):
 
 
 def _verdicts_size(result):
-    def owned(array):  # FiredValues hold their fired cells only; a broadcast view one element
-        if isinstance(array, rules.FiredValues):
-            return array.nbytes
-        array = np.asarray(array)
-        return array.itemsize if 0 in array.strides else array.nbytes
+    def owned(array):  # FiredValues hold their fired cells only (np.asarray would build the dense matrix)
+        return array.nbytes if isinstance(array, rules.FiredValues) else np.asarray(array).nbytes
 
     try:
         return sum(owned(f) + owned(v) for f, v in result[1].values())

@@ -30,7 +30,7 @@ import dataclasses
 
 import numpy as np
 
-from tb_gradflow.rules import _quiet_nan_warnings
+from tb_gradflow.rules import _quiet_nan_warnings, _stored_float
 
 # log10 used for exact zeros: lower than any float64 (smallest subnormal ~1e-324).
 _LOG10_ZERO = -400.0
@@ -103,9 +103,7 @@ def downsample_columns(values, max_columns):
     Returns:
       Downsampled.
     """
-    values = np.asarray(values)
-    if values.dtype not in (np.float32, np.float64):
-        values = values.astype(np.float64)
+    values = _stored_float(values)
     if values.ndim != 2:
         raise ValueError(f"values must be 2-D [steps, layers], got shape {values.shape}")
     n, n_layers = values.shape
