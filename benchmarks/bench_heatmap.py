@@ -179,24 +179,34 @@ def timed(fn, repeat=1):
     return result, (statistics.median(times) if repeat > 1 else times[0])
 
 
-def bench_server(logdir, run, columns, repeat=5):
-    from tensorboard import context
-    from tensorboard.backend import application
+def load_provider(logdir):
+    """TensorBoard's Python data provider over `logdir`, every sample kept (as the plugin's loader configures it)."""
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.data import provider as tb_provider
+
+    mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
+    mux.AddRunsFromDirectory(logdir)
+    mux.Reload()
+    return data_provider.MultiplexerDataProvider(mux, logdir)
+
+
+def plugin_client(logdir, provider):
+    """A werkzeug test client of TensorBoard's WSGI app with a fresh GradFlow plugin (nothing cached)."""
+    from tensorboard.backend import application
     from tensorboard.plugins import base_plugin
     from werkzeug import test as werkzeug_test
     from werkzeug import wrappers
 
     from tb_gradflow.plugin.gradflow_plugin import GradFlowPlugin
 
-    def load():
-        mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
-        mux.AddRunsFromDirectory(logdir)
-        mux.Reload()
-        return data_provider.MultiplexerDataProvider(mux, logdir)
+    plugin = GradFlowPlugin(base_plugin.TBContext(logdir=logdir, data_provider=provider))
+    return werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider), wrappers.Response)
 
-    provider, load_s = timed(load)
+
+def bench_server(logdir, run, columns, repeat=5):
+    from tensorboard import context
+    from tensorboard.data import provider as tb_provider
+
+    provider, load_s = timed(lambda: load_provider(logdir))
     ctx = context.RequestContext()
 
     def raw_read():
@@ -209,8 +219,7 @@ def bench_server(logdir, run, columns, repeat=5):
     samples = len(data[run][metadata.layer_statistic_tag("grad_norm")])
 
     def client():
-        plugin = GradFlowPlugin(base_plugin.TBContext(logdir=logdir, data_provider=provider))
-        return werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider), wrappers.Response)
+        return plugin_client(logdir, provider)
 
     url = f"/data/plugin/gradflow/heatmap?run={run}&columns={columns}"
     results = {}
@@ -247,20 +256,7 @@ def _probe(logdir, run, columns):
     """In this (fresh) process: load the logdir, then the dashboard's two requests
     on one plugin, as a first visit after `tensorboard` started makes them: the
     heatmap without marks, then its alert marks. Prints their seconds as JSON."""
-    from tensorboard.backend import application
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-    from werkzeug import wrappers
-
-    from tb_gradflow.plugin.gradflow_plugin import GradFlowPlugin
-
-    mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: 0})
-    mux.AddRunsFromDirectory(logdir)
-    mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, logdir)
-    plugin = GradFlowPlugin(base_plugin.TBContext(logdir=logdir, data_provider=provider))
-    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider), wrappers.Response)
+    client = plugin_client(logdir, load_provider(logdir))
     out = {}
     for name, route in (("heatmap", "heatmap"), ("alert_cells", "alert_cells")):
         query = f"/data/plugin/gradflow/{route}?run={run}&columns={columns}" + ("&alerts=false" if route == "heatmap" else "")
