@@ -260,9 +260,11 @@ class GradientRecorder:
             self.loss_scale.assign(tf.cast(scale, tf.float32))
         with_histograms = self.histogram_freq > 0 and (histograms or self.gated)
         hist = self.is_histogram_step(step) if with_histograms else None
-        histograms_of = {}
+        histograms_of, layer_histograms = {}, None
         if self.gated:
             moments = tf.stack(self._gated_moments(grads, write, scale, divisor))
+        elif self._inline:
+            moments, layer_histograms = self._inline_statistics(grads, divisor, with_histograms)
         else:
             moments, histograms_of = self._layer_moments(grads, divisor, hist)
         var_sq = moments[:, aggregate.SUM_SQUARES]
@@ -287,6 +289,9 @@ class GradientRecorder:
         self.snapshot_step.assign(step)
 
         if not with_histograms:
+            return
+        if layer_histograms is not None:
+            self._keep_histograms(hist, step, layer_histograms)
             return
         ranges, counts, log_counts = [], [], []
 
@@ -313,15 +318,73 @@ class GradientRecorder:
             ranges.append(low_high)
             counts.append(count)
             log_counts.append(log_count)
-        for variable, rows in ((self.histogram_range, ranges), (self.histogram_counts, counts),
-                               (self.log10_counts, log_counts)):
-            stacked = tf.stack(rows)
+        self._keep_histograms(hist, step, (tf.stack(ranges), tf.stack(counts), tf.stack(log_counts)))
+
+    def _keep_histograms(self, hist, step, layer_histograms):
+        """The per-layer (range, counts, log10 counts) arrays into their
+        variables; ungated, only where the bool `hist` holds (the gated ones
+        were selected per layer)."""
+        for variable, stacked in zip((self.histogram_range, self.histogram_counts, self.log10_counts), layer_histograms):
             if not self.gated:
                 # One select per array, not one per layer (with a slice of the
                 # variable each: ~15 ops a layer to trace and optimize).
                 stacked = tf.where(hist, stacked, variable.read_value())
             variable.assign(stacked)
         self.histogram_step.assign(tf.where(hist, step, self.histogram_step))
+
+    def _inline_statistics(self, grads, divisor, histograms):
+        """(moments [n_gradients, NUM_MOMENTS], (range, counts, log10 counts)
+        per layer or None): a row step's statistics where they run inline in
+        the step (XLA, multi-replica), stacked by size
+        (`stats.multi_tensor_statistics`).
+
+        Inline, every op is part of the one compiled step: per layer, the
+        statistics were some 60 ops, and XLA's compile time grew with them
+        (mlp50: the hook's first execution 6.4x plain's, ~15 s for the
+        gradient moments alone); stacked, the op count grows with the
+        number of distinct gradient sizes. The histograms are computed on
+        every row; the caller keeps them on histogram steps. Sparse
+        gradients (IndexedSlices) get the per-gradient statistics, and their
+        layers' histograms are computed apart.
+        """
+        dense = [i for i, g in enumerate(grads) if isinstance(g, tf.Tensor)]
+        sparse = [i for i, g in enumerate(grads) if g is not None and not isinstance(g, tf.Tensor)]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        blocks, order, layer_histograms = [], [], None
+        if dense:
+            moments, layer_histograms = stats.multi_tensor_statistics(
+                [grads[i] for i in dense], [int(self.layer_of_variable[i]) for i in dense], self.n_layers, divisor,
+                histograms,
+            )
+            blocks.append(moments)
+            order += dense
+        if missing:
+            blocks.append(tf.zeros([len(missing), aggregate.NUM_MOMENTS]))
+            order += missing
+        for i in sparse:
+            blocks.append(_moments(grads[i], divisor)[tf.newaxis])
+            order.append(i)
+        moments = _join_in_order(blocks, order) if blocks else tf.zeros([0, aggregate.NUM_MOMENTS])
+        if not histograms:
+            return moments, None
+        if layer_histograms is None:
+            layer_histograms = (
+                tf.zeros([self.n_layers, 2]),
+                tf.zeros([self.n_layers, metadata.HISTOGRAM_BUCKETS], tf.int32),
+                tf.zeros([self.n_layers, metadata.LOG10_BUCKETS], tf.int32),
+            )
+        sparse_layers = sorted({int(self.layer_of_variable[i]) for i in sparse})
+        if sparse_layers:
+            rows = [
+                _layer_histograms(divisor, *[grads[i] for i in self._variables_of_layer[li] if grads[i] is not None])
+                for li in sparse_layers
+            ]
+            indices = tf.constant([[li] for li in sparse_layers])
+            layer_histograms = tuple(
+                tf.tensor_scatter_nd_update(full, indices, tf.stack([row[k] for row in rows]))
+                for k, full in enumerate(layer_histograms)
+            )
+        return moments, layer_histograms
 
     def _gated_moments(self, grads, write, scale, divisor):
         """Per variable: the detailed moments on write steps and on steps with
@@ -399,9 +462,8 @@ class GradientRecorder:
         isolated call, invisible to the training graph, so one train
         function serves rows with and without histograms (each function a
         model traces costs start-up and host memory in proportion to its
-        layers). Inline (XLA, multi-replica), where a branch would be in the
-        training graph, they are computed on every row and the caller keeps
-        them on histogram steps. A layer with a sparse gradient
+        layers). Inline (XLA, multi-replica) the statistics go through
+        `_inline_statistics` instead. A layer with a sparse gradient
         (IndexedSlices, from an Embedding) gets a call per gradient instead,
         its histograms computed apart.
         """
@@ -426,7 +488,7 @@ class GradientRecorder:
                 continue
             if hist is not None:
                 call = self._layer_call(_layer_moments_and_histograms, tensors, (tf.float32, tf.bool))
-                moments, low_high, counts, log_counts = call(divisor, None if self._inline else hist, *tensors)
+                moments, low_high, counts, log_counts = call(divisor, hist, *tensors)
                 histograms_of[li] = (low_high, counts, log_counts)
             else:
                 moments = self._layer_call(_layer_moments, tensors)(divisor, *tensors)
@@ -549,6 +611,9 @@ class GradientRecorder:
             weight, update, weight_before = tf.unstack(tf.where(write, sums, tf.stack(kept, axis=1)), axis=1)
         else:
             def measure():
+                if snapshots is not None and self._inline:
+                    # Stacked by size, as the gradients' (see _inline_statistics).
+                    return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots), axis=1))
                 if snapshots is None:
                     weight = self._isolated(_sum_squares_of)(variables)
                     nan = tf.fill([len(variables)], float("nan"))
@@ -761,11 +826,8 @@ def _layer_histograms(scale, *tensors):
 
 def _layer_moments_and_histograms(scale, hist, *tensors):
     """`_layer_moments` and `_layer_histograms` of one layer's gradients, one
-    call; the histograms only where the bool `hist` holds (zeros else), or
-    always where `hist` is None."""
+    call; the histograms only where the bool `hist` holds (zeros else)."""
     moments = _layer_moments(scale, *tensors)
-    if hist is None:
-        return (moments,) + _layer_histograms(scale, *tensors)
     skipped = (tf.zeros([2]), tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32), tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
     return (moments,) + tuple(tf.cond(hist, lambda: _layer_histograms(scale, *tensors), lambda: skipped))
 

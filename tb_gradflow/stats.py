@@ -19,6 +19,7 @@ Statistics cover finite elements; NaN and Inf are counted, not summed, so one
 bad element does not erase a layer's norm.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tb_gradflow.aggregate import NUM_MOMENTS  # noqa: F401  (column layout lives there)
@@ -214,3 +215,144 @@ def _activation_moments(a, d, threshold, unit_axis):
     units = d.shape[-1] if d.shape[-1] is not None else tf.shape(d)[-1]
     active = tf.reduce_sum(tf.cast(tf.reshape(d, [-1, units]) > 0, tf.float32), axis=0)
     return moments, active
+
+
+# --------------------------------------------------------- many tensors at once
+def groups_by_size(tensors):
+    """[[index, ...], ...]: the positions of `tensors` of one static element
+    count and dtype, in first-seen order; a tensor of unknown size is a
+    group of its own.
+
+    >>> import tensorflow as tf
+    >>> groups_by_size([tf.zeros([2, 3]), tf.zeros([3]), tf.zeros([6]), tf.zeros([3, 1])])
+    [[0, 2], [1, 3]]
+    """
+    groups, order = {}, []
+    for i, t in enumerate(tensors):
+        size = t.shape.num_elements()
+        key = (size, t.dtype) if size is not None else ("unknown", i)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(i)
+    return [groups[key] for key in order]
+
+
+def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=True):
+    """The statistics of many tensors in a few ops, for code that runs inline
+    in a compiled step (XLA, where each op is compile time).
+
+    Tensors of one element count are stacked into a [k, n] matrix and reduced
+    along its rows, so the op count grows with the number of distinct sizes
+    (a handful to a few dozen in real models), not with the tensor count:
+    with XLA on CPU, 101 tensors of a 50-layer MLP compiled in ~1 s instead
+    of ~14 s one tensor at a time. The per-element arithmetic is the same as
+    `gradient_moments`, `finite_range`, `equal_width_counts` and
+    `log10_magnitude_counts` of each tensor (or layer) / `scale`; sums may
+    round differently (another reduction order), bucket indices do not.
+
+    Args:
+      tensors: dense tensors.
+      layer_of_tensor: the layer (row of the histogram arrays) of each.
+      n_layers: rows of the histogram arrays; a layer without tensors gets
+        zeros, as `GradientRecorder` writes for it.
+      scale: a float32 scalar the tensors are divided by.
+      histograms: compute the per-layer histograms too.
+
+    Returns:
+      (moments [len(tensors), 5] as `gradient_moments`, in the order of
+      `tensors`, and with `histograms` a tuple (range [n_layers, 2],
+      equal-width counts [n_layers, HISTOGRAM_BUCKETS], log10 counts
+      [n_layers, LOG10_BUCKETS]), else None).
+
+    >>> import tensorflow as tf
+    >>> m, (r, c, l) = multi_tensor_statistics(
+    ...     [tf.constant([3.0, -4.0]), tf.constant([0.0, 1.0]), tf.constant([2.0])], [0, 1, 1], 2, tf.constant(1.0))
+    >>> m.numpy().tolist()
+    [[25.0, 7.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0], [4.0, 2.0, 2.0, 0.0, 0.0]]
+    >>> r.numpy().tolist()
+    [[-4.0, 3.0], [0.0, 2.0]]
+    """
+    groups = groups_by_size(tensors)
+    stacked = [tf.stack([tf.reshape(tf.cast(tensors[i], tf.float32), [-1]) for i in members]) / scale
+               for members in groups]
+    layer_rows = [np.asarray([layer_of_tensor[i] for i in members], np.int32) for members in groups]
+    blocks, extremes = [], []
+    for x in stacked:
+        finite = tf.math.is_finite(x)
+        absolute = tf.where(finite, tf.abs(x), 0.0)
+        size = tf.cast(tf.shape(x)[1], tf.float32)
+        blocks.append(tf.stack([
+            tf.reduce_sum(tf.square(absolute), axis=1),
+            tf.reduce_sum(absolute, axis=1),
+            tf.maximum(tf.reduce_max(absolute, axis=1), 0.0),
+            size - tf.math.count_nonzero(x, axis=1, dtype=tf.float32),
+            size - tf.math.count_nonzero(finite, axis=1, dtype=tf.float32),
+        ], axis=1))
+        if histograms:
+            extremes.append(tf.stack([
+                tf.reduce_min(tf.where(finite, x, float("inf")), axis=1),
+                tf.reduce_max(tf.where(finite, x, float("-inf")), axis=1),
+                tf.math.count_nonzero(finite, axis=1, dtype=tf.float32),
+            ], axis=1))
+    order = [i for members in groups for i in members]
+    moments = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    if order != sorted(order):
+        moments = tf.gather(moments, np.argsort(order))
+    if not histograms:
+        return moments, None
+    all_rows = np.concatenate(layer_rows)
+    extremes = tf.concat(extremes, axis=0) if len(extremes) > 1 else extremes[0]
+    low = tf.math.unsorted_segment_min(extremes[:, 0], all_rows, n_layers)
+    high = tf.math.unsorted_segment_max(extremes[:, 1], all_rows, n_layers)
+    # Layers without a finite element (or without tensors: the segment ops
+    # give those the dtype's extremes) get the range (0, 0), as finite_range.
+    empty = tf.equal(tf.math.unsorted_segment_sum(extremes[:, 2], all_rows, n_layers), 0.0)
+    low, high = tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
+    width = (high - low) / HISTOGRAM_BUCKETS
+    safe_width = tf.where(width > 0, width, 1.0)
+    boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
+    counts = tf.zeros([n_layers * HISTOGRAM_BUCKETS], tf.int32)
+    log_counts = tf.zeros([n_layers * LOG10_BUCKETS], tf.int32)
+    for x, rows in zip(stacked, layer_rows):
+        finite = tf.math.is_finite(x)
+        row_low = tf.gather(low, rows)[:, None]
+        row_width = tf.gather(safe_width, rows)[:, None]
+        index = tf.clip_by_value(tf.cast(tf.floor((x - row_low) / row_width), tf.int32), 0, HISTOGRAM_BUCKETS - 1)
+        index = tf.where(finite, index + rows[:, None] * HISTOGRAM_BUCKETS, n_layers * HISTOGRAM_BUCKETS)
+        counts += _count(tf.reshape(index, [-1]), n_layers * HISTOGRAM_BUCKETS)
+        magnitude = tf.abs(x)
+        keep = tf.logical_and(finite, magnitude > 0)
+        decade = tf.searchsorted(boundaries[None, :], tf.reshape(tf.cast(magnitude, tf.float64), [1, -1]),
+                                 side="right", out_type=tf.int32)
+        decade = tf.reshape(decade, tf.shape(x)) + rows[:, None] * LOG10_BUCKETS
+        log_counts += _count(tf.reshape(tf.where(keep, decade, n_layers * LOG10_BUCKETS), [-1]), n_layers * LOG10_BUCKETS)
+    counts = tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS])
+    # Zero width: all of a layer's finite elements in the last bucket, as
+    # equal_width_counts (they were counted in its first).
+    last = tf.one_hot(HISTOGRAM_BUCKETS - 1, HISTOGRAM_BUCKETS, dtype=tf.int32)
+    counts = tf.where((width > 0)[:, None], counts, last[None, :] * tf.reduce_sum(counts, axis=1, keepdims=True))
+    return moments, (tf.stack([low, high], axis=1), counts, tf.reshape(log_counts, [n_layers, LOG10_BUCKETS]))
+
+
+def multi_tensor_update_sums(weights, before):
+    """[len(weights), 3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of each
+    pair over its finite elements (`sum_squares`), stacked by element count
+    as in `multi_tensor_statistics`.
+
+    >>> import tensorflow as tf
+    >>> multi_tensor_update_sums([tf.constant([3.0, 4.0])], [tf.constant([3.0, 2.0])]).numpy().tolist()
+    [[25.0, 4.0, 13.0]]
+    """
+    def finite_square_sum(x):
+        return tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(x), x, 0.0)), axis=1)
+
+    groups = groups_by_size(weights)
+    blocks = []
+    for members in groups:
+        w = tf.stack([tf.reshape(tf.cast(weights[i], tf.float32), [-1]) for i in members])
+        b = tf.stack([tf.reshape(tf.cast(before[i], tf.float32), [-1]) for i in members])
+        blocks.append(tf.stack([finite_square_sum(w), finite_square_sum(w - b), finite_square_sum(b)], axis=1))
+    order = [i for members in groups for i in members]
+    sums = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    return tf.gather(sums, np.argsort(order)) if order != sorted(order) else sums

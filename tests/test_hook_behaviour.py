@@ -65,6 +65,20 @@ def sequential(seed=3, jit_compile=False, optimizer="adam"):
     return model
 
 
+def shared_sizes(seed=3, jit_compile=True):
+    """Equal-sized kernels and biases in different layers: under XLA the
+    hook's statistics stack them (stats.multi_tensor_statistics)."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((FEATURES,))]
+        + [Dense(8, activation=a, name=f"h{i}") for i, a in enumerate(["tanh", "relu", "tanh", "relu"])]
+        + [Dense(TARGETS, name="out")],
+        name="shared",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=jit_compile)
+    return model
+
+
 def train(model, x, y, callbacks=(), epochs=1):
     model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=list(callbacks))
     return [w.copy() for w in model.get_weights()]
@@ -114,6 +128,10 @@ def _determinism_main(out_dir):
             [GradFlow(log_dir, update_freq=2, histogram_freq=3, activation_freq=activation_freq)], epochs=3,
         )
         result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    without = train(shared_sizes(), x, y, epochs=3)
+    with_hook = train(shared_sizes(), x, y, [GradFlow(os.path.join(out_dir, "shared_sizes_jit_compile"), update_freq=1,
+                                                      histogram_freq=2, activation_freq=1)], epochs=3)
+    result["shared_sizes_jit_compile"] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
     # A NaN in one sample of the second batch: every gradient from then on
     # is NaN. Training must go exactly as without the hook (NaN weights).
     xn, yn = data(5 * BATCH, nan_at=BATCH + 3)
@@ -151,7 +169,9 @@ def determinism(request, tmp_path_factory):
     return run_script("determinism", str(tmp_path_factory.mktemp("determinism")), onednn=request.param)
 
 
-@pytest.mark.parametrize("config", ["plain", "jit_compile", "sgd", "activations", "activations_jit_compile"])
+@pytest.mark.parametrize(
+    "config", ["plain", "jit_compile", "sgd", "activations", "activations_jit_compile", "shared_sizes_jit_compile"]
+)
 def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
 

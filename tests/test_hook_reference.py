@@ -101,6 +101,20 @@ def nested_model():
     return keras.Model(inputs, outputs, name="nested")
 
 
+def shared_sizes_model():
+    """Kernels and biases of equal sizes in different layers (stacked
+    together where the statistics run inline, under XLA) and an Embedding,
+    whose gradient is sparse (IndexedSlices)."""
+    inputs = keras.Input((FEATURES,), name="x")
+    tokens = keras.layers.Lambda(lambda t: keras.ops.cast(keras.ops.abs(t) * 3, "int32") % 10, name="tokens")(inputs)
+    h = keras.layers.Flatten(name="flat")(keras.layers.Embedding(10, 4, name="j_embed")(tokens))
+    h = Dense(8, activation="tanh", name="j_a")(h)
+    h = Dense(8, activation="relu", name="j_b")(h)
+    h = Dense(8, activation="tanh", name="j_c")(h)
+    outputs = Dense(TARGETS, name="j_out")(h)
+    return keras.Model(inputs, outputs, name="shared")
+
+
 class Block(keras.layers.Layer):
     """Two Dense layers, assigned in reverse call order."""
 
@@ -185,6 +199,10 @@ CONFIGS = {
     # steps that write nothing, with and without XLA.
     "write_every_3": (sequential_model, adam, {}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
     "write_every_3_jit": (sequential_model, adam, {"jit_compile": True}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
+    # Under XLA the statistics of equal-sized gradients are computed stacked
+    # (stats.multi_tensor_statistics); the Embedding's sparse gradient apart.
+    "jit_compile_shared_sizes": (shared_sizes_model, adam, {"jit_compile": True}, 1, 1, 4,
+                                 ["j_embed", "j_a", "j_b", "j_c", "j_out"]),
     "mixed_float16": (mixed_model, adam, {}, 1, 2, 4, ["m_a", "m_b", "m_out"]),
 }
 # The write_every_3 configurations turn the dense start off, so that their
@@ -230,7 +248,7 @@ def tape_gradients(model, optimizer, x, y, replicas=1):
             scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
             scale = tf.cast(np.asarray(scale), tf.float32)
             grads = [None if g is None else tf.cast(g, tf.float32) / scale for g in grads]
-        grads = [None if g is None else tf.cast(g, tf.float32) for g in grads]
+        grads = [None if g is None else tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
         total = grads if total is None else [None if a is None else a + b for a, b in zip(total, grads)]
     return {v.path: (None if g is None else np.asarray(g, np.float64)) for v, g in zip(model.trainable_variables, total)}
 

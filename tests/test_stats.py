@@ -57,3 +57,60 @@ def test_counts_match_independent_references(name, jit):
     nonzero = np.abs(finite[finite != 0]).astype(np.float64)
     decades = np.clip(np.floor(np.log10(nonzero)).astype(int) - metadata.LOG10_LOW, 0, metadata.LOG10_BUCKETS - 1)
     np.testing.assert_array_equal(log_counts, np.bincount(decades, minlength=metadata.LOG10_BUCKETS))
+
+
+def numpy_moments(array):
+    """gradient_moments' five columns, from numpy in float64."""
+    a = array.astype(np.float64).ravel()
+    finite = a[np.isfinite(a)]
+    return [np.sum(finite ** 2), np.sum(np.abs(finite)), np.max(np.abs(finite), initial=0.0),
+            np.sum(a == 0), np.sum(~np.isfinite(a))]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_multi_tensor_statistics_match_independent_references(jit):
+    """Every DATA case is one layer (plus a layer without tensors, and
+    tensors of equal sizes in different layers, so that stacks mix layers):
+    the stacked statistics give each tensor's moments and each layer's range
+    and counts as numpy and TensorBoard's histogram do."""
+    layers = list(DATA.values()) + [[], [rng.normal(size=(7, 7)).astype("float32"), np.zeros([0], "float32")]]
+    tensors = [a for arrays in layers for a in arrays]
+    layer_of_tensor = [li for li, arrays in enumerate(layers) for _ in arrays]
+    assert len(stats.groups_by_size([tf.constant(a) for a in tensors])) < len(tensors)
+    scale = 4.0
+
+    @tf.function(jit_compile=jit)
+    def compute(*arrays):
+        return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, len(layers), tf.constant(scale))
+
+    moments, (ranges, counts, log_counts) = compute(*[tf.constant(a) for a in tensors])
+    for i, a in enumerate(tensors):
+        np.testing.assert_allclose(moments[i], numpy_moments(a / np.float32(scale)), rtol=1e-5, err_msg=f"tensor {i}")
+    for li, arrays in enumerate(layers):
+        scaled = [a / np.float32(scale) for a in arrays]
+        values = np.concatenate([a.ravel() for a in scaled]) if scaled else np.zeros([0], "float32")
+        finite = values[np.isfinite(values)]
+        expected_range = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        assert tuple(ranges[li].numpy()) == expected_range, f"layer {li}"
+        expected_counts = tensorboard_counts(scaled) if finite.size else np.zeros(metadata.HISTOGRAM_BUCKETS, int)
+        np.testing.assert_array_equal(counts[li], expected_counts, err_msg=f"layer {li}")
+        nonzero = np.abs(finite[finite != 0]).astype(np.float64)
+        decades = np.clip(np.floor(np.log10(nonzero)).astype(int) - metadata.LOG10_LOW, 0, metadata.LOG10_BUCKETS - 1)
+        np.testing.assert_array_equal(log_counts[li], np.bincount(decades, minlength=metadata.LOG10_BUCKETS),
+                                      err_msg=f"layer {li}")
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_multi_tensor_update_sums_match_numpy(jit):
+    weights = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,), (12,), (2, 2)]]
+    weights[1][2] = np.nan
+    before = [w + rng.normal(size=w.shape).astype("float32") for w in weights]
+
+    def finite_sum(x):
+        x = x.astype(np.float64)
+        return np.sum(x[np.isfinite(x)] ** 2)
+
+    sums = tf.function(stats.multi_tensor_update_sums, jit_compile=jit)(
+        [tf.constant(w) for w in weights], [tf.constant(b) for b in before])
+    expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
+    np.testing.assert_allclose(sums, expected, rtol=1e-5)
