@@ -176,6 +176,17 @@ def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
 
 
+@pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
+def mirrored_determinism(request, tmp_path_factory):
+    return run_script("mirrored_determinism", str(tmp_path_factory.mktemp("mirrored")), onednn=request.param)
+
+
+@pytest.mark.parametrize("config", ["mirrored", "mirrored_shared_sizes"])
+def test_bit_identical_weights_under_mirrored_strategy(mirrored_determinism, config):
+    assert mirrored_determinism[config + "_reproducible"] is True, "the unhooked run is not reproducible"
+    assert mirrored_determinism[config] is True
+
+
 def test_nonfinite_gradients_counted_alerted_and_harmless(determinism):
     assert determinism["nan"] is True, "weights differ from the unhooked run"
     assert determinism["nan_weights_are_nan"]
@@ -614,5 +625,35 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     assert {d.step for series in histograms.values() for d in series} == {8}
 
 
+def _mirrored_determinism_main(out_dir):
+    """Under MirroredStrategy (two logical CPUs) the statistics run inline in
+    each replica's step, stacked by size where layers share them: the run
+    must stay bit-identical to the unhooked one."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    tf.config.experimental.enable_op_determinism()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x, y = data(2 * 5 * BATCH)
+    result = {}
+
+    def run(build, callbacks=()):
+        with strategy.scope():
+            model = build()
+        model.fit(x, y, batch_size=2 * BATCH, epochs=2, shuffle=False, verbose=0, callbacks=list(callbacks))
+        return [w.copy() for w in model.get_weights()]
+
+    for name, build in (("mirrored", lambda: sequential(optimizer="sgd")),
+                        ("mirrored_shared_sizes", lambda: shared_sizes(jit_compile=False))):
+        without = run(build)
+        again = run(build)
+        with_hook = run(build, [GradFlow(os.path.join(out_dir, name), update_freq=1, histogram_freq=2, activation_freq=1)])
+        result[name + "_reproducible"] = all(np.array_equal(a, b) for a, b in zip(without, again))
+        result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
-    {"determinism": _determinism_main, "write_failure": _write_failure_main}[sys.argv[1]](sys.argv[2])
+    {"determinism": _determinism_main, "write_failure": _write_failure_main,
+     "mirrored_determinism": _mirrored_determinism_main}[sys.argv[1]](sys.argv[2])
