@@ -356,3 +356,98 @@ def multi_tensor_update_sums(weights, before):
     order = [i for members in groups for i in members]
     sums = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     return tf.gather(sums, np.argsort(order)) if order != sorted(order) else sums
+
+
+def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, function=None):
+    """`activation_statistics` (or `..._from_output` with `op_type`) and the
+    histogram (`finite_range`, `equal_width_counts`) of k activation tensors
+    of one kind and unit count, in a few ops (for XLA, as
+    `multi_tensor_statistics`).
+
+    Each tensor is laid out as rows of its units ([-1, units], the unit axis
+    last) and the rows are joined: the tensors' other dimensions may differ,
+    also at run time (a trace with a `None` batch dimension promises no equal
+    shapes). Per-tensor sums are sums of per-row sums (`unsorted_segment_sum`
+    over the rows); counts are exact, sums may round differently from one
+    tensor at a time.
+
+    Args:
+      tensors: the activations' inputs z (with `function`) or outputs a (with
+        `op_type`, a key of OUTPUT_DERIVATIVES), each with a static unit count,
+        the same for all.
+      thresholds: per tensor, the |f'| below which an element is saturated.
+      unit_axes: per tensor, its unit axis.
+
+    Returns:
+      (moments [k, NUM_ACTIVATION_MOMENTS], active [k, units], range [k, 2],
+      equal-width counts [k, HISTOGRAM_BUCKETS]) of each tensor, as the
+      single-tensor functions give them.
+
+    >>> import tensorflow as tf
+    >>> m, active, r, c = multi_activation_statistics(
+    ...     [tf.constant([[-1.0, 2.0]]), tf.constant([[3.0, 0.0], [1.0, 0.0]])], [0.5, 0.5], [-1, -1], op_type="Relu")
+    >>> m.numpy()[:, :3].tolist(), active.numpy().tolist(), r.numpy().tolist()
+    ([[1.0, 2.0, 2.0], [2.0, 4.0, 4.0]], [[0.0, 1.0], [2.0, 0.0]], [[-1.0, 2.0], [0.0, 3.0]])
+    """
+    k = len(tensors)
+    units = tensors[0].shape[unit_axes[0]]
+
+    def rows_of(t, unit_axis):
+        axis = unit_axis % t.shape.rank
+        if axis != t.shape.rank - 1:
+            t = tf.transpose(t, [i for i in range(t.shape.rank) if i != axis] + [axis])
+        return tf.reshape(t, [-1, units])
+
+    rows = [rows_of(t, axis) for t, axis in zip(tensors, unit_axes)]
+    x = tf.concat(rows, axis=0) if k > 1 else rows[0]
+    row_counts = tf.stack([tf.shape(r)[0] for r in rows])
+    owner = tf.repeat(tf.range(k), row_counts)  # the tensor of each row
+
+    def per_tensor(row_values):
+        return tf.math.unsorted_segment_sum(row_values, owner, k)
+
+    if op_type is not None:
+        a = tf.stop_gradient(x)
+        d = OUTPUT_DERIVATIVES[op_type](a)
+    else:
+        a, d = activation_derivative(function, x)
+    d = tf.abs(tf.cast(d, tf.float32))
+    a = tf.cast(a, tf.float32)
+    finite = tf.math.is_finite(a)
+    n_finite = per_tensor(tf.reduce_sum(tf.cast(finite, tf.float32), axis=1))
+    a = tf.where(finite, a, 0.0)
+    total = per_tensor(tf.reduce_sum(a, axis=1))
+    local_mean = total / tf.maximum(n_finite, 1.0)
+    centred = tf.where(finite, tf.square(a - tf.gather(local_mean, owner)[:, None]), 0.0)
+    threshold = tf.gather(tf.constant(thresholds, tf.float32), owner)[:, None]
+    moments = tf.stack([
+        per_tensor(tf.reduce_sum(tf.cast(d < threshold, tf.float32), axis=1)),
+        tf.cast(row_counts * units, tf.float32),
+        n_finite,
+        total,
+        per_tensor(tf.reduce_sum(centred, axis=1)),
+        total * local_mean,
+    ], axis=1)
+    # A matrix product, not a segment sum: XLA's CPU segment sums are
+    # scatter loops, slower than the k x rows x units products (exact: the
+    # counts are integers below 2**24).
+    active = tf.matmul(tf.one_hot(owner, k, dtype=tf.float32), tf.cast(d > 0, tf.float32), transpose_a=True)
+    # The histogram is of the tensor read (z or a), as measured one at a time.
+    values = tf.cast(x, tf.float32)
+    finite = tf.math.is_finite(values)
+    finite_count = per_tensor(tf.reduce_sum(tf.cast(finite, tf.float32), axis=1))
+    low = tf.math.unsorted_segment_min(tf.reduce_min(tf.where(finite, values, float("inf")), axis=1), owner, k)
+    high = tf.math.unsorted_segment_max(tf.reduce_max(tf.where(finite, values, float("-inf")), axis=1), owner, k)
+    empty = tf.equal(finite_count, 0.0)
+    low, high = tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
+    width = (high - low) / HISTOGRAM_BUCKETS
+    safe_width = tf.where(width > 0, width, 1.0)
+    index = tf.clip_by_value(
+        tf.cast(tf.floor((values - tf.gather(low, owner)[:, None]) / tf.gather(safe_width, owner)[:, None]), tf.int32),
+        0, HISTOGRAM_BUCKETS - 1,
+    )
+    index = tf.where(finite, index + owner[:, None] * HISTOGRAM_BUCKETS, k * HISTOGRAM_BUCKETS)
+    counts = tf.reshape(_count(tf.reshape(index, [-1]), k * HISTOGRAM_BUCKETS), [k, HISTOGRAM_BUCKETS])
+    last = tf.one_hot(HISTOGRAM_BUCKETS - 1, HISTOGRAM_BUCKETS, dtype=tf.int32)
+    counts = tf.where((width > 0)[:, None], counts, last[None, :] * tf.reduce_sum(counts, axis=1, keepdims=True))
+    return moments, active, tf.stack([low, high], axis=1), counts

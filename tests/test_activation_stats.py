@@ -111,11 +111,13 @@ def reference_statistics(model, x, thresholds):
     return out
 
 
-def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=(), dense_start=8):
+def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=(), dense_start=8,
+             jit_compile=False):
     model_fn, scale = CASES[name]
     keras.utils.set_random_seed(11)
     model = model_fn()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
     initial = model.get_weights()
     x, y = data(scale, BATCH * steps)
     xv, yv = data(scale * 3, BATCH)
@@ -126,18 +128,19 @@ def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution
     # place, and must record nothing.
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
               callbacks=[callback, *(make(callback) for make in callbacks)], validation_data=(xv, yv))
-    reference = reference_run(model_fn, initial, x, y, BATCH, steps)
+    reference = reference_run(model_fn, initial, x, y, BATCH, steps, jit_compile=jit_compile)
     return {"log_dir": log_dir, "reference": reference, "model": model, "callback": callback}
 
 
-def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None):
+def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None, jit_compile=False):
     """{step: reference statistics}: an unhooked copy from the same weights,
     fitted one batch at a time, measured before each step. With
     `replica_share`, each layer also gets the z range of the batch's first
     `replica_share` samples (the first replica's share)."""
     reference_model = model_fn()
     reference_model.set_weights(initial)
-    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    # The same compiler as the hooked run (XLA rounds the step differently).
+    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
     reference = {}
     for k in range(1, steps + 1):
         xb, yb = x[(k - 1) * batch : k * batch], y[(k - 1) * batch : k * batch]
@@ -187,6 +190,45 @@ def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
             if layer.activation_capture != "in-step":
                 assert np.isnan(series["saturated_fraction"].values[i, j])
     return reader, table, series
+
+
+@pytest.fixture(scope="module")
+def xla_runs():
+    with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_xla_") as root:
+        yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS), jit_compile=True)
+               for name in ("sigmoid_normal_init", "relu_negative_bias")}
+
+
+@pytest.mark.parametrize("name", ["sigmoid_normal_init", "relu_negative_bias"])
+def test_statistics_under_xla_match_reference(xla_runs, name):
+    """Under XLA a step's activations are measured together at its end,
+    stacked by kind and width (three sigmoid layers of 128 units read at
+    their input; two ReLU layers of 32 read at their output): the same
+    statistics as the reference, and the same pre-activation ranges."""
+    compare(xla_runs[name], sample_steps=tuple(range(1, CASE_STEPS.get(name, STEPS) + 1)))
+    ranges = activation_ranges(xla_runs[name])
+    for step, expected in xla_runs[name]["reference"].items():
+        for layer_name, ref in expected.items():
+            # Both activations are read at their output (their derivative follows from it).
+            np.testing.assert_allclose(ranges[layer_name][step], ref["a_range"], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{layer_name} step {step}")
+
+
+def activation_ranges(result):
+    """{layer: {step: (low, high)}} of the activation histograms, as
+    TensorBoard's histograms plugin serves them."""
+    from tensorboard import context
+    provider = logdir_data_provider(result["log_dir"], ("histograms",))
+    tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
+                                    downsample=10**9)["train"]
+    out = {}
+    for layer in Reader.for_logdir(result["log_dir"]).layer_table("train").layers:
+        tag = metadata.histogram_tag(layer.depth, layer.name, metadata.HISTOGRAM_KIND_PREACTIVATION)
+        if tag in tensors:
+            out[layer.name.split("/")[-1]] = {
+                d.step: (np.asarray(d.numpy)[0, 0], np.asarray(d.numpy)[-1, 1]) for d in tensors[tag]
+            }
+    return out
 
 
 def test_sigmoid_normal_init_saturates_early_layers(runs):

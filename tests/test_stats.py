@@ -114,3 +114,37 @@ def test_multi_tensor_update_sums_match_numpy(jit):
         [tf.constant(w) for w in weights], [tf.constant(b) for b in before])
     expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_multi_activation_statistics_match_numpy(jit):
+    """Swish (read at its input z, derivative by autodiff) over tensors of
+    one width but different leading shapes and unit axes, against numpy's
+    analytic derivative and TensorBoard's histogram of each z."""
+    zs = [rng.normal(size=(5, 8)).astype("float32") * 3, rng.normal(size=(2, 3, 8)).astype("float32"),
+          np.moveaxis(rng.normal(size=(4, 8)).astype("float32"), 1, 0), np.full((3, 8), -1e4, "float32")]
+    zs[1][0, 1, 2] = np.nan
+    unit_axes = [-1, 2, 0, 1]
+    thresholds = [0.05, 0.1, 0.2, 0.05]
+
+    @tf.function(jit_compile=jit)
+    def compute(*tensors):
+        return stats.multi_activation_statistics(list(tensors), thresholds, unit_axes, function=tf.nn.silu)
+
+    moments, active, ranges, counts = (np.asarray(t) for t in compute(*[tf.constant(z) for z in zs]))
+    for i, (z, axis) in enumerate(zip(zs, unit_axes)):
+        rows = np.moveaxis(z, axis, -1).reshape(-1, 8).astype(np.float64)
+        with np.errstate(over="ignore"):
+            s = 1 / (1 + np.exp(-rows))
+        d = np.abs(s + rows * s * (1 - s))
+        a = rows * s
+        finite = np.isfinite(a)
+        af = a[finite]
+        np.testing.assert_array_equal(moments[i, :3], [np.sum(d < thresholds[i]), rows.size, af.size])
+        np.testing.assert_allclose(moments[i, 3], af.sum(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(moments[i, 4], np.sum((af - af.mean()) ** 2), rtol=1e-4, atol=1e-4)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(active[i], np.sum(d > 0, axis=0))
+        finite_z = z[np.isfinite(z)]
+        assert tuple(ranges[i]) == (finite_z.min(), finite_z.max())
+        np.testing.assert_array_equal(counts[i], tensorboard_counts([z]))

@@ -33,6 +33,7 @@ subclassed model's `call` (`keras.ops.relu(x)`): there is no layer to wrap.
 Use an `Activation` layer or a layer's `activation` argument for them.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -302,6 +303,7 @@ class ActivationCapture:
         self.captured = []
         self._tracing = 0
         self._lock = threading.Lock()
+        self._recorder = None
         found = candidates(model)
         discovered = _discover_units(model, [(layer, attribute) for layer, attribute in found
                                              if _units(layer, _unit_axis(layer)) is None])
@@ -357,6 +359,7 @@ class ActivationCapture:
         number of the train step whose forward pass is running. A layer whose
         attribute cannot be replaced is marked "not captured" with the reason."""
         self._patches = []
+        self._recorder = recorder
         for entry in self.captured:
             if entry.index < 0:
                 continue
@@ -426,7 +429,10 @@ class ActivationCapture:
             with capture._lock:
                 capture._tracing += 1
             try:
-                return train_step(*args, **kwargs)
+                # Under XLA the step's activations are measured together at
+                # its end (ActivationRecorder.stacked).
+                with capture._recorder.stacked() if capture._recorder is not None else contextlib.nullcontext():
+                    return train_step(*args, **kwargs)
             finally:
                 with capture._lock:
                     capture._tracing -= 1
