@@ -40,3 +40,19 @@ def test_tiny_memory_run_measures_each_configuration_in_its_own_process(tmp_path
     assert [r["configuration"] for r in rows] == ["plain fit", "defaults"]
     assert all(r["peak_host_bytes"] > 100 * 2**20 for r in rows)  # TensorFlow alone is more
     assert rows[0]["memory_ratio"] == 1.0
+
+
+def test_xla_startup_breakdown_reports_each_step(tmp_path):
+    """The XLA start-up breakdown on the tiny model: a row per configuration,
+    each with a measured start-up."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "xla_startup_breakdown.py"), "--models", "tiny", "--block", "3",
+         "--output", str(tmp_path / "breakdown.json")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report == json.loads((tmp_path / "breakdown.json").read_text())
+    configurations = [r["configuration"] for r in report["rows"]]
+    assert configurations[0] == "plain fit" and configurations[-1] == "defaults" and len(configurations) == 6
+    for row in report["rows"]:
+        assert row["model"] == "tiny" and row["startup_s"] > 0 and row["startup_ratio"] > 0
