@@ -244,10 +244,11 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
 
     Tensors of one element count are stacked into a [k, n] matrix and reduced
     along its rows, so the op count grows with the number of distinct sizes
-    (a handful to a few dozen in real models), not with the tensor count:
-    with XLA on CPU, 101 tensors of a 50-layer MLP compiled in ~1 s instead
-    of ~14 s one tensor at a time. The per-element arithmetic is the same as
-    `gradient_moments`, `finite_range`, `equal_width_counts` and
+    (a handful to a few dozen in real models), not with the tensor count
+    (with the activations stacked too, a 50-layer MLP's first execution
+    under XLA took 24.5 s instead of 50.8 s on a 2-core CPU;
+    benchmarks/xla_startup_breakdown.py). The per-element arithmetic is
+    the same as `gradient_moments`, `finite_range`, `equal_width_counts` and
     `log10_magnitude_counts` of each tensor (or layer) / `scale`; sums may
     round differently (another reduction order), bucket indices do not.
 
