@@ -385,6 +385,19 @@ def measure_memory(model_name, configs, steps, logdir, log=print):
     ]
 
 
+def report_header(benchmark):
+    """What every report of these benchmarks starts with: the date, machine, TensorFlow and oneDNN setting."""
+    import tensorflow as tf
+
+    return {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "tensorflow": tf.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS))
@@ -405,8 +418,6 @@ def main(argv=None):
         model_name, config, steps, logdir = args.memory_child
         print(memory_child(model_name, config, int(steps), logdir))
         return None
-    import tensorflow as tf
-
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     models = args.models or (["tiny"] if args.tiny else DEFAULT_MODELS)
     configs = args.configs or (TINY_CONFIGS if args.tiny else list(CONFIGS))
@@ -415,11 +426,7 @@ def main(argv=None):
     rounds, block = (2, 10) if args.tiny else (args.rounds, args.block)
     settings = [False] if (args.no_xla or args.tiny) else [True] if args.xla_only else [False, True]
     report = {
-        "benchmark": "overhead",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-        "tensorflow": tf.__version__,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        **report_header("overhead"),
         "models": {name: MODELS[name][3] for name in models},
         "method": (f"{rounds} rounds of one {block}-step block per configuration, rotating order, after a "
                    f"{block}-step start-up block; steps counted from {JUMP_TO_STEP}. See the module docstring."),

@@ -17,10 +17,8 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,14 +39,10 @@ def main(argv=None):
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
-    import tensorflow as tf
-
     for name, arguments in STEPS.items():
         bench_overhead.CONFIGS[name] = ("gradflow", arguments)
     configs = ["plain fit"] + list(STEPS)
-    report = {"benchmark": "xla_startup_breakdown", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU", "tensorflow": tf.__version__,
-              "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"), "rows": []}
+    report = {**bench_overhead.report_header("xla_startup_breakdown"), "rows": []}
     with tempfile.TemporaryDirectory() as logdir:
         for model_name in args.models:
             rows = bench_overhead.measure(model_name, True, configs, 1, args.block, logdir,

@@ -364,7 +364,7 @@ class GradientRecorder:
         for i in sparse:
             blocks.append(_moments(grads[i], divisor)[tf.newaxis])
             order.append(i)
-        moments = _join_in_order(blocks, order) if blocks else tf.zeros([0, aggregate.NUM_MOMENTS])
+        moments = stats.join_in_order(blocks, order) if blocks else tf.zeros([0, aggregate.NUM_MOMENTS])
         if not histograms:
             return moments, None
         if layer_histograms is None:
@@ -496,7 +496,7 @@ class GradientRecorder:
             order += present
         if not blocks:
             return tf.zeros([0, aggregate.NUM_MOMENTS]), histograms_of
-        return _join_in_order(blocks, order), histograms_of
+        return stats.join_in_order(blocks, order), histograms_of
 
     def record_applied(self, step, grads):
         """In-step, after the optimizer clipped: the sums of squares of the
@@ -661,7 +661,7 @@ class GradientRecorder:
                 )
             blocks.append(call(gate, *[variables[i].handle for i in members], *[snapshots[i].handle for i in members]))
             order += members
-        return _join_in_order(blocks, order)
+        return stats.join_in_order(blocks, order)
 
     def _copy_to_snapshots_if(self, gate, variables, snapshots):
         """Where the bool `gate` holds, each snapshot := its weight (see `_per_weight`)."""
@@ -748,16 +748,6 @@ def _update_sums(variables, snapshots):
     )
     before = tf.stack([stats.sum_squares(b) for b in snapshots])
     return weight, update, before
-
-
-def _join_in_order(blocks, order):
-    """The rows of `blocks` (each [k_b, ...]) in the order `order` names:
-    one concat, and one gather where the blocks' order differs; no slice
-    per row (three constants each)."""
-    joined = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-    if order != sorted(order):
-        joined = tf.gather(joined, np.argsort(order))
-    return joined
 
 
 def _handle_update_sums_if(gate, handles, before_handles, dtypes):
@@ -928,16 +918,23 @@ class ActivationRecorder:
         # select, not a branch). Fewer nodes that reorder the forward pass;
         # see docs/event_contract.md, "Exactness", for why order matters.
         sample = self.sample_gate(step)
-        variables = (self.moments[index], self.active[index], self.histogram_range[index],
-                     self.histogram_counts[index])
         if self._inline:
-            for variable, value in zip(variables, measure_fn(tensor)):
-                variable.assign(tf.where(sample, value, variable.read_value()))
+            self._keep_if_sampled(index, sample, measure_fn(tensor))
         else:
             # Kept inside the isolated call, by handle: the training graph
             # gains one call per activation, not a read, a select and an
             # assign per variable (a dozen ops to trace and optimize each).
-            measure_fn(tensor, sample, *[v.handle for v in variables])
+            measure_fn(tensor, sample, *[v.handle for v in self._variables_of(index)])
+
+    def _variables_of(self, index):
+        """Activation `index`'s variables, in the order its statistics come:
+        moments, active, histogram range, histogram counts."""
+        return (self.moments[index], self.active[index], self.histogram_range[index], self.histogram_counts[index])
+
+    def _keep_if_sampled(self, index, sample, values):
+        """Inline: activation `index`'s statistics into its variables where the bool `sample` holds."""
+        for variable, value in zip(self._variables_of(index), values):
+            variable.assign(tf.where(sample, value, variable.read_value()))
 
     @contextlib.contextmanager
     def stacked(self):
@@ -985,11 +982,7 @@ class ActivationRecorder:
                 op_type=output_op, function=function,
             )
             for j, entry in enumerate(entries):
-                index = entry[0]
-                variables = (self.moments[index], self.active[index], self.histogram_range[index],
-                             self.histogram_counts[index])
-                for variable, value in zip(variables, measured):
-                    variable.assign(tf.where(sample, value[j], variable.read_value()))
+                self._keep_if_sampled(entry[0], sample, [value[j] for value in measured])
 
     def _measure_function(self, tensor, threshold, unit_axis, function, output_op):
         """The statistics of one activation tensor, as an isolated call traced

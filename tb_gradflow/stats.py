@@ -74,6 +74,29 @@ def _count(index, size):
     return tf.raw_ops.DenseBincount(input=index, size=size, weights=tf.zeros([0], tf.int32), binary_output=False)
 
 
+def _bucket_index(values, low, safe_width, buckets=HISTOGRAM_BUCKETS):
+    """int32 equal-width bucket of each value (broadcast against `low` and
+    `safe_width`), clipped to [0, buckets): TensorBoard's bucketing."""
+    return tf.clip_by_value(tf.cast(tf.floor((values - low) / safe_width), tf.int32), 0, buckets - 1)
+
+
+def _zero_width_to_last_bucket(counts, width):
+    """int32 [n, buckets] counts, where a row's `width` is 0 all in its last
+    bucket (they were counted in its first), as `equal_width_counts`."""
+    last = tf.one_hot(HISTOGRAM_BUCKETS - 1, HISTOGRAM_BUCKETS, dtype=tf.int32)
+    return tf.where((width > 0)[:, None], counts, last[None, :] * tf.reduce_sum(counts, axis=1, keepdims=True))
+
+
+def join_in_order(blocks, order):
+    """The rows of `blocks` (each [k_b, ...]) in the order `order` names:
+    one concat, and one gather where the blocks' order differs; no slice
+    per row (three constants each)."""
+    joined = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    if order != sorted(order):
+        joined = tf.gather(joined, np.argsort(order))
+    return joined
+
+
 def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
     """int32 [buckets] counts of the finite elements of `tensors` over [low, high].
 
@@ -88,7 +111,7 @@ def equal_width_counts(tensors, low, high, buckets=HISTOGRAM_BUCKETS):
     t = flat(tensors)
     width = (high - low) / buckets
     safe_width = tf.where(width > 0, width, 1.0)
-    index = tf.clip_by_value(tf.cast(tf.floor((t - low) / safe_width), tf.int32), 0, buckets - 1)
+    index = _bucket_index(t, low, safe_width, buckets)
     counts = _count(tf.where(tf.math.is_finite(t), index, buckets), buckets)
     # Zero width: every finite element counted in bucket 0 above; TensorBoard
     # puts them in the last one.
@@ -278,28 +301,26 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     stacked = [tf.stack([tf.reshape(tf.cast(tensors[i], tf.float32), [-1]) for i in members]) / scale
                for members in groups]
     layer_rows = [np.asarray([layer_of_tensor[i] for i in members], np.int32) for members in groups]
+    finite_masks = [tf.math.is_finite(x) for x in stacked]
     blocks, extremes = [], []
-    for x in stacked:
-        finite = tf.math.is_finite(x)
+    for x, finite in zip(stacked, finite_masks):
         absolute = tf.where(finite, tf.abs(x), 0.0)
         size = tf.cast(tf.shape(x)[1], tf.float32)
+        finite_count = tf.math.count_nonzero(finite, axis=1, dtype=tf.float32)
         blocks.append(tf.stack([
             tf.reduce_sum(tf.square(absolute), axis=1),
             tf.reduce_sum(absolute, axis=1),
             tf.maximum(tf.reduce_max(absolute, axis=1), 0.0),
             size - tf.math.count_nonzero(x, axis=1, dtype=tf.float32),
-            size - tf.math.count_nonzero(finite, axis=1, dtype=tf.float32),
+            size - finite_count,
         ], axis=1))
         if histograms:
             extremes.append(tf.stack([
                 tf.reduce_min(tf.where(finite, x, float("inf")), axis=1),
                 tf.reduce_max(tf.where(finite, x, float("-inf")), axis=1),
-                tf.math.count_nonzero(finite, axis=1, dtype=tf.float32),
+                finite_count,
             ], axis=1))
-    order = [i for members in groups for i in members]
-    moments = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-    if order != sorted(order):
-        moments = tf.gather(moments, np.argsort(order))
+    moments = join_in_order(blocks, [i for members in groups for i in members])
     if not histograms:
         return moments, None
     all_rows = np.concatenate(layer_rows)
@@ -315,11 +336,8 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
     counts = tf.zeros([n_layers * HISTOGRAM_BUCKETS], tf.int32)
     log_counts = tf.zeros([n_layers * LOG10_BUCKETS], tf.int32)
-    for x, rows in zip(stacked, layer_rows):
-        finite = tf.math.is_finite(x)
-        row_low = tf.gather(low, rows)[:, None]
-        row_width = tf.gather(safe_width, rows)[:, None]
-        index = tf.clip_by_value(tf.cast(tf.floor((x - row_low) / row_width), tf.int32), 0, HISTOGRAM_BUCKETS - 1)
+    for x, finite, rows in zip(stacked, finite_masks, layer_rows):
+        index = _bucket_index(x, tf.gather(low, rows)[:, None], tf.gather(safe_width, rows)[:, None])
         index = tf.where(finite, index + rows[:, None] * HISTOGRAM_BUCKETS, n_layers * HISTOGRAM_BUCKETS)
         counts += _count(tf.reshape(index, [-1]), n_layers * HISTOGRAM_BUCKETS)
         magnitude = tf.abs(x)
@@ -328,11 +346,7 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
                                  side="right", out_type=tf.int32)
         decade = tf.reshape(decade, tf.shape(x)) + rows[:, None] * LOG10_BUCKETS
         log_counts += _count(tf.reshape(tf.where(keep, decade, n_layers * LOG10_BUCKETS), [-1]), n_layers * LOG10_BUCKETS)
-    counts = tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS])
-    # Zero width: all of a layer's finite elements in the last bucket, as
-    # equal_width_counts (they were counted in its first).
-    last = tf.one_hot(HISTOGRAM_BUCKETS - 1, HISTOGRAM_BUCKETS, dtype=tf.int32)
-    counts = tf.where((width > 0)[:, None], counts, last[None, :] * tf.reduce_sum(counts, axis=1, keepdims=True))
+    counts = _zero_width_to_last_bucket(tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), width)
     return moments, (tf.stack([low, high], axis=1), counts, tf.reshape(log_counts, [n_layers, LOG10_BUCKETS]))
 
 
@@ -354,9 +368,7 @@ def multi_tensor_update_sums(weights, before):
         w = tf.stack([tf.reshape(tf.cast(weights[i], tf.float32), [-1]) for i in members])
         b = tf.stack([tf.reshape(tf.cast(before[i], tf.float32), [-1]) for i in members])
         blocks.append(tf.stack([finite_square_sum(w), finite_square_sum(w - b), finite_square_sum(b)], axis=1))
-    order = [i for members in groups for i in members]
-    sums = tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-    return tf.gather(sums, np.argsort(order)) if order != sorted(order) else sums
+    return join_in_order(blocks, [i for members in groups for i in members])
 
 
 def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, function=None):
@@ -443,12 +455,7 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     low, high = tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
     width = (high - low) / HISTOGRAM_BUCKETS
     safe_width = tf.where(width > 0, width, 1.0)
-    index = tf.clip_by_value(
-        tf.cast(tf.floor((values - tf.gather(low, owner)[:, None]) / tf.gather(safe_width, owner)[:, None]), tf.int32),
-        0, HISTOGRAM_BUCKETS - 1,
-    )
+    index = _bucket_index(values, tf.gather(low, owner)[:, None], tf.gather(safe_width, owner)[:, None])
     index = tf.where(finite, index + owner[:, None] * HISTOGRAM_BUCKETS, k * HISTOGRAM_BUCKETS)
     counts = tf.reshape(_count(tf.reshape(index, [-1]), k * HISTOGRAM_BUCKETS), [k, HISTOGRAM_BUCKETS])
-    last = tf.one_hot(HISTOGRAM_BUCKETS - 1, HISTOGRAM_BUCKETS, dtype=tf.int32)
-    counts = tf.where((width > 0)[:, None], counts, last[None, :] * tf.reduce_sum(counts, axis=1, keepdims=True))
-    return moments, active, tf.stack([low, high], axis=1), counts
+    return moments, active, tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width)

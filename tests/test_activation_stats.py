@@ -214,13 +214,18 @@ def test_statistics_under_xla_match_reference(xla_runs, name):
                                        err_msg=f"{layer_name} step {step}")
 
 
+def histograms_plugin_tensors(result):
+    """{tag: [TensorDatum]} of the run's histograms, as TensorBoard's histograms plugin reads them."""
+    from tensorboard import context
+    provider = logdir_data_provider(result["log_dir"], ("histograms",))
+    return provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
+                                 downsample=10**9)["train"]
+
+
 def activation_ranges(result):
     """{layer: {step: (low, high)}} of the activation histograms, as
     TensorBoard's histograms plugin serves them."""
-    from tensorboard import context
-    provider = logdir_data_provider(result["log_dir"], ("histograms",))
-    tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
-                                    downsample=10**9)["train"]
+    tensors = histograms_plugin_tensors(result)
     out = {}
     for layer in Reader.for_logdir(result["log_dir"]).layer_table("train").layers:
         tag = metadata.histogram_tag(layer.depth, layer.name, metadata.HISTOGRAM_KIND_PREACTIVATION)
@@ -271,11 +276,8 @@ def test_tanh_glorot_small_inputs_raises_neither(runs):
 
 
 def test_preactivation_histograms_in_the_histograms_plugin(runs):
-    from tensorboard import context
     result = runs["sigmoid_normal_init"]
-    provider = logdir_data_provider(result["log_dir"], ("histograms",))
-    tensors = provider.read_tensors(context.RequestContext(), experiment_id="", plugin_name="histograms",
-                                    downsample=10**9)["train"]
+    tensors = histograms_plugin_tensors(result)
     table = Reader.for_logdir(result["log_dir"]).layer_table("train")
     for layer in table.layers[:3]:
         data_ = tensors[metadata.histogram_tag(layer.depth, layer.name, metadata.HISTOGRAM_KIND_PREACTIVATION)]
