@@ -2,9 +2,11 @@
 restore, layers without gradient, non-finite gradients, bad input, failing
 event writes.
 
-Two checks need process-wide settings and run this file as a script in a
+Some checks need process-wide settings and run this file as a script in a
 subprocess: bit-identical weights (`tf.config.experimental.
-enable_op_determinism()` cannot be turned off again) and the write failure
+enable_op_determinism()` cannot be turned off again; under XLA it stays off,
+because Keras compiles no XLA with it on; under MirroredStrategy the logical
+devices must be set before TensorFlow starts) and the write failure
 (`resource.setrlimit(RLIMIT_FSIZE)` with SIGXFSZ ignored, so event writes fail
 with EFBIG, a real I/O error, no mock).
 """
@@ -113,13 +115,14 @@ def _determinism_main(out_dir):
     tf.config.experimental.enable_op_determinism()
     result = {}
     x, y = data(5 * BATCH)
+    # XLA runs in _xla_determinism_main: with op determinism on, Keras
+    # turns jit_compile off (keras' model_supports_jit), so a jit_compile
+    # model here would train without XLA.
     for name, kwargs, activation_freq in (
         ("plain", {}, 100),
-        ("jit_compile", {"jit_compile": True}, 100),
         ("sgd", {"optimizer": "sgd"}, 100),
         # Activation statistics on every step (tanh, relu and Dropout in the model).
         ("activations", {}, 1),
-        ("activations_jit_compile", {"jit_compile": True}, 1),
     ):
         without = train(sequential(**kwargs), x, y, epochs=3)
         log_dir = os.path.join(out_dir, name)
@@ -128,10 +131,6 @@ def _determinism_main(out_dir):
             [GradFlow(log_dir, update_freq=2, histogram_freq=3, activation_freq=activation_freq)], epochs=3,
         )
         result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
-    without = train(shared_sizes(), x, y, epochs=3)
-    with_hook = train(shared_sizes(), x, y, [GradFlow(os.path.join(out_dir, "shared_sizes_jit_compile"), update_freq=1,
-                                                      histogram_freq=2, activation_freq=1)], epochs=3)
-    result["shared_sizes_jit_compile"] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
     # A NaN in one sample of the second batch: every gradient from then on
     # is NaN. Training must go exactly as without the hook (NaN weights).
     xn, yn = data(5 * BATCH, nan_at=BATCH + 3)
@@ -169,11 +168,21 @@ def determinism(request, tmp_path_factory):
     return run_script("determinism", str(tmp_path_factory.mktemp("determinism")), onednn=request.param)
 
 
-@pytest.mark.parametrize(
-    "config", ["plain", "jit_compile", "sgd", "activations", "activations_jit_compile", "shared_sizes_jit_compile"]
-)
+@pytest.mark.parametrize("config", ["plain", "sgd", "activations"])
 def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
+
+
+@pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
+def xla_determinism(request, tmp_path_factory):
+    return run_script("xla_determinism", str(tmp_path_factory.mktemp("xla")), onednn=request.param)
+
+
+@pytest.mark.parametrize("config", ["jit_compile", "activations_jit_compile", "shared_sizes_jit_compile"])
+def test_bit_identical_weights_under_xla(xla_determinism, config):
+    assert xla_determinism[config + "_xla"] is True, "Keras compiled the step without XLA"
+    assert xla_determinism[config + "_reproducible"] is True, "the unhooked XLA run is not reproducible"
+    assert xla_determinism[config] is True
 
 
 @pytest.fixture(scope="module", params=["1", "0"], ids=["onednn_on", "onednn_off"])
@@ -625,6 +634,31 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     assert {d.step for series in histograms.values() for d in series} == {8}
 
 
+def _xla_determinism_main(out_dir):
+    """Under XLA, without op determinism (with it Keras would compile no XLA
+    at all): each model must train with XLA (checked), its unhooked run must
+    be reproducible, and the hooked run bit-identical to it. The statistics
+    run inline in the compiled step, the gradients' stacked by size and the
+    activations' measured together at the end of the step."""
+    x, y = data(5 * BATCH)
+    result = {}
+    for name, build, update_freq, activation_freq in (
+        ("jit_compile", lambda: sequential(jit_compile=True), 2, 100),
+        # Activation statistics on every step (tanh, relu and Dropout in the model).
+        ("activations_jit_compile", lambda: sequential(jit_compile=True), 2, 1),
+        ("shared_sizes_jit_compile", shared_sizes, 1, 1),
+    ):
+        models = [build() for _ in range(3)]
+        without = train(models[0], x, y, epochs=3)
+        again = train(models[1], x, y, epochs=3)
+        with_hook = train(models[2], x, y, [GradFlow(os.path.join(out_dir, name), update_freq=update_freq,
+                                                     histogram_freq=3, activation_freq=activation_freq)], epochs=3)
+        result[name + "_xla"] = all(model.jit_compile is True for model in models)
+        result[name + "_reproducible"] = all(np.array_equal(a, b) for a, b in zip(without, again))
+        result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    print(json.dumps(result))
+
+
 def _mirrored_determinism_main(out_dir):
     """Under MirroredStrategy (two logical CPUs) the statistics run inline in
     each replica's step, stacked by size where layers share them: the run
@@ -656,4 +690,5 @@ def _mirrored_determinism_main(out_dir):
 
 if __name__ == "__main__":
     {"determinism": _determinism_main, "write_failure": _write_failure_main,
+     "xla_determinism": _xla_determinism_main,
      "mirrored_determinism": _mirrored_determinism_main}[sys.argv[1]](sys.argv[2])
