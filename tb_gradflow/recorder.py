@@ -808,10 +808,7 @@ def _layer_moments(scale, *tensors):
 
 def _layer_histograms(scale, *tensors):
     """(range [2], equal-width counts, log10 counts) of one layer's gradients / scale."""
-    # Joined and scaled once, not again by each statistic.
-    joined = [stats.flat(tensors) / scale]
-    low, high = stats.finite_range(joined)
-    return tf.stack([low, high]), stats.equal_width_counts(joined, low, high), stats.log10_magnitude_counts(joined)
+    return stats.layer_histograms(tensors, scale)
 
 
 def _layer_moments_and_histograms(scale, hist, *tensors):

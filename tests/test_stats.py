@@ -67,16 +67,30 @@ def numpy_moments(array):
             np.sum(a == 0), np.sum(~np.isfinite(a))]
 
 
+def _shared_size_layer(i):
+    a = rng.normal(size=(7, 7)).astype("float32") * 10.0 ** (i - 6)
+    if i % 4 == 1:
+        a[i % 7, 0] = np.nan
+    return [a]
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_multi_tensor_statistics_match_independent_references(jit):
+@pytest.mark.parametrize("shared_layers", [0, 12], ids=["histograms per layer", "histograms stacked"])
+def test_multi_tensor_statistics_match_independent_references(jit, shared_layers):
     """Every DATA case is one layer (plus a layer without tensors, and
     tensors of equal sizes in different layers, so that stacks mix layers):
     the stacked statistics give each tensor's moments and each layer's range
-    and counts as numpy and TensorBoard's histogram do."""
+    and counts as numpy and TensorBoard's histogram do. With as many stacks
+    as layers the histograms are computed per layer; with `shared_layers`
+    more layers of one size, stacked."""
     layers = list(DATA.values()) + [[], [rng.normal(size=(7, 7)).astype("float32"), np.zeros([0], "float32")]]
+    layers += [_shared_size_layer(i) for i in range(shared_layers)]
     tensors = [a for arrays in layers for a in arrays]
     layer_of_tensor = [li for li, arrays in enumerate(layers) for _ in arrays]
-    assert len(stats.groups_by_size([tf.constant(a) for a in tensors])) < len(tensors)
+    n_stacks = len(stats.groups_by_size([tf.constant(a) for a in tensors]))
+    assert n_stacks < len(tensors)
+    # Which way the histograms go (stats.multi_tensor_statistics' rule).
+    assert (n_stacks < len(set(layer_of_tensor))) == bool(shared_layers)
     scale = 4.0
 
     @tf.function(jit_compile=jit)
