@@ -868,14 +868,39 @@ class ActivationRecorder:
             return tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
 
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        n = len(self.units)
+        # Where activation i's units lie in the joined `active` vector.
+        self._unit_offsets = np.concatenate([[0], np.cumsum(self.units, dtype=np.int64)])
         with scope:
-            self.moments = [state(f"moments_{i}", [stats.NUM_ACTIVATION_MOMENTS]) for i in range(len(self.units))]
-            self.active = [state(f"active_{i}", [u]) for i, u in enumerate(self.units)]
-            self.histogram_range = [state(f"histogram_range_{i}", [2], aggregation=first) for i in range(len(self.units))]
-            self.histogram_counts = [
-                state(f"histogram_counts_{i}", [metadata.HISTOGRAM_BUCKETS], tf.int32, aggregation=first)
-                for i in range(len(self.units))
-            ]
+            if self._xla:
+                # Under XLA, four variables for all activations, rows written
+                # together at the end of a sampling step (`stacked`): each
+                # variable is a resource the compiled step reads and writes,
+                # and four per activation cost mlp50's 50 ReLUs ~2 s of XLA
+                # compile and ~2 ms a sampled step in a micro-benchmark
+                # (0.3 s and 0.4 ms for four in all). Without XLA each
+                # activation keeps its own: its isolated call writes them by
+                # handle, and calls sharing a variable would be chained
+                # (automatic control dependencies order every op on one
+                # resource), changing the forward pass's schedule.
+                self._stacked_state = (
+                    state("moments", [n, stats.NUM_ACTIVATION_MOMENTS]),
+                    state("active", [int(self._unit_offsets[-1])]),
+                    state("histogram_range", [n, 2], aggregation=first),
+                    state("histogram_counts", [n, metadata.HISTOGRAM_BUCKETS], tf.int32, aggregation=first),
+                )
+                self._per_activation_state = None
+            else:
+                self._stacked_state = None
+                self._per_activation_state = [
+                    (
+                        state(f"moments_{i}", [stats.NUM_ACTIVATION_MOMENTS]),
+                        state(f"active_{i}", [u]),
+                        state(f"histogram_range_{i}", [2], aggregation=first),
+                        state(f"histogram_counts_{i}", [metadata.HISTOGRAM_BUCKETS], tf.int32, aggregation=first),
+                    )
+                    for i, u in enumerate(self.units)
+                ]
             self.step = state("step", [], tf.int64, -1, aggregation=first)
 
     def sample_gate(self, step):
@@ -915,23 +940,36 @@ class ActivationRecorder:
         # select, not a branch). Fewer nodes that reorder the forward pass;
         # see docs/event_contract.md, "Exactness", for why order matters.
         sample = self.sample_gate(step)
-        if self._inline:
-            self._keep_if_sampled(index, sample, measure_fn(tensor))
+        if self._stacked_state is not None:
+            moments, active, low_high, counts = measure_fn(tensor)
+            self._keep_rows_if_sampled(sample, [index], (moments[None], active, low_high[None], counts[None]))
+        elif self._inline:
+            for variable, value in zip(self._per_activation_state[index], measure_fn(tensor)):
+                variable.assign(tf.where(sample, value, variable.read_value()))
         else:
             # Kept inside the isolated call, by handle: the training graph
             # gains one call per activation, not a read, a select and an
             # assign per variable (a dozen ops to trace and optimize each).
-            measure_fn(tensor, sample, *[v.handle for v in self._variables_of(index)])
+            measure_fn(tensor, sample, *[v.handle for v in self._per_activation_state[index]])
 
-    def _variables_of(self, index):
-        """Activation `index`'s variables, in the order its statistics come:
-        moments, active, histogram range, histogram counts."""
-        return (self.moments[index], self.active[index], self.histogram_range[index], self.histogram_counts[index])
-
-    def _keep_if_sampled(self, index, sample, values):
-        """Inline: activation `index`'s statistics into its variables where the bool `sample` holds."""
-        for variable, value in zip(self._variables_of(index), values):
-            variable.assign(tf.where(sample, value, variable.read_value()))
+    def _keep_rows_if_sampled(self, sample, indices, values):
+        """Under XLA: the statistics of activations `indices` (moments,
+        active units joined in the order of `indices`, histogram range,
+        histogram counts; one row per activation) into the stacked state,
+        where the bool `sample` holds. When `indices` are all the
+        activations, each variable gets one select; otherwise their rows
+        are scattered into it first."""
+        indices = np.asarray(indices, np.int64)
+        unit_rows = np.concatenate(
+            [np.arange(self._unit_offsets[i], self._unit_offsets[i + 1]) for i in indices]
+        ) if indices.size else np.zeros(0, np.int64)
+        for variable, rows, value in zip(self._stacked_state, (indices, unit_rows, indices, indices), values):
+            old = variable.read_value()
+            if rows.size == variable.shape[0] and np.array_equal(np.sort(rows), np.arange(rows.size)):
+                new = stats.join_in_order([value], rows.tolist())
+            else:
+                new = tf.tensor_scatter_nd_update(old, rows[:, None], value)
+            variable.assign(tf.where(sample, new, old))
 
     @contextlib.contextmanager
     def stacked(self):
@@ -973,13 +1011,17 @@ class ActivationRecorder:
             index, tensor, _, unit_axis, function, output_op = entry
             key = (output_op, function, tensor.shape[unit_axis], tensor.dtype)
             groups.setdefault(key, []).append(entry)
+        indices, blocks = [], []
         for (output_op, function, _, _), entries in groups.items():
-            measured = stats.multi_activation_statistics(
+            moments, active, low_high, counts = stats.multi_activation_statistics(
                 [e[1] for e in entries], [self.thresholds[e[0]] for e in entries], [e[3] for e in entries],
                 op_type=output_op, function=function,
             )
-            for j, entry in enumerate(entries):
-                self._keep_if_sampled(entry[0], sample, [value[j] for value in measured])
+            indices += [e[0] for e in entries]
+            blocks.append((moments, tf.reshape(active, [-1]), low_high, counts))
+        # One read, select and assign per variable for all the step's activations.
+        joined = [tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
+        self._keep_rows_if_sampled(sample, indices, joined)
 
     def _measure_function(self, tensor, threshold, unit_axis, function, output_op):
         """The statistics of one activation tensor, as an isolated call traced
@@ -1019,20 +1061,12 @@ class ActivationRecorder:
         self._measure_functions[key] = measure_fn
         return measure_fn
 
-    def state(self):
-        out = {"step": self.step}
-        for i in range(len(self.units)):
-            out[f"moments_{i}"] = self.moments[i]
-            out[f"active_{i}"] = self.active[i]
-            out[f"histogram_range_{i}"] = self.histogram_range[i]
-            out[f"histogram_counts_{i}"] = self.histogram_counts[i]
-        return out
-
     def read(self):
         """Host: one read of everything, as an `aggregate.ActivationSnapshot`.
 
         The per-activation variables are stacked (the unit counts joined)
-        on the device, so a read fetches five tensors whatever the number of
+        on the device (under XLA they are kept stacked), so a read fetches
+        five tensors whatever the number of
         activations: each fetched tensor is a host round trip on the training
         thread, and with the row writer's thread holding the GIL in between
         a few hundred of them cost tens of milliseconds a read."""
@@ -1040,11 +1074,15 @@ class ActivationRecorder:
         if self._read_function is None:
             def read_all():
                 out = {"step": self.step.read_value()}
-                if n:
-                    out["moments"] = tf.stack([v.read_value() for v in self.moments])
-                    out["active"] = tf.concat([v.read_value() for v in self.active], axis=0)
-                    out["histogram_range"] = tf.stack([v.read_value() for v in self.histogram_range])
-                    out["histogram_counts"] = tf.stack([v.read_value() for v in self.histogram_counts])
+                if not n:
+                    return out
+                names = ("moments", "active", "histogram_range", "histogram_counts")
+                if self._stacked_state is not None:
+                    out.update((name, v.read_value()) for name, v in zip(names, self._stacked_state))
+                    return out
+                for name, variables in zip(names, zip(*self._per_activation_state)):
+                    values = [v.read_value() for v in variables]
+                    out[name] = tf.concat(values, axis=0) if name == "active" else tf.stack(values)
                 return out
 
             self._read_function = tf.function(read_all, autograph=False)
