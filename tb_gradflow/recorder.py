@@ -1006,6 +1006,10 @@ class ActivationRecorder:
         if not pending:
             return
         sample = self.sample_gate(pending[0][2])
+        # A layer called twice in the step (a shared layer) records twice:
+        # its last call is kept, as when each call assigned in turn (one
+        # scatter with a repeated row would keep either, unordered).
+        pending = list({entry[0]: entry for entry in pending}.values())
         groups = {}
         for entry in pending:
             index, tensor, _, unit_axis, function, output_op = entry

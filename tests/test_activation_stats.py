@@ -521,8 +521,9 @@ if __name__ == "__main__":
 def test_stacked_state_under_xla_keeps_each_activations_rows():
     """Under XLA the activations share four variables: a step that records
     only some activations (stacked at the step's end, or one at a time
-    outside a `stacked` block) writes their rows and leaves the others'.
-    Each row must equal what the per-activation recorder (no XLA) keeps for
+    outside a `stacked` block) writes their rows and leaves the others'; an
+    activation recorded twice in a step (a shared layer) keeps its last
+    call's statistics. Each row must equal what the per-activation recorder (no XLA) keeps for
     the same tensors, which the reference tests above check against numpy."""
     import tensorflow as tf
 
@@ -537,6 +538,7 @@ def test_stacked_state_under_xla_keeps_each_activations_rows():
     @tf.function(jit_compile=True)
     def stacked_step(step, a, c):
         with stacked.stacked():  # activations 0 and 2, both ReLU outputs of 4 units: one stack
+            stacked.record(0, c, step, output_op="Relu")  # a shared layer's first call: its last is kept
             stacked.record(0, a, step, output_op="Relu")
             stacked.record(2, c, step, output_op="Relu")
 
