@@ -274,6 +274,8 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     the same as `gradient_moments`, `finite_range`, `equal_width_counts` and
     `log10_magnitude_counts` of each tensor (or layer) / `scale`; sums may
     round differently (another reduction order), bucket indices do not.
+    Where there are no fewer stacks than layers (every gradient a size of
+    its own), the histograms are counted per layer (`layer_histograms`).
 
     Args:
       tensors: dense tensors.
@@ -302,7 +304,7 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     # Each stack's histograms are a bucket index and two counts over it
     # (compile time under XLA); with no fewer stacks than layers, per layer
     # is fewer of them (seed003_mlp: 9 stacks of its 5 layers' 10 gradients,
-    # ~0.6 s more compile than per layer in a micro-benchmark).
+    # 0.4-0.6 s more compile than per layer in micro-benchmarks).
     stack_histograms = histograms and len(groups) < len(layers)
     if histograms and not stack_histograms:
         moments, _ = multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=False)
