@@ -511,42 +511,37 @@ def test_mirrored_strategy_statistics_cover_the_global_batch(tmp_path):
             )
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "mirrored":
-        _mirrored_main(sys.argv[2])
-    else:
-        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
-
-
 def test_stacked_state_under_xla_keeps_each_activations_rows():
     """Under XLA the activations share four variables: a step that records
     only some activations (stacked at the step's end, or one at a time
     outside a `stacked` block) writes their rows and leaves the others'; an
     activation recorded twice in a step (a shared layer) keeps its last
-    call's statistics. Each row must equal what the per-activation recorder (no XLA) keeps for
-    the same tensors, which the reference tests above check against numpy."""
+    call's statistics. Each row must equal what the per-activation recorder
+    (no XLA) keeps for the same tensors, whose statistics the reference
+    tests above check against numpy."""
     import tensorflow as tf
 
     from tb_gradflow.recorder import ActivationRecorder
 
     units, thresholds = [4, 3, 4], [0.05, 0.05, 0.1]
     rng = np.random.default_rng(3)
-    batches = [[tf.constant(rng.normal(size=(5, u)).astype("float32")) for u in units] for _ in range(3)]
+    a, c = [tf.nn.relu(rng.normal(size=(5, 4)).astype("float32")) for _ in range(2)]
+    b = tf.constant(rng.normal(size=(5, 3)).astype("float32"))
     stacked = ActivationRecorder(units=units, thresholds=thresholds, activation_freq=1, xla=True)
     separate = ActivationRecorder(units=units, thresholds=thresholds, activation_freq=1)
 
     @tf.function(jit_compile=True)
-    def stacked_step(step, a, c):
+    def stacked_step(step):
         with stacked.stacked():  # activations 0 and 2, both ReLU outputs of 4 units: one stack
             stacked.record(0, c, step, output_op="Relu")  # a shared layer's first call: its last is kept
             stacked.record(0, a, step, output_op="Relu")
             stacked.record(2, c, step, output_op="Relu")
 
     @tf.function(jit_compile=True)
-    def one_at_a_time(step, b):
+    def one_at_a_time(step):
         stacked.record(1, b, step, function=tf.nn.tanh)  # no `stacked` block: its row alone
 
-    def expected(records):
+    def expected(step, records):
         for index, tensor, kwargs in records:
             separate.record(index, tensor, tf.constant(step, tf.int64), **kwargs)
         return separate.read()
@@ -560,20 +555,23 @@ def test_stacked_state_under_xla_keeps_each_activations_rows():
             np.testing.assert_array_equal(actual.histogram_range[i], want.histogram_range[i])
             np.testing.assert_array_equal(actual.histogram_counts[i], want.histogram_counts[i])
 
-    a, b, c = [tf.nn.relu(t) for t in batches[0][:1]] + [batches[0][1]] + [tf.nn.relu(batches[0][2])]
-    step = 1
-    stacked_step(tf.constant(step, tf.int64), a, c)
+    stacked_step(tf.constant(1, tf.int64))
     first = stacked.read()
-    want = expected([(0, a, dict(output_op="Relu")), (2, c, dict(output_op="Relu"))])
-    assert_same(first, want, [0, 2])
+    assert_same(first, expected(1, [(0, a, dict(output_op="Relu")), (2, c, dict(output_op="Relu"))]), [0, 2])
     assert not np.any(first.moments[1]) and not np.any(first.active[1])  # never recorded
 
-    step = 2
-    b = batches[1][1]
-    one_at_a_time(tf.constant(step, tf.int64), b)
+    one_at_a_time(tf.constant(2, tf.int64))
     second = stacked.read()
-    assert_same(second, expected([(1, b, dict(function=tf.nn.tanh))]), [1])
+    assert_same(second, expected(2, [(1, b, dict(function=tf.nn.tanh))]), [1])
     for i in (0, 2):  # untouched by the second step
         np.testing.assert_array_equal(second.moments[i], first.moments[i])
         np.testing.assert_array_equal(second.active[i], first.active[i])
         np.testing.assert_array_equal(second.histogram_counts[i], first.histogram_counts[i])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "mirrored":
+        _mirrored_main(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
+
