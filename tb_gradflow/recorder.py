@@ -1070,10 +1070,10 @@ class ActivationRecorder:
 
         The per-activation variables are stacked (the unit counts joined)
         on the device (under XLA they are kept stacked), so a read fetches
-        five tensors whatever the number of
-        activations: each fetched tensor is a host round trip on the training
-        thread, and with the row writer's thread holding the GIL in between
-        a few hundred of them cost tens of milliseconds a read."""
+        five tensors whatever the number of activations: each fetched
+        tensor is a host round trip on the training thread, and with the row
+        writer's thread holding the GIL in between a few hundred of them
+        cost tens of milliseconds a read."""
         n = len(self.units)
         if self._read_function is None:
             def read_all():
