@@ -335,14 +335,15 @@ class GradientRecorder:
     def _inline_statistics(self, grads, divisor, histograms):
         """(moments [n_gradients, NUM_MOMENTS], (range, counts, log10 counts)
         per layer or None): a row step's statistics where they run inline in
-        the step (XLA, multi-replica), stacked by size
-        (`stats.multi_tensor_statistics`).
+        the step (XLA, multi-replica), all gradients cut into rows of one
+        width (`stats.multi_tensor_statistics`).
 
         Inline, every op is part of the one compiled step: per layer, the
         statistics were some 60 ops, and XLA's compile time grew with them
         (mlp50: the hook's first execution 6.4x plain's, ~15 s for the
-        gradient moments alone); stacked, the op count grows with the
-        number of distinct gradient sizes. The histograms are computed on
+        gradient moments alone); over rows of all gradients, each statistic
+        is one reduction whatever the number of gradients (a stack and pad
+        per distinct gradient size join them). The histograms are computed on
         every row; the caller keeps them on histogram steps. Sparse
         gradients (IndexedSlices) get the per-gradient statistics, and their
         layers' histograms are computed apart.
@@ -612,7 +613,7 @@ class GradientRecorder:
         else:
             def measure():
                 if snapshots is not None and self._inline:
-                    # Stacked by size, as the gradients' (see _inline_statistics).
+                    # In rows of all weights, as the gradients' (see _inline_statistics).
                     return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots), axis=1))
                 if snapshots is None:
                     weight = self._isolated(_sum_squares_of)(variables)

@@ -243,8 +243,8 @@ def _activation_moments(a, d, threshold, unit_axis):
 # --------------------------------------------------------- many tensors at once
 def groups_by_size(tensors):
     """[[index, ...], ...]: the positions of `tensors` of one static element
-    count and dtype, in first-seen order; a tensor of unknown size is a
-    group of its own.
+    count, in first-seen order; a tensor of unknown size is a group of its
+    own.
 
     >>> import tensorflow as tf
     >>> groups_by_size([tf.zeros([2, 3]), tf.zeros([3]), tf.zeros([6]), tf.zeros([3, 1])])
@@ -253,7 +253,7 @@ def groups_by_size(tensors):
     groups, order = {}, []
     for i, t in enumerate(tensors):
         size = t.shape.num_elements()
-        key = (size, t.dtype) if size is not None else ("unknown", i)
+        key = size if size is not None else ("unknown", i)
         if key not in groups:
             groups[key] = []
             order.append(key)
@@ -261,21 +261,71 @@ def groups_by_size(tensors):
     return [groups[key] for key in order]
 
 
+# Chunk widths `chunk_width` chooses from.
+CHUNK_WIDTHS = tuple(2**p for p in range(5, 13))
+
+
+def chunk_width(sizes):
+    """The chunk width for tensors of these element counts: the one that
+    makes the fewest padded elements plus 16 per chunk (a chunk is a row of
+    the segment reductions that follow).
+
+    >>> chunk_width([10, 4]), chunk_width([784 * 512, 512, 10])
+    (32, 2048)
+    """
+    def cost(width):
+        chunks = sum(max(1, -(-size // width)) for size in sizes)
+        return chunks * (width + 16)
+
+    return min(CHUNK_WIDTHS, key=cost)
+
+
+def chunk_rows(tensors, width):
+    """(x float32 [chunks, width], owner int32 numpy [chunks]): the elements
+    of `tensors` (static sizes) cut into rows of `width`, each tensor's last
+    row padded with NaN (which every statistic here leaves out as
+    non-finite), and the tensor of each row.
+
+    Tensors of one size are stacked and padded together, so the op count
+    grows with the number of distinct sizes, not with the tensors (a
+    500-layer model's 1000 tensors are two pads, not a thousand).
+
+    >>> import tensorflow as tf
+    >>> x, owner = chunk_rows([tf.constant([1.0, 2.0, 3.0]), tf.constant([4.0])], 2)
+    >>> x.numpy().tolist(), owner.tolist()
+    ([[1.0, 2.0], [3.0, nan], [4.0, nan]], [0, 0, 1])
+    """
+    blocks, owner = [], []
+    for members in groups_by_size(tensors):
+        size = tensors[members[0]].shape.num_elements()
+        chunks = max(1, -(-size // width))
+        block = tf.stack([tf.reshape(tf.cast(tensors[i], tf.float32), [-1]) for i in members])
+        if chunks * width > size:
+            block = tf.pad(block, [[0, 0], [0, chunks * width - size]], constant_values=float("nan"))
+        blocks.append(tf.reshape(block, [-1, width]))
+        owner += [i for i in members for _ in range(chunks)]
+    return (tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]), np.asarray(owner, np.int32)
+
+
 def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=True):
     """The statistics of many tensors in a few ops, for code that runs inline
     in a compiled step (XLA, where each op is compile time).
 
-    Tensors of one element count are stacked into a [k, n] matrix and reduced
-    along its rows, so the op count grows with the number of distinct sizes
-    (a handful to a few dozen in real models), not with the tensor count
-    (with the activations stacked too, a 50-layer MLP's first execution
-    under XLA took 24.5 s instead of 50.8 s on a 2-core CPU;
-    benchmarks/xla_startup_breakdown.py). The per-element arithmetic is
-    the same as `gradient_moments`, `finite_range`, `equal_width_counts` and
-    `log10_magnitude_counts` of each tensor (or layer) / `scale`; sums may
-    round differently (another reduction order), bucket indices do not.
-    Where there are no fewer stacks than layers (every gradient a size of
-    its own), the histograms are counted per layer (`layer_histograms`).
+    All the tensors' elements are cut into rows of one width (`chunk_rows`,
+    padded with NaN), every statistic is reduced along the rows, and the
+    rows' partial results are summed (or maxed) into tensors and layers by
+    segment ops. So the reductions, bucket indices and counts are a fixed
+    handful of ops whatever the number and sizes of the tensors: XLA's CPU
+    compile of the statistics alone went from 2.5-3.8 s to 0.6-1.0 s for
+    seed003_mlp's ten gradients and from 25-30 s to 3-4 s for
+    MobileNetV3Small's 142, against stacks of equal-size tensors
+    (benchmarks/results/xla_compile_statistics_*.json). The per-element
+    arithmetic is the same as `gradient_moments`, `finite_range`,
+    `equal_width_counts` and `log10_magnitude_counts` of each tensor (or
+    layer) / `scale`; sums may round differently (another reduction order),
+    counts, extremes and bucket indices do not. A tensor of unknown static
+    size (a trace with `None` dimensions) sends all of them to the
+    per-tensor and per-layer functions.
 
     Args:
       tensors: dense tensors.
@@ -299,69 +349,70 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     >>> r.numpy().tolist()
     [[-4.0, 3.0], [0.0, 2.0]]
     """
-    groups = groups_by_size(tensors)
-    layers = sorted(set(layer_of_tensor))
-    # Each stack's histograms are a bucket index and two counts over it
-    # (compile time under XLA); with no fewer stacks than layers, per layer
-    # is fewer of them (seed003_mlp: 9 stacks of its 5 layers' 10 gradients,
-    # 0.4-0.6 s more compile than per layer in micro-benchmarks).
-    stack_histograms = histograms and len(groups) < len(layers)
-    if histograms and not stack_histograms:
-        moments, _ = multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=False)
-        per_layer = {li: layer_histograms([t for t, l in zip(tensors, layer_of_tensor) if l == li], scale)
-                     for li in layers}
-        empty = (tf.zeros([2]), tf.zeros([HISTOGRAM_BUCKETS], tf.int32), tf.zeros([LOG10_BUCKETS], tf.int32))
-        return moments, tuple(tf.stack([per_layer.get(li, empty)[k] for li in range(n_layers)]) for k in range(3))
-    stacked = [tf.stack([tf.reshape(tf.cast(tensors[i], tf.float32), [-1]) for i in members]) / scale
-               for members in groups]
-    layer_rows = [np.asarray([layer_of_tensor[i] for i in members], np.int32) for members in groups]
-    finite_masks = [tf.math.is_finite(x) for x in stacked]
-    blocks, extremes = [], []
-    for x, finite in zip(stacked, finite_masks):
-        absolute = tf.where(finite, tf.abs(x), 0.0)
-        size = tf.cast(tf.shape(x)[1], tf.float32)
-        finite_count = tf.math.count_nonzero(finite, axis=1, dtype=tf.float32)
-        blocks.append(tf.stack([
-            tf.reduce_sum(tf.square(absolute), axis=1),
-            tf.reduce_sum(absolute, axis=1),
-            tf.maximum(tf.reduce_max(absolute, axis=1), 0.0),
-            size - tf.math.count_nonzero(x, axis=1, dtype=tf.float32),
-            size - finite_count,
-        ], axis=1))
-        if histograms:
-            extremes.append(tf.stack([
-                tf.reduce_min(tf.where(finite, x, float("inf")), axis=1),
-                tf.reduce_max(tf.where(finite, x, float("-inf")), axis=1),
-                finite_count,
-            ], axis=1))
-    moments = join_in_order(blocks, [i for members in groups for i in members])
+    sizes = [t.shape.num_elements() for t in tensors]
+    if None in sizes:
+        return _per_layer_statistics(tensors, layer_of_tensor, n_layers, scale, histograms)
+    width = chunk_width(sizes)
+    x, owner = chunk_rows(tensors, width)
+    x = x / scale
+    k = len(tensors)
+    finite = tf.math.is_finite(x)
+    absolute = tf.where(finite, tf.abs(x), 0.0)
+    sums = tf.math.unsorted_segment_sum(
+        tf.stack([tf.reduce_sum(tf.square(absolute), axis=1), tf.reduce_sum(absolute, axis=1)], axis=1), owner, k)
+    # Counts in int32 (exact), made float32 once per tensor.
+    finite_in_row = tf.reduce_sum(tf.cast(finite, tf.int32), axis=1)
+    counts = tf.math.unsorted_segment_sum(
+        tf.stack([tf.reduce_sum(tf.cast(tf.not_equal(x, 0.0), tf.int32), axis=1), finite_in_row], axis=1), owner, k)
+    largest = tf.math.unsorted_segment_max(tf.reduce_max(absolute, axis=1), owner, k)
+    padded_sizes = np.bincount(owner, minlength=k).astype(np.int32) * width
+    moments = tf.stack([
+        sums[:, 0],
+        sums[:, 1],
+        tf.maximum(largest, 0.0),
+        # The NaN padding is non-zero and non-finite: it is in the padded
+        # size's non-zero count, and not in the size's finite count.
+        tf.cast(padded_sizes - counts[:, 0], tf.float32),
+        tf.cast(np.asarray(sizes, np.int32) - counts[:, 1], tf.float32),
+    ], axis=1)
     if not histograms:
         return moments, None
-    all_rows = np.concatenate(layer_rows)
-    extremes = tf.concat(extremes, axis=0) if len(extremes) > 1 else extremes[0]
-    low = tf.math.unsorted_segment_min(extremes[:, 0], all_rows, n_layers)
-    high = tf.math.unsorted_segment_max(extremes[:, 1], all_rows, n_layers)
+    row_layer = np.asarray(layer_of_tensor, np.int32)[owner]
+    low = tf.math.unsorted_segment_min(tf.reduce_min(tf.where(finite, x, float("inf")), axis=1), row_layer, n_layers)
+    high = tf.math.unsorted_segment_max(tf.reduce_max(tf.where(finite, x, float("-inf")), axis=1), row_layer, n_layers)
     # Layers without a finite element (or without tensors: the segment ops
     # give those the dtype's extremes) get the range (0, 0), as finite_range.
-    empty = tf.equal(tf.math.unsorted_segment_sum(extremes[:, 2], all_rows, n_layers), 0.0)
+    empty = tf.equal(tf.math.unsorted_segment_sum(finite_in_row, row_layer, n_layers), 0)
     low, high = tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
-    width = (high - low) / HISTOGRAM_BUCKETS
-    safe_width = tf.where(width > 0, width, 1.0)
+    width_of_bucket = (high - low) / HISTOGRAM_BUCKETS
+    safe_width = tf.where(width_of_bucket > 0, width_of_bucket, 1.0)
+    index = _bucket_index(x, tf.gather(low, row_layer)[:, None], tf.gather(safe_width, row_layer)[:, None])
+    index = tf.where(finite, index + row_layer[:, None] * HISTOGRAM_BUCKETS, n_layers * HISTOGRAM_BUCKETS)
+    counts = _count(tf.reshape(index, [-1]), n_layers * HISTOGRAM_BUCKETS)
+    counts = _zero_width_to_last_bucket(tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), width_of_bucket)
     boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
-    counts = tf.zeros([n_layers * HISTOGRAM_BUCKETS], tf.int32)
-    log_counts = tf.zeros([n_layers * LOG10_BUCKETS], tf.int32)
-    for x, finite, rows in zip(stacked, finite_masks, layer_rows):
-        index = _bucket_index(x, tf.gather(low, rows)[:, None], tf.gather(safe_width, rows)[:, None])
-        index = tf.where(finite, index + rows[:, None] * HISTOGRAM_BUCKETS, n_layers * HISTOGRAM_BUCKETS)
-        counts += _count(tf.reshape(index, [-1]), n_layers * HISTOGRAM_BUCKETS)
-        magnitude = tf.abs(x)
-        keep = tf.logical_and(finite, magnitude > 0)
-        decade = tf.searchsorted(boundaries[None, :], tf.reshape(tf.cast(magnitude, tf.float64), [1, -1]),
-                                 side="right", out_type=tf.int32)
-        decade = tf.reshape(decade, tf.shape(x)) + rows[:, None] * LOG10_BUCKETS
-        log_counts += _count(tf.reshape(tf.where(keep, decade, n_layers * LOG10_BUCKETS), [-1]), n_layers * LOG10_BUCKETS)
-    counts = _zero_width_to_last_bucket(tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), width)
+    magnitude = tf.abs(x)
+    keep = tf.logical_and(finite, magnitude > 0)
+    decade = tf.searchsorted(boundaries[None, :], tf.reshape(tf.cast(magnitude, tf.float64), [1, -1]),
+                             side="right", out_type=tf.int32)
+    decade = tf.reshape(decade, tf.shape(x)) + row_layer[:, None] * LOG10_BUCKETS
+    log_counts = _count(tf.reshape(tf.where(keep, decade, n_layers * LOG10_BUCKETS), [-1]), n_layers * LOG10_BUCKETS)
     return moments, (tf.stack([low, high], axis=1), counts, tf.reshape(log_counts, [n_layers, LOG10_BUCKETS]))
+
+
+def _per_layer_statistics(tensors, layer_of_tensor, n_layers, scale, histograms):
+    """`multi_tensor_statistics`' results from the one-tensor and one-layer
+    functions (for tensors of unknown static size)."""
+    moments = tf.stack([gradient_moments(tf.cast(t, tf.float32) / scale) for t in tensors])
+    if not histograms:
+        return moments, None
+    empty = (tf.zeros([2]), tf.zeros([HISTOGRAM_BUCKETS], tf.int32), tf.zeros([LOG10_BUCKETS], tf.int32))
+    per_layer = [
+        layer_histograms([t for t, layer in zip(tensors, layer_of_tensor) if layer == li], scale)
+        if li in layer_of_tensor else empty
+        for li in range(n_layers)
+    ]
+    return moments, tuple(tf.stack([histograms_of[k] for histograms_of in per_layer]) for k in range(3))
 
 
 def layer_histograms(tensors, scale):
@@ -381,23 +432,26 @@ def layer_histograms(tensors, scale):
 
 def multi_tensor_update_sums(weights, before):
     """[len(weights), 3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of each
-    pair over its finite elements (`sum_squares`), stacked by element count
-    as in `multi_tensor_statistics`.
+    pair over its finite elements (`sum_squares`), in a few ops as
+    `multi_tensor_statistics` (both cut into the same rows).
 
     >>> import tensorflow as tf
     >>> multi_tensor_update_sums([tf.constant([3.0, 4.0])], [tf.constant([3.0, 2.0])]).numpy().tolist()
     [[25.0, 4.0, 13.0]]
     """
+    sizes = [w.shape.num_elements() for w in weights]
+    if None in sizes:
+        return tf.stack([tf.stack([sum_squares(w), sum_squares(tf.cast(w, tf.float32) - tf.cast(b, tf.float32)),
+                                   sum_squares(b)]) for w, b in zip(weights, before)])
+    width = chunk_width(sizes)
+    w, owner = chunk_rows(weights, width)
+    b, _ = chunk_rows(before, width)
+
     def finite_square_sum(x):
         return tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(x), x, 0.0)), axis=1)
 
-    groups = groups_by_size(weights)
-    blocks = []
-    for members in groups:
-        w = tf.stack([tf.reshape(tf.cast(weights[i], tf.float32), [-1]) for i in members])
-        b = tf.stack([tf.reshape(tf.cast(before[i], tf.float32), [-1]) for i in members])
-        blocks.append(tf.stack([finite_square_sum(w), finite_square_sum(w - b), finite_square_sum(b)], axis=1))
-    return join_in_order(blocks, [i for members in groups for i in members])
+    rows = tf.stack([finite_square_sum(w), finite_square_sum(w - b), finite_square_sum(b)], axis=1)
+    return tf.math.unsorted_segment_sum(rows, owner, len(weights))
 
 
 def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, function=None):

@@ -56,3 +56,20 @@ def test_xla_startup_breakdown_reports_each_step(tmp_path):
     assert configurations[0] == "plain fit" and configurations[-1] == "defaults" and len(configurations) == 6
     for row in report["rows"]:
         assert row["model"] == "tiny" and row["startup_s"] > 0 and row["startup_ratio"] > 0
+
+
+def test_statistics_compile_benchmark_reports_each_statistic(tmp_path):
+    """The statistics' compile benchmark on the tiny model's gradient shapes:
+    a row per statistic, with the model's tensor and layer counts."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_statistics_compile.py"), "--models", "tiny", "--calls", "2",
+         "--output", str(tmp_path / "compile.json")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report == json.loads((tmp_path / "compile.json").read_text())
+    assert [r["statistics"] for r in report["rows"]] == ["moments", "moments and histograms", "update sums"]
+    for row in report["rows"]:
+        # 2 x Dense(16) and the output Dense: a kernel and a bias each.
+        assert row["model"] == "tiny" and row["tensors"] == 6 and row["layers"] == 3
+        assert row["compile_s"] > 0 and row["run_ms"] > 0

@@ -75,25 +75,26 @@ def _shared_size_layer(i):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-@pytest.mark.parametrize("shared_layers", [0, 12], ids=["histograms per layer", "histograms stacked"])
-def test_multi_tensor_statistics_match_independent_references(jit, shared_layers):
-    """Every DATA case is one layer (plus a layer without tensors, and
-    tensors of equal sizes in different layers, so that stacks mix layers):
-    the stacked statistics give each tensor's moments and each layer's range
-    and counts as numpy and TensorBoard's histogram do. With as many stacks
-    as layers the histograms are computed per layer; with `shared_layers`
-    more layers of one size, stacked."""
+@pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per layer"])
+def test_multi_tensor_statistics_match_independent_references(jit, static_sizes):
+    """Every DATA case is one layer, plus a layer without tensors, a zero-size
+    tensor, and twelve layers of one size (so that chunks of one stack belong
+    to different layers and a tensor spans several chunks): the statistics
+    give each tensor's moments and each layer's range and counts as numpy and
+    TensorBoard's histogram do. With static sizes the tensors are cut into
+    chunks; a tensor of unknown size (a trace with a `None` dimension) sends
+    them all to the per-tensor and per-layer functions."""
     layers = list(DATA.values()) + [[], [rng.normal(size=(7, 7)).astype("float32"), np.zeros([0], "float32")]]
-    layers += [_shared_size_layer(i) for i in range(shared_layers)]
+    layers += [_shared_size_layer(i) for i in range(12)]
     tensors = [a for arrays in layers for a in arrays]
     layer_of_tensor = [li for li, arrays in enumerate(layers) for _ in arrays]
-    n_stacks = len(stats.groups_by_size([tf.constant(a) for a in tensors]))
-    assert n_stacks < len(tensors)
-    # Which way the histograms go (stats.multi_tensor_statistics' rule).
-    assert (n_stacks < len(set(layer_of_tensor))) == bool(shared_layers)
+    width = stats.chunk_width([a.size for a in tensors])
+    assert max(a.size for a in tensors) > width  # some tensor spans several chunks
     scale = 4.0
+    signature = [tf.TensorSpec(a.shape if static_sizes or i else [None] * a.ndim, tf.float32)
+                 for i, a in enumerate(tensors)]
 
-    @tf.function(jit_compile=jit)
+    @tf.function(jit_compile=jit, input_signature=signature)
     def compute(*arrays):
         return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, len(layers), tf.constant(scale))
 

@@ -1,0 +1,100 @@
+"""XLA compile time and run time of the hook's inline gradient statistics, on real models' gradient shapes.
+
+    python benchmarks/bench_statistics_compile.py --models seed003_mlp mobilenetv3small --output out.json
+
+Under XLA the recorder's statistics (`stats.multi_tensor_statistics`, and
+`stats.multi_tensor_update_sums` for the update ratio) are compiled into the
+train step, so their compile time is start-up the user waits for. This
+compiles them alone, on random tensors of the shapes of each model's
+trainable variables (the models of `bench_overhead.py`) with the layer of
+each variable, and reports per model and statistic the first call (trace
+and compile, seconds) and the median of later calls (ms). Comparing two
+versions of the code: run it from each checkout, alternating (single
+compile samples move by a second on a shared 2-core machine).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import bench_overhead  # noqa: E402
+
+STATISTICS = ("moments", "moments and histograms", "update sums")
+
+
+def gradient_shapes(model_name):
+    """(shapes, layer_of_variable, n_layers) of the model's trainable variables."""
+    from tb_gradflow.keras import model_layers
+
+    model = bench_overhead.MODELS[model_name][0]()
+    owners, layer_of_variable = model_layers.variable_owners(model)
+    return [tuple(v.shape) for v in model.trainable_variables], layer_of_variable, len(owners)
+
+
+def measure(model_name, calls):
+    import numpy as np
+    import tensorflow as tf
+
+    from tb_gradflow import stats
+
+    shapes, layer_of_variable, n_layers = gradient_shapes(model_name)
+    rng = np.random.default_rng(0)
+    tensors = [tf.constant(rng.normal(size=s).astype("float32") * 10.0 ** rng.integers(-6, 1)) for s in shapes]
+    others = [t + 1.0 for t in tensors]
+    scale = tf.constant(1.0)
+    computations = {
+        "moments": lambda *t: stats.multi_tensor_statistics(list(t), layer_of_variable, n_layers, scale, False)[0],
+        "moments and histograms": lambda *t: stats.multi_tensor_statistics(list(t), layer_of_variable, n_layers, scale),
+        "update sums": lambda *t: stats.multi_tensor_update_sums(list(t[: len(tensors)]), list(t[len(tensors):])),
+    }
+    rows = []
+    for name, computation in computations.items():
+        arguments = tensors + others if name == "update sums" else tensors
+        function = tf.function(computation, jit_compile=True)
+        start = time.perf_counter()
+        function(*arguments)
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), function(*arguments))
+            times.append(time.perf_counter() - start)
+        rows.append({
+            "model": model_name, "statistics": name, "tensors": len(tensors), "layers": n_layers,
+            "elements": int(sum(np.prod(s) for s in shapes)), "compile_s": round(first, 3),
+            "run_ms": round(float(np.median(times)) * 1e3, 3),
+        })
+        print(f"  {model_name:18s} {name:24s} first call {first:6.2f} s  then {rows[-1]['run_ms']:8.2f} ms",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["seed003_mlp", "mlp50", "mobilenetv3small"],
+                        choices=sorted(bench_overhead.MODELS))
+    parser.add_argument("--calls", type=int, default=10, help="timed calls after the first")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    # XLA's one-time set-up, so that it is not in the first model's compile.
+    tf.function(lambda t: t * 2.0, jit_compile=True)(tf.constant([1.0]))
+    report = {**bench_overhead.report_header("statistics_compile"), "rows": []}
+    for model_name in args.models:
+        report["rows"] += measure(model_name, args.calls)
+    print(json.dumps(report, indent=1))
+    if args.output:
+        pathlib.Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
