@@ -316,16 +316,17 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     rows' partial results are summed (or maxed) into tensors and layers by
     segment ops. So the reductions, bucket indices and counts are a fixed
     handful of ops whatever the number and sizes of the tensors: XLA's CPU
-    compile of the statistics alone went from 2.5-3.8 s to 0.6-1.0 s for
-    seed003_mlp's ten gradients and from 25-30 s to 3-4 s for
-    MobileNetV3Small's 142, against stacks of equal-size tensors
-    (benchmarks/results/xla_compile_statistics_*.json). The per-element
-    arithmetic is the same as `gradient_moments`, `finite_range`,
-    `equal_width_counts` and `log10_magnitude_counts` of each tensor (or
-    layer) / `scale`; sums may round differently (another reduction order),
-    counts, extremes and bucket indices do not. A tensor of unknown static
-    size (a trace with `None` dimensions) sends all of them to the
-    per-tensor and per-layer functions.
+    compile of the statistics with histograms alone went from 3.8-5.0 s to
+    1.1 s for seed003_mlp's ten gradients and from 28 s to 2.8 s for
+    MobileNetV3Small's 142, against one set per stack of equal-size
+    tensors (benchmarks/bench_statistics_compile.py; results in
+    benchmarks/results/statistics_compile_642bb47_vs_625bcf1.json). The
+    per-element arithmetic is the same as `gradient_moments`,
+    `finite_range`, `equal_width_counts` and `log10_magnitude_counts` of
+    each tensor (or layer) / `scale`; sums may round differently (another
+    reduction order), counts, extremes and bucket indices do not. A tensor
+    of unknown static size (a trace with `None` dimensions) sends all of
+    them to the per-tensor and per-layer functions.
 
     Args:
       tensors: dense tensors.
@@ -362,7 +363,7 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
         tf.stack([tf.reduce_sum(tf.square(absolute), axis=1), tf.reduce_sum(absolute, axis=1)], axis=1), owner, k)
     # Counts in int32 (exact), made float32 once per tensor.
     finite_in_row = tf.reduce_sum(tf.cast(finite, tf.int32), axis=1)
-    counts = tf.math.unsorted_segment_sum(
+    tensor_counts = tf.math.unsorted_segment_sum(
         tf.stack([tf.reduce_sum(tf.cast(tf.not_equal(x, 0.0), tf.int32), axis=1), finite_in_row], axis=1), owner, k)
     largest = tf.math.unsorted_segment_max(tf.reduce_max(absolute, axis=1), owner, k)
     padded_sizes = np.bincount(owner, minlength=k).astype(np.int32) * width
@@ -372,8 +373,8 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
         tf.maximum(largest, 0.0),
         # The NaN padding is non-zero and non-finite: it is in the padded
         # size's non-zero count, and not in the size's finite count.
-        tf.cast(padded_sizes - counts[:, 0], tf.float32),
-        tf.cast(np.asarray(sizes, np.int32) - counts[:, 1], tf.float32),
+        tf.cast(padded_sizes - tensor_counts[:, 0], tf.float32),
+        tf.cast(np.asarray(sizes, np.int32) - tensor_counts[:, 1], tf.float32),
     ], axis=1)
     if not histograms:
         return moments, None
