@@ -127,8 +127,9 @@ def flat(tensors):
     return flat[0] if len(flat) == 1 else tf.concat(flat, axis=0)
 
 
-def log10_magnitude_counts(tensors):
-    """int32 [LOG10_BUCKETS] counts of floor(log10 |g|) for finite non-zero g.
+def _decade_index(magnitude):
+    """int32 decade bucket of each element of `magnitude` (|g|, any shape),
+    in [0, LOG10_BUCKETS): floor(log10 |g|) - LOG10_LOW, clipped.
 
     The decade is found by comparing |g| in float64 (where every float32
     value and each 10^k are exact enough to order right) with the bucket
@@ -136,11 +137,18 @@ def log10_magnitude_counts(tensors):
     first go to bucket 0, from the last on to the last bucket. (A float32
     log10 rounds near powers of ten: 10.0 -> 0.99999994.)
     """
+    boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
+    index = tf.searchsorted(boundaries[None, :], tf.reshape(tf.cast(magnitude, tf.float64), [1, -1]),
+                            side="right", out_type=tf.int32)
+    return tf.reshape(index, tf.shape(magnitude))
+
+
+def log10_magnitude_counts(tensors):
+    """int32 [LOG10_BUCKETS] counts of floor(log10 |g|) for finite non-zero g
+    (the decades of `_decade_index`)."""
     t = tf.abs(flat(tensors))
     keep = tf.logical_and(tf.math.is_finite(t), t > 0)
-    boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
-    index = tf.searchsorted(boundaries[None, :], tf.cast(t, tf.float64)[None, :], side="right", out_type=tf.int32)[0]
-    return _count(tf.where(keep, index, LOG10_BUCKETS), LOG10_BUCKETS)
+    return _count(tf.where(keep, _decade_index(t), LOG10_BUCKETS), LOG10_BUCKETS)
 
 
 # Column layout of activation_moments (the host derives the statistics in
@@ -391,12 +399,9 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     index = tf.where(finite, index + row_layer[:, None] * HISTOGRAM_BUCKETS, n_layers * HISTOGRAM_BUCKETS)
     counts = _count(tf.reshape(index, [-1]), n_layers * HISTOGRAM_BUCKETS)
     counts = _zero_width_to_last_bucket(tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), width_of_bucket)
-    boundaries = tf.pow(tf.constant(10.0, tf.float64), tf.range(LOG10_LOW + 1, LOG10_LOW + LOG10_BUCKETS, dtype=tf.float64))
     magnitude = tf.abs(x)
     keep = tf.logical_and(finite, magnitude > 0)
-    decade = tf.searchsorted(boundaries[None, :], tf.reshape(tf.cast(magnitude, tf.float64), [1, -1]),
-                             side="right", out_type=tf.int32)
-    decade = tf.reshape(decade, tf.shape(x)) + row_layer[:, None] * LOG10_BUCKETS
+    decade = _decade_index(magnitude) + row_layer[:, None] * LOG10_BUCKETS
     log_counts = _count(tf.reshape(tf.where(keep, decade, n_layers * LOG10_BUCKETS), [-1]), n_layers * LOG10_BUCKETS)
     return moments, (tf.stack([low, high], axis=1), counts, tf.reshape(log_counts, [n_layers, LOG10_BUCKETS]))
 

@@ -116,7 +116,11 @@ def test_multi_tensor_statistics_match_independent_references(jit, static_sizes)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_multi_tensor_update_sums_match_numpy(jit):
+@pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per tensor"])
+def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
+    """Tensors of one size and of sizes of their own, a NaN weight; with a
+    tensor of unknown size (a `None` dimension in the trace) the sums go
+    tensor by tensor."""
     weights = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,), (12,), (2, 2)]]
     weights[1][2] = np.nan
     before = [w + rng.normal(size=w.shape).astype("float32") for w in weights]
@@ -125,7 +129,8 @@ def test_multi_tensor_update_sums_match_numpy(jit):
         x = x.astype(np.float64)
         return np.sum(x[np.isfinite(x)] ** 2)
 
-    sums = tf.function(stats.multi_tensor_update_sums, jit_compile=jit)(
+    specs = [tf.TensorSpec(w.shape if static_sizes or i else [None] * w.ndim, tf.float32) for i, w in enumerate(weights)]
+    sums = tf.function(stats.multi_tensor_update_sums, jit_compile=jit, input_signature=[specs, specs])(
         [tf.constant(w) for w in weights], [tf.constant(b) for b in before])
     expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
