@@ -444,9 +444,14 @@ def main(argv=None):
         print(json.dumps(report, indent=1))
     output = args.output or (None if (args.tiny or args.models or args.configs or args.memory) else RESULTS / "overhead.json")
     if output:
-        pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(output).write_text(json.dumps(report, indent=1) + "\n")
+        write_report(report, output)
     return report
+
+
+def write_report(report, path):
+    """The report as indented JSON at `path` (its directory made if need be), as the overhead benchmarks write it."""
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ compile samples move by a second on a shared 2-core machine).
 import argparse
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -92,7 +91,7 @@ def main(argv=None):
         report["rows"] += measure(model_name, args.calls)
     print(json.dumps(report, indent=1))
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+        bench_overhead.write_report(report, args.output)
     return report
 
 

@@ -16,7 +16,6 @@ read differences under a few seconds as noise.
 import argparse
 import json
 import os
-import pathlib
 import sys
 import tempfile
 
@@ -51,7 +50,7 @@ def main(argv=None):
                                                     "startup_ratio", "startup_block_excess_s")} for row in rows]
     print(json.dumps(report, indent=1))
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+        bench_overhead.write_report(report, args.output)
     return report
 
 
