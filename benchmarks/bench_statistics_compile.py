@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import bench_overhead  # noqa: E402
 
 STATISTICS = ("moments", "moments and histograms", "update sums")
+FORWARD = ("forward pass", "forward pass + activation statistics")
 
 
 def gradient_shapes(model_name):
@@ -75,11 +76,63 @@ def measure(model_name, calls):
     return rows
 
 
+def measure_activations(model_name, calls):
+    """The model's forward pass (training=True) compiled alone, and with the
+    hook's activation capture in it as in the sampling train step under XLA
+    (`ActivationRecorder.stacked`: the step's activations measured together
+    at its end): the second's excess is the activation statistics' cost."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tb_gradflow import rules
+    from tb_gradflow.keras import activation_capture
+    from tb_gradflow.recorder import ActivationRecorder
+
+    keras.utils.set_random_seed(0)
+    model = bench_overhead.MODELS[model_name][0]()
+    _, batch, inputs, _ = bench_overhead.MODELS[model_name]
+    x = tf.constant(inputs(np.random.default_rng(0), batch))
+    capture = activation_capture.ActivationCapture(model, rules.Thresholds().saturation_derivative)
+    recorder = ActivationRecorder(units=capture.units, thresholds=capture.thresholds, activation_freq=1, xla=True)
+    step = tf.constant(1, tf.int64)
+    capture.install(recorder, lambda: step)
+    try:
+        forward = lambda t: model(t, training=True)  # noqa: E731
+        functions = {FORWARD[0]: forward, FORWARD[1]: capture.sampling_train_step(forward)}
+        rows = []
+        for name, computation in functions.items():
+            function = tf.function(computation, jit_compile=True)
+            start = time.perf_counter()
+            function(x).numpy()
+            first = time.perf_counter() - start
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                function(x).numpy()
+                times.append(time.perf_counter() - start)
+            rows.append({
+                "model": model_name, "statistics": name, "activations": len(capture.units),
+                "units": int(sum(capture.units)), "compile_s": round(first, 3),
+                "run_ms": round(float(np.median(times)) * 1e3, 3),
+            })
+            print(f"  {model_name:18s} {name:36s} first call {first:6.2f} s  then {rows[-1]['run_ms']:8.2f} ms",
+                  file=sys.stderr, flush=True)
+        recorded = sum(1 for c in capture.captured if c.recorded)
+        if recorded != len(capture.units):
+            raise RuntimeError(f"{model_name}: {recorded} of {len(capture.units)} activations recorded")
+    finally:
+        capture.restore()
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["seed003_mlp", "mlp50", "mobilenetv3small"],
                         choices=sorted(bench_overhead.MODELS))
     parser.add_argument("--calls", type=int, default=10, help="timed calls after the first")
+    parser.add_argument("--only", choices=["gradients", "activations"], default=None,
+                        help="only the gradient statistics, or only the forward pass with and without activations")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     import tensorflow as tf
@@ -88,7 +141,10 @@ def main(argv=None):
     tf.function(lambda t: t * 2.0, jit_compile=True)(tf.constant([1.0]))
     report = {**bench_overhead.report_header("statistics_compile"), "rows": []}
     for model_name in args.models:
-        report["rows"] += measure(model_name, args.calls)
+        if args.only != "activations":
+            report["rows"] += measure(model_name, args.calls)
+        if args.only != "gradients":
+            report["rows"] += measure_activations(model_name, args.calls)
     print(json.dumps(report, indent=1))
     if args.output:
         bench_overhead.write_report(report, args.output)

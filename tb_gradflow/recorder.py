@@ -976,7 +976,7 @@ class ActivationRecorder:
     def stacked(self):
         """Trace time, around a sampling train step: under XLA, the
         activations `record`ed in the block (in the block's graph) are
-        measured together when it ends, stacked by kind and unit count
+        measured together when it ends, joined by kind
         (`stats.multi_activation_statistics`), instead of one at a time where
         each is made.
 
@@ -1003,7 +1003,7 @@ class ActivationRecorder:
 
     def _record_stacked(self, pending):
         """The deferred activations of `stacked`, one computation per kind
-        (op type or function, unit count, dtype), kept on sample steps."""
+        (op type or function, and dtype), kept on sample steps."""
         if not pending:
             return
         sample = self.sample_gate(pending[0][2])
@@ -1014,16 +1014,15 @@ class ActivationRecorder:
         groups = {}
         for entry in pending:
             index, tensor, _, unit_axis, function, output_op = entry
-            key = (output_op, function, tensor.shape[unit_axis], tensor.dtype)
-            groups.setdefault(key, []).append(entry)
+            groups.setdefault((output_op, function, tensor.dtype), []).append(entry)
         indices, blocks = [], []
-        for (output_op, function, _, _), entries in groups.items():
+        for (output_op, function, _), entries in groups.items():
             moments, active, low_high, counts = stats.multi_activation_statistics(
                 [e[1] for e in entries], [self.thresholds[e[0]] for e in entries], [e[3] for e in entries],
                 op_type=output_op, function=function,
             )
             indices += [e[0] for e in entries]
-            blocks.append((moments, tf.reshape(active, [-1]), low_high, counts))
+            blocks.append((moments, active, low_high, counts))
         # One read, select and assign per variable for all the step's activations.
         joined = [tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
         self._keep_rows_if_sampled(sample, indices, joined)

@@ -463,50 +463,72 @@ def multi_tensor_update_sums(weights, before):
 def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, function=None):
     """`activation_statistics` (or `..._from_output` with `op_type`) and the
     histogram (`finite_range`, `equal_width_counts`) of k activation tensors
-    of one kind and unit count, in a few ops (for XLA, as
-    `multi_tensor_statistics`).
+    of one kind (one function or output op), in a few ops whatever their
+    number, shapes and unit counts (for XLA, as `multi_tensor_statistics`).
 
-    Each tensor is laid out as rows of its units ([-1, units], the unit axis
-    last) and the rows are joined: the tensors' other dimensions may differ,
-    also at run time (a trace with a `None` batch dimension promises no equal
-    shapes). Per-tensor sums are sums of per-row sums (`unsorted_segment_sum`
-    over the rows); counts are exact, sums may round differently from one
-    tensor at a time.
+    Each tensor is flattened with its unit axis last and cut into rows of one
+    width, its last row padded (padding is masked out, not counted); the rows
+    of all tensors are joined. Every statistic is one reduction along the
+    rows, summed into tensors by segment sums over the rows; the per-unit
+    active counts and the histograms are one bincount each, the unit of an
+    element being its position in its tensor modulo its unit count. The
+    other dimensions may differ, also at run time (a trace with a `None`
+    batch dimension promises no equal shapes): the row counts are dynamic
+    (static once XLA compiles). Grouping by kind alone, not by kind and unit
+    count, took MobileNetV3Small's activation statistics under XLA from 24
+    groups to 3 (benchmarks/bench_statistics_compile.py, "forward pass +
+    activation statistics"). Counts are exact, sums may round differently
+    from one tensor at a time.
 
     Args:
       tensors: the activations' inputs z (with `function`) or outputs a (with
-        `op_type`, a key of OUTPUT_DERIVATIVES), each with a static unit count,
-        the same for all.
+        `op_type`, a key of OUTPUT_DERIVATIVES), each with a static unit count
+        and one dtype.
       thresholds: per tensor, the |f'| below which an element is saturated.
       unit_axes: per tensor, its unit axis.
 
     Returns:
-      (moments [k, NUM_ACTIVATION_MOMENTS], active [k, units], range [k, 2],
-      equal-width counts [k, HISTOGRAM_BUCKETS]) of each tensor, as the
-      single-tensor functions give them.
+      (moments [k, NUM_ACTIVATION_MOMENTS], active [sum of unit counts] (the
+      tensors' active counts joined in order), range [k, 2], equal-width
+      counts [k, HISTOGRAM_BUCKETS]) of each tensor, as the single-tensor
+      functions give them.
 
     >>> import tensorflow as tf
     >>> m, active, r, c = multi_activation_statistics(
-    ...     [tf.constant([[-1.0, 2.0]]), tf.constant([[3.0, 0.0], [1.0, 0.0]])], [0.5, 0.5], [-1, -1], op_type="Relu")
+    ...     [tf.constant([[-1.0, 2.0]]), tf.constant([[3.0], [1.0], [0.0]])], [0.5, 0.5], [-1, -1], op_type="Relu")
     >>> m.numpy()[:, :3].tolist(), active.numpy().tolist(), r.numpy().tolist()
-    ([[1.0, 2.0, 2.0], [2.0, 4.0, 4.0]], [[0.0, 1.0], [2.0, 0.0]], [[-1.0, 2.0], [0.0, 3.0]])
+    ([[1.0, 2.0, 2.0], [1.0, 3.0, 3.0]], [0.0, 1.0, 2.0], [[-1.0, 2.0], [0.0, 3.0]])
     """
     k = len(tensors)
-    units = tensors[0].shape[unit_axes[0]]
+    units = [int(t.shape[axis]) for t, axis in zip(tensors, unit_axes)]
+    unit_offsets = np.concatenate([[0], np.cumsum(units)]).astype(np.int32)
+    # Rows about as wide as the smallest tensor's static part, so that the
+    # padding (under one row a tensor) stays small next to its elements.
+    per_example = [int(np.prod([d for d in t.shape if d is not None])) for t in tensors]
+    width = chunk_width([min(per_example)])
 
-    def rows_of(t, unit_axis):
+    def flat_unit_last(t, unit_axis):
         axis = unit_axis % t.shape.rank
         if axis != t.shape.rank - 1:
             t = tf.transpose(t, [i for i in range(t.shape.rank) if i != axis] + [axis])
-        return tf.reshape(t, [-1, units])
+        return tf.reshape(t, [-1])
 
-    rows = [rows_of(t, axis) for t, axis in zip(tensors, unit_axes)]
-    x = tf.concat(rows, axis=0) if k > 1 else rows[0]
-    row_counts = tf.stack([tf.shape(r)[0] for r in rows])
+    flats = [flat_unit_last(t, axis) for t, axis in zip(tensors, unit_axes)]
+    sizes = tf.stack([tf.size(f) for f in flats])
+    row_counts = (sizes + width - 1) // width
+    x = tf.concat([tf.reshape(tf.pad(f, [[0, r * width - n]]), [-1, width])
+                   for f, n, r in zip(flats, tf.unstack(sizes), tf.unstack(row_counts))], axis=0)
     owner = tf.repeat(tf.range(k), row_counts)  # the tensor of each row
+    first_row = tf.cumsum(row_counts, exclusive=True)
+    # Each element's position in its tensor; past the tensor's size, padding.
+    position = ((tf.range(tf.shape(x)[0]) - tf.gather(first_row, owner)) * width)[:, None] + tf.range(width)[None, :]
+    valid = position < tf.gather(sizes, owner)[:, None]
 
     def per_tensor(row_values):
         return tf.math.unsorted_segment_sum(row_values, owner, k)
+
+    def row_count(mask):
+        return per_tensor(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
 
     if op_type is not None:
         a = tf.stop_gradient(x)
@@ -515,36 +537,45 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
         a, d = activation_derivative(function, x)
     d = tf.abs(tf.cast(d, tf.float32))
     a = tf.cast(a, tf.float32)
-    finite = tf.math.is_finite(a)
-    n_finite = per_tensor(tf.reduce_sum(tf.cast(finite, tf.float32), axis=1))
+    finite = tf.logical_and(valid, tf.math.is_finite(a))
+    n_finite = tf.cast(row_count(finite), tf.float32)
     a = tf.where(finite, a, 0.0)
     total = per_tensor(tf.reduce_sum(a, axis=1))
     local_mean = total / tf.maximum(n_finite, 1.0)
     centred = tf.where(finite, tf.square(a - tf.gather(local_mean, owner)[:, None]), 0.0)
     threshold = tf.gather(tf.constant(thresholds, tf.float32), owner)[:, None]
     moments = tf.stack([
-        per_tensor(tf.reduce_sum(tf.cast(d < threshold, tf.float32), axis=1)),
-        tf.cast(row_counts * units, tf.float32),
+        tf.cast(row_count(tf.logical_and(valid, d < threshold)), tf.float32),
+        tf.cast(sizes, tf.float32),
         n_finite,
         total,
         per_tensor(tf.reduce_sum(centred, axis=1)),
         total * local_mean,
     ], axis=1)
-    # A matrix product, not a segment sum: XLA's CPU segment sums are
-    # scatter loops, slower than the k x rows x units products (exact: the
-    # counts are integers below 2**24).
-    active = tf.matmul(tf.one_hot(owner, k, dtype=tf.float32), tf.cast(d > 0, tf.float32), transpose_a=True)
+    # Active counts per unit: each row is cut into blocks of g, a divisor of
+    # the width and of every unit count, so a block lies in one tensor and
+    # holds g consecutive units; blocks are summed into their units by a
+    # segment sum (one update of g per block, not a scatter per element:
+    # on ResNet50V2 the per-element bincount cost a sampled forward pass
+    # ~45 ms, see bench_statistics_compile.py).
+    g = int(np.gcd.reduce([width] + units))
+    n_units = int(unit_offsets[-1])
+    block_position = position[:, ::g]
+    unit = tf.gather(tf.constant(unit_offsets[:-1]), owner)[:, None] + block_position % tf.gather(
+        tf.constant(units, tf.int32), owner)[:, None]
+    blocks = tf.reshape(tf.cast(tf.logical_and(valid, d > 0), tf.float32), [-1, g])
+    active = tf.reshape(tf.math.unsorted_segment_sum(blocks, tf.reshape(unit // g, [-1]), n_units // g), [-1])
     # The histogram is of the tensor read (z or a), as measured one at a time.
     values = tf.cast(x, tf.float32)
-    finite = tf.math.is_finite(values)
-    finite_count = per_tensor(tf.reduce_sum(tf.cast(finite, tf.float32), axis=1))
+    finite = tf.logical_and(valid, tf.math.is_finite(values))
+    finite_count = row_count(finite)
     low = tf.math.unsorted_segment_min(tf.reduce_min(tf.where(finite, values, float("inf")), axis=1), owner, k)
     high = tf.math.unsorted_segment_max(tf.reduce_max(tf.where(finite, values, float("-inf")), axis=1), owner, k)
-    empty = tf.equal(finite_count, 0.0)
+    empty = tf.equal(finite_count, 0)
     low, high = tf.where(empty, 0.0, low), tf.where(empty, 0.0, high)
-    width = (high - low) / HISTOGRAM_BUCKETS
-    safe_width = tf.where(width > 0, width, 1.0)
+    width_of_bucket = (high - low) / HISTOGRAM_BUCKETS
+    safe_width = tf.where(width_of_bucket > 0, width_of_bucket, 1.0)
     index = _bucket_index(values, tf.gather(low, owner)[:, None], tf.gather(safe_width, owner)[:, None])
     index = tf.where(finite, index + owner[:, None] * HISTOGRAM_BUCKETS, k * HISTOGRAM_BUCKETS)
     counts = tf.reshape(_count(tf.reshape(index, [-1]), k * HISTOGRAM_BUCKETS), [k, HISTOGRAM_BUCKETS])
-    return moments, active, tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width)
+    return moments, active, tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width_of_bucket)

@@ -68,8 +68,13 @@ def test_statistics_compile_benchmark_reports_each_statistic(tmp_path):
     )
     report = json.loads(out.stdout)
     assert report == json.loads((tmp_path / "compile.json").read_text())
-    assert [r["statistics"] for r in report["rows"]] == ["moments", "moments and histograms", "update sums"]
-    for row in report["rows"]:
+    assert [r["statistics"] for r in report["rows"]] == [
+        "moments", "moments and histograms", "update sums", "forward pass", "forward pass + activation statistics"]
+    for row in report["rows"][:3]:
         # 2 x Dense(16) and the output Dense: a kernel and a bias each.
         assert row["model"] == "tiny" and row["tensors"] == 6 and row["layers"] == 3
+        assert row["compile_s"] > 0 and row["run_ms"] > 0
+    for row in report["rows"][3:]:
+        # The two hidden ReLUs, 16 units each, all recorded (the script fails otherwise).
+        assert row["model"] == "tiny" and row["activations"] == 2 and row["units"] == 32
         assert row["compile_s"] > 0 and row["run_ms"] > 0

@@ -136,24 +136,49 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("units", ["coprime", "common-divisor"])
+@pytest.mark.parametrize("static_batch", [True, False], ids=["static", "none-batch"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_multi_activation_statistics_match_numpy(jit):
+def test_multi_activation_statistics_match_numpy(jit, static_batch, units):
     """Swish (read at its input z, derivative by autodiff) over tensors of
-    one width but different leading shapes and unit axes, against numpy's
-    analytic derivative and TensorBoard's histogram of each z."""
-    zs = [rng.normal(size=(5, 8)).astype("float32") * 3, rng.normal(size=(2, 3, 8)).astype("float32"),
-          np.moveaxis(rng.normal(size=(4, 8)).astype("float32"), 1, 0), np.full((3, 8), -1e4, "float32")]
+    different unit counts, leading shapes and unit axes (one spanning several
+    rows, one smaller than a row), against numpy's analytic derivative and
+    TensorBoard's histogram of each z; with static shapes and with a `None`
+    leading dimension, as Keras traces the batch. Unit counts without a
+    common divisor (active counts summed one element at a time) and with
+    one (in blocks of 4 units)."""
+    if units == "coprime":
+        shapes, last = [(5, 8), (2, 3, 6), (4, 5), (3, 8)], (40, 3)
+    else:
+        shapes, last = [(5, 8), (2, 3, 4), (4, 12), (3, 8)], (42, 4)
+    zs = [rng.normal(size=shapes[0]).astype("float32") * 3, rng.normal(size=shapes[1]).astype("float32"),
+          np.moveaxis(rng.normal(size=shapes[2]).astype("float32"), 1, 0), np.full(shapes[3], -1e4, "float32"),
+          rng.normal(size=last).astype("float32")]
     zs[1][0, 1, 2] = np.nan
-    unit_axes = [-1, 2, 0, 1]
-    thresholds = [0.05, 0.1, 0.2, 0.05]
+    unit_axes = [-1, 2, 0, 1, -1]
+    thresholds = [0.05, 0.1, 0.2, 0.05, 0.6]  # the last above silu'(0) = 0.5, the padding
+    # Rows of 32 (the smallest tensor, 18 or 24 elements, picks it): the last
+    # tensor spans several rows, its last one part padding.
+    assert stats.chunk_width([min(z.size for z in zs)]) == 32 and zs[-1].size % 32
 
-    @tf.function(jit_compile=jit)
+    def spec(z, unit_axis):
+        shape = list(z.shape)
+        if not static_batch:  # The first axis that is not the unit axis.
+            shape[1 if unit_axis % z.ndim == 0 else 0] = None
+        return tf.TensorSpec(shape, tf.float32)
+
+    signature = [spec(z, axis) for z, axis in zip(zs, unit_axes)]
+
+    @tf.function(jit_compile=jit, input_signature=signature)
     def compute(*tensors):
         return stats.multi_activation_statistics(list(tensors), thresholds, unit_axes, function=tf.nn.silu)
 
     moments, active, ranges, counts = (np.asarray(t) for t in compute(*[tf.constant(z) for z in zs]))
+    units = [z.shape[axis] for z, axis in zip(zs, unit_axes)]
+    assert active.shape == (sum(units),)
+    offsets = np.concatenate([[0], np.cumsum(units)])
     for i, (z, axis) in enumerate(zip(zs, unit_axes)):
-        rows = np.moveaxis(z, axis, -1).reshape(-1, 8).astype(np.float64)
+        rows = np.moveaxis(z, axis, -1).reshape(-1, units[i]).astype(np.float64)
         with np.errstate(over="ignore"):
             s = 1 / (1 + np.exp(-rows))
         d = np.abs(s + rows * s * (1 - s))
@@ -164,7 +189,7 @@ def test_multi_activation_statistics_match_numpy(jit):
         np.testing.assert_allclose(moments[i, 3], af.sum(), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(moments[i, 4], np.sum((af - af.mean()) ** 2), rtol=1e-4, atol=1e-4)
         with np.errstate(invalid="ignore"):
-            np.testing.assert_array_equal(active[i], np.sum(d > 0, axis=0))
+            np.testing.assert_array_equal(active[offsets[i]:offsets[i + 1]], np.sum(d > 0, axis=0))
         finite_z = z[np.isfinite(z)]
         assert tuple(ranges[i]) == (finite_z.min(), finite_z.max())
         np.testing.assert_array_equal(counts[i], tensorboard_counts([z]))
