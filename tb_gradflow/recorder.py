@@ -615,6 +615,11 @@ class GradientRecorder:
                 if snapshots is not None and self._inline:
                     # In rows of all weights, as the gradients' (see _inline_statistics).
                     return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots), axis=1))
+                if snapshots is None and self._inline:
+                    # Likewise: a per-variable reduction is a fusion each for
+                    # XLA to compile (seed003_mlp: 20 of the step's 138).
+                    nan = tf.fill([len(variables)], float("nan"))
+                    return stats.multi_tensor_sum_squares(variables), nan, nan
                 if snapshots is None:
                     weight = self._isolated(_sum_squares_of)(variables)
                     nan = tf.fill([len(variables)], float("nan"))

@@ -436,6 +436,28 @@ def layer_histograms(tensors, scale):
     return tf.stack([low, high]), equal_width_counts(joined, low, high), log10_magnitude_counts(joined)
 
 
+def _finite_square_sum(rows):
+    """[chunks]: the sum of squares of each row's finite elements."""
+    return tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(rows), rows, 0.0)), axis=1)
+
+
+def multi_tensor_sum_squares(tensors):
+    """[len(tensors)]: the sum of squares of each tensor's finite elements
+    (`sum_squares`), in a few ops as `multi_tensor_statistics` (the weight
+    norms without the update ratio: one reduction over rows, not one per
+    variable).
+
+    >>> import tensorflow as tf
+    >>> multi_tensor_sum_squares([tf.constant([3.0, 4.0]), tf.constant([float("nan"), 2.0])]).numpy().tolist()
+    [25.0, 4.0]
+    """
+    sizes = [t.shape.num_elements() for t in tensors]
+    if None in sizes:
+        return tf.stack([sum_squares(t) for t in tensors])
+    x, owner = chunk_rows(tensors, chunk_width(sizes))
+    return tf.math.unsorted_segment_sum(_finite_square_sum(x), owner, len(tensors))
+
+
 def multi_tensor_update_sums(weights, before):
     """[len(weights), 3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of each
     pair over its finite elements (`sum_squares`), in a few ops as
@@ -452,11 +474,7 @@ def multi_tensor_update_sums(weights, before):
     width = chunk_width(sizes)
     w, owner = chunk_rows(weights, width)
     b, _ = chunk_rows(before, width)
-
-    def finite_square_sum(x):
-        return tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(x), x, 0.0)), axis=1)
-
-    rows = tf.stack([finite_square_sum(w), finite_square_sum(w - b), finite_square_sum(b)], axis=1)
+    rows = tf.stack([_finite_square_sum(w), _finite_square_sum(w - b), _finite_square_sum(b)], axis=1)
     return tf.math.unsorted_segment_sum(rows, owner, len(weights))
 
 

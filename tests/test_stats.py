@@ -120,7 +120,7 @@ def test_multi_tensor_statistics_match_independent_references(jit, static_sizes)
 def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
     """Tensors of one size and of sizes of their own, a NaN weight; with a
     tensor of unknown size (a `None` dimension in the trace) the sums go
-    tensor by tensor."""
+    tensor by tensor. And the weight norms alone (`multi_tensor_sum_squares`)."""
     weights = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,), (12,), (2, 2)]]
     weights[1][2] = np.nan
     before = [w + rng.normal(size=w.shape).astype("float32") for w in weights]
@@ -134,6 +134,10 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
         [tf.constant(w) for w in weights], [tf.constant(b) for b in before])
     expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
+    # The weight norms alone (no update ratio), the same way.
+    norms = tf.function(stats.multi_tensor_sum_squares, jit_compile=jit, input_signature=[specs])(
+        [tf.constant(w) for w in weights])
+    np.testing.assert_allclose(norms, [finite_sum(w) for w in weights], rtol=1e-5)
 
 
 @pytest.mark.parametrize("units", ["coprime", "common-divisor"])
