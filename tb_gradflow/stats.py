@@ -471,10 +471,26 @@ def multi_tensor_update_sums(weights, before):
     if None in sizes:
         return tf.stack([tf.stack([sum_squares(w), sum_squares(tf.cast(w, tf.float32) - tf.cast(b, tf.float32)),
                                    sum_squares(b)]) for w, b in zip(weights, before)])
-    width = chunk_width(sizes)
-    w, owner = chunk_rows(weights, width)
-    b, _ = chunk_rows(before, width)
-    rows = tf.stack([_finite_square_sum(w), _finite_square_sum(w - b), _finite_square_sum(b)], axis=1)
+    return rows_update_sums(weights, weight_rows(before))
+
+
+def weight_rows(weights):
+    """float32 [chunks, width]: `weights` (static sizes) cut into the rows
+    `multi_tensor_update_sums` reads (`chunk_rows` at `chunk_width`).
+
+    >>> import tensorflow as tf
+    >>> weight_rows([tf.constant([3.0, 4.0]), tf.constant([1.0])]).shape.as_list()
+    [2, 32]
+    """
+    return chunk_rows(weights, chunk_width([w.shape.num_elements() for w in weights]))[0]
+
+
+def rows_update_sums(weights, before_rows):
+    """`multi_tensor_update_sums(weights, before)` from `weight_rows(before)`
+    (the rows of the same shapes, taken earlier)."""
+    w, owner = chunk_rows(weights, chunk_width([v.shape.num_elements() for v in weights]))
+    rows = tf.stack([_finite_square_sum(w), _finite_square_sum(w - before_rows), _finite_square_sum(before_rows)],
+                    axis=1)
     return tf.math.unsorted_segment_sum(rows, owner, len(weights))
 
 

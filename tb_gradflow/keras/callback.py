@@ -110,7 +110,7 @@ class GradFlow(keras.callbacks.Callback):
       update_ratio: measure the update-to-weight ratio
         ||w_after - w_before|| / ||w_before|| on logged steps (keeps one copy
         of the trainable weights in memory, refreshed before each logged
-        step).
+        step; under XLA the copy exists only during a logged step).
       activation_freq: every this many train steps, activation statistics of
         every layer with a non-linear activation (saturated and dead
         fractions, activation mean and std, a pre-activation histogram),
