@@ -57,23 +57,32 @@ def measure(model_name, calls):
     rows = []
     for name, computation in computations.items():
         arguments = tensors + others if name == "update sums" else tensors
-        function = tf.function(computation, jit_compile=True)
-        start = time.perf_counter()
-        function(*arguments)
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), function(*arguments))
-            times.append(time.perf_counter() - start)
         rows.append({
             "model": model_name, "statistics": name, "tensors": len(tensors), "layers": n_layers,
-            "elements": int(sum(np.prod(s) for s in shapes)), "compile_s": round(first, 3),
-            "run_ms": round(float(np.median(times)) * 1e3, 3),
+            "elements": int(sum(np.prod(s) for s in shapes)),
+            **compile_and_run(computation, arguments, calls, f"{model_name:18s} {name:24s}"),
         })
-        print(f"  {model_name:18s} {name:24s} first call {first:6.2f} s  then {rows[-1]['run_ms']:8.2f} ms",
-              file=sys.stderr, flush=True)
     return rows
+
+
+def compile_and_run(computation, arguments, calls, label):
+    """{"compile_s": the first call of `computation` under XLA (trace and
+    compile), "run_ms": the median of `calls` later ones}, each call's
+    results fetched to the host; a progress line on stderr."""
+    import numpy as np
+    import tensorflow as tf
+
+    function = tf.function(computation, jit_compile=True)
+
+    def call():
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), function(*arguments))
+        return time.perf_counter() - start
+
+    first = call()
+    run_ms = float(np.median([call() for _ in range(calls)])) * 1e3
+    print(f"  {label} first call {first:6.2f} s  then {run_ms:8.2f} ms", file=sys.stderr, flush=True)
+    return {"compile_s": round(first, 3), "run_ms": round(run_ms, 3)}
 
 
 def measure_activations(model_name, calls):
@@ -102,22 +111,11 @@ def measure_activations(model_name, calls):
         functions = {FORWARD[0]: forward, FORWARD[1]: capture.sampling_train_step(forward)}
         rows = []
         for name, computation in functions.items():
-            function = tf.function(computation, jit_compile=True)
-            start = time.perf_counter()
-            function(x).numpy()
-            first = time.perf_counter() - start
-            times = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                function(x).numpy()
-                times.append(time.perf_counter() - start)
             rows.append({
                 "model": model_name, "statistics": name, "activations": len(capture.units),
-                "units": int(sum(capture.units)), "compile_s": round(first, 3),
-                "run_ms": round(float(np.median(times)) * 1e3, 3),
+                "units": int(sum(capture.units)),
+                **compile_and_run(computation, [x], calls, f"{model_name:18s} {name:36s}"),
             })
-            print(f"  {model_name:18s} {name:36s} first call {first:6.2f} s  then {rows[-1]['run_ms']:8.2f} ms",
-                  file=sys.stderr, flush=True)
         recorded = sum(1 for c in capture.captured if c.recorded)
         if recorded != len(capture.units):
             raise RuntimeError(f"{model_name}: {recorded} of {len(capture.units)} activations recorded")

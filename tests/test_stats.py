@@ -178,11 +178,11 @@ def test_multi_activation_statistics_match_numpy(jit, static_batch, units):
         return stats.multi_activation_statistics(list(tensors), thresholds, unit_axes, function=tf.nn.silu)
 
     moments, active, ranges, counts = (np.asarray(t) for t in compute(*[tf.constant(z) for z in zs]))
-    units = [z.shape[axis] for z, axis in zip(zs, unit_axes)]
-    assert active.shape == (sum(units),)
-    offsets = np.concatenate([[0], np.cumsum(units)])
+    unit_counts = [z.shape[axis] for z, axis in zip(zs, unit_axes)]
+    assert active.shape == (sum(unit_counts),)
+    offsets = np.concatenate([[0], np.cumsum(unit_counts)])
     for i, (z, axis) in enumerate(zip(zs, unit_axes)):
-        rows = np.moveaxis(z, axis, -1).reshape(-1, units[i]).astype(np.float64)
+        rows = np.moveaxis(z, axis, -1).reshape(-1, unit_counts[i]).astype(np.float64)
         with np.errstate(over="ignore"):
             s = 1 / (1 + np.exp(-rows))
         d = np.abs(s + rows * s * (1 - s))
