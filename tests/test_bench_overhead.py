@@ -78,3 +78,26 @@ def test_statistics_compile_benchmark_reports_each_statistic(tmp_path):
         # The two hidden ReLUs, 16 units each, all recorded (the script fails otherwise).
         assert row["model"] == "tiny" and row["activations"] == 2 and row["units"] == 32
         assert row["compile_s"] > 0 and row["run_ms"] > 0
+
+
+def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
+    """The A/B benchmark with this checkout as both versions, on the tiny
+    model: a row per statistic with both medians, and a clear error for a
+    --before path that holds no tb_gradflow."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_statistics_ab.py"), "--before", str(ROOT),
+         "--models", "tiny", "--calls", "2", "--output", str(tmp_path / "ab.json")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report == json.loads((tmp_path / "ab.json").read_text())
+    assert [r["statistic"] for r in report["rows"]] == [
+        "multi_tensor_statistics", "layer_histograms", "log10_magnitude_counts"]
+    for row in report["rows"]:
+        assert row["model"] == "tiny" and row["xla"] is True and row["tensors"] == 6
+        assert row["before_median_ms"] > 0 and row["after_median_ms"] > 0 and row["ratio"] > 0
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_statistics_ab.py"), "--before", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert missing.returncode == 2 and "no tb_gradflow/stats.py there" in missing.stderr

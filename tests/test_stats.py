@@ -2,6 +2,7 @@
 TensorBoard's own numpy histogram (`histogram_pb`) for the equal-width
 buckets, numpy's log10 for the magnitude buckets; eagerly and under XLA."""
 
+import fractions
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,6 +58,54 @@ def test_counts_match_independent_references(name, jit):
     nonzero = np.abs(finite[finite != 0]).astype(np.float64)
     decades = np.clip(np.floor(np.log10(nonzero)).astype(int) - metadata.LOG10_LOW, 0, metadata.LOG10_BUCKETS - 1)
     np.testing.assert_array_equal(log_counts, np.bincount(decades, minlength=metadata.LOG10_BUCKETS))
+
+
+def exact_decade_bucket(value):
+    """The log10 bucket of a float32 |value| by exact rational arithmetic:
+    how many of the boundaries 10^(LOG10_LOW + 1) ... 10^(LOG10_HIGH - 1) it
+    is at or above (no floating-point log)."""
+    magnitude = fractions.Fraction(abs(float(value)))
+    return sum(magnitude >= fractions.Fraction(10) ** k for k in range(metadata.LOG10_LOW + 1, metadata.LOG10_HIGH))
+
+
+def float32_neighbours_of_powers_of_ten(ulps=3):
+    """Every float32 within `ulps` steps of the float32 nearest each 10^k, for
+    k over the log10 buckets and a decade beyond, both signs; with the
+    smallest normal and the largest float32. (No subnormals: TensorFlow's
+    CPU kernels flush them to zero, XLA's do not, so where they count
+    depends on the path.)"""
+    values = []
+    for k in range(metadata.LOG10_LOW - 2, metadata.LOG10_HIGH + 2):
+        value = np.float32(10.0 ** k)
+        for _ in range(ulps):
+            value = np.nextafter(value, np.float32(-np.inf))
+        for _ in range(2 * ulps + 1):
+            values.append(value)
+            value = np.nextafter(value, np.float32(np.inf))
+    special = np.array([np.finfo(np.float32).tiny, np.finfo(np.float32).max], np.float32)
+    values = np.concatenate([np.asarray(values, np.float32), special])
+    return np.concatenate([values, -values])
+
+
+def test_binary_exponent_to_decade_identity():
+    # stats._decade_index's integer floor(e * log10 2), over every float32 binary exponent.
+    exponents = np.arange(-127, 129)
+    expected = np.floor(exponents * np.log10(2.0)).astype(int)
+    got = (exponents * stats._LOG10_2_NUMERATOR) >> stats._LOG10_2_SHIFT
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_decade_buckets_exact_at_every_power_of_ten(jit):
+    values = float32_neighbours_of_powers_of_ten()
+    expected = np.bincount([exact_decade_bucket(v) for v in values], minlength=metadata.LOG10_BUCKETS)
+    log_counts = tf.function(lambda t: stats.log10_magnitude_counts([t]), jit_compile=jit)(tf.constant(values))
+    np.testing.assert_array_equal(log_counts.numpy(), expected)
+    # The same values through the row layout of the inline statistics.
+    _, (_, _, row_counts) = tf.function(
+        lambda t: stats.multi_tensor_statistics([t], [0], 1, tf.constant(1.0)), jit_compile=jit
+    )(tf.constant(values))
+    np.testing.assert_array_equal(row_counts.numpy()[0], expected)
 
 
 def numpy_moments(array):
