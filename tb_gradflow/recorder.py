@@ -158,6 +158,8 @@ class GradientRecorder:
         )
         self.weight_snapshots = None
         self.weights_tracked = False
+        # (variable, shape, dtype, initial value) of every state variable, for `restart`.
+        self._initial_state = []
 
         def state(name, shape, dtype=tf.float32, init=0):
             kwargs = dict(trainable=False, name=f"tb_gradflow_{name}")
@@ -166,7 +168,9 @@ class GradientRecorder:
                     synchronization=tf.VariableSynchronization.ON_READ,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
-            return tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+            variable = tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+            self._initial_state.append((variable, shape, dtype, init))
+            return variable
 
         with scope:
             self.moments = state("moments", [n_vars, aggregate.NUM_MOMENTS])
@@ -205,6 +209,17 @@ class GradientRecorder:
             if self.clipping:
                 self.applied_sum_squares = state("applied_sum_squares", [n_vars], init=float("nan"))
                 self.applied_step = state("applied_step", [], tf.int64, -1)
+
+    def restart(self, step):
+        """Host, between fits (one replica): every state variable back to the
+        value a new recorder starts with, and the step count at `step`, so
+        that train functions traced with this recorder can run another fit
+        as if it were new (the Keras callback's reuse, see
+        `GradFlow._resume`). The weight copy of the update ratio is left as
+        it is: its step says it is stale."""
+        for variable, shape, dtype, init in self._initial_state:
+            variable.assign(tf.fill(shape, tf.cast(init, dtype)))
+        self.train_step.assign(int(step))
 
     def advance_step(self):
         """In-step, once per train step: the 1-based number of this step.
@@ -893,11 +908,16 @@ class ActivationRecorder:
         # (graph, thread) -> activations recorded in a `stacked()` block.
         self._pending = {}
 
+        # (variable, shape, dtype, initial value) of every state variable, for `restart`.
+        self._initial_state = []
+
         def state(name, shape, dtype=tf.float32, init=0, aggregation=tf.VariableAggregation.SUM):
             kwargs = dict(trainable=False, name=f"tb_gradflow_activation_{name}")
             if distributed:
                 kwargs.update(synchronization=tf.VariableSynchronization.ON_READ, aggregation=aggregation)
-            return tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+            variable = tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+            self._initial_state.append((variable, shape, dtype, init))
+            return variable
 
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         n = len(self.units)
@@ -934,6 +954,13 @@ class ActivationRecorder:
                     for i, u in enumerate(self.units)
                 ]
             self.step = state("step", [], tf.int64, -1, aggregation=first)
+
+    def restart(self):
+        """Host, between fits (one replica): every state variable back to the
+        value a new recorder starts with (no sample taken), as
+        `GradientRecorder.restart`."""
+        for variable, shape, dtype, init in self._initial_state:
+            variable.assign(tf.fill(shape, tf.cast(init, dtype)))
 
     def sample_gate(self, step):
         """Whether `step` (int64) is a sample step; built once per graph, and

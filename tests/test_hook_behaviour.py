@@ -131,6 +131,9 @@ def _determinism_main(out_dir):
             [GradFlow(log_dir, update_freq=2, histogram_freq=3, activation_freq=activation_freq)], epochs=3,
         )
         result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    # One callback over three fits (the second and third run the train
+    # functions the first traced, GradFlow._resume) against three plain fits.
+    result["reused"], _ = _three_fits_identical(lambda: sequential(), x, y, os.path.join(out_dir, "reused"))
     # A NaN in one sample of the second batch: every gradient from then on
     # is NaN. Training must go exactly as without the hook (NaN weights).
     xn, yn = data(5 * BATCH, nan_at=BATCH + 3)
@@ -168,7 +171,20 @@ def determinism(request, tmp_path_factory):
     return run_script("determinism", str(tmp_path_factory.mktemp("determinism")), onednn=request.param)
 
 
-@pytest.mark.parametrize("config", ["plain", "sgd", "activations"])
+def _three_fits_identical(build, x, y, log_dir):
+    """(whether three one-epoch fits with one GradFlow callback, every
+    statistic on every step, leave the weights bit-identical to three plain
+    fits; whether both models were compiled with XLA)."""
+    plain_model, hooked_model = build(), build()
+    callback = GradFlow(log_dir, update_freq=1, histogram_freq=2, activation_freq=1)
+    for _ in range(3):
+        without = train(plain_model, x, y)
+        with_hook = train(hooked_model, x, y, [callback])
+    identical = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    return identical, plain_model.jit_compile is True and hooked_model.jit_compile is True
+
+
+@pytest.mark.parametrize("config", ["plain", "sgd", "activations", "reused"])
 def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
 
@@ -178,7 +194,8 @@ def xla_determinism(request, tmp_path_factory):
     return run_script("xla_determinism", str(tmp_path_factory.mktemp("xla")), onednn=request.param)
 
 
-@pytest.mark.parametrize("config", ["jit_compile", "activations_jit_compile", "shared_sizes_jit_compile"])
+@pytest.mark.parametrize("config", ["jit_compile", "activations_jit_compile", "shared_sizes_jit_compile",
+                                    "reused_jit_compile"])
 def test_bit_identical_weights_under_xla(xla_determinism, config):
     assert xla_determinism[config + "_xla"] is True, "Keras compiled the step without XLA"
     assert xla_determinism[config + "_reproducible"] is True, "the unhooked XLA run is not reproducible"
@@ -413,6 +430,102 @@ def test_fine_tuning_continues_the_step_count(tmp_path):
     train(model, x, y, [GradFlow(str(tmp_path), update_freq=1, histogram_freq=0)])
     norms = Reader.for_logdir(str(tmp_path)).layer_series("train", "grad_norm")
     assert norms.steps.tolist() == list(range(1, 9))
+
+
+def _run_contents(log_dir):
+    """Everything the run "train" holds, read through TensorBoard's loaders:
+    {key: (steps, values)} for every per-layer and activation statistic,
+    every scalar tag and every gradient histogram of every layer."""
+    from test_hook_reference import scalar_series
+
+    reader = Reader.for_logdir(log_dir)
+    contents = {}
+    for statistic in reader.statistics("train"):
+        series = reader.layer_series("train", statistic)
+        contents[("layer", statistic)] = (series.steps.tolist(), np.asarray(series.values, np.float64))
+    for statistic in reader.activation_statistics("train"):
+        series = reader.activation_series("train", statistic)
+        contents[("activation", statistic)] = (series.steps.tolist(), np.asarray(series.values, np.float64))
+    for tag, points in scalar_series(log_dir).items():
+        contents[("scalar", tag)] = (sorted(points), np.array([points[k] for k in sorted(points)], np.float64))
+    for layer in reader.layer_table("train").layers:
+        for kind, data in reader.histograms("train", layer).items():
+            contents[("histogram", layer.name, kind)] = ([d.step for d in data],
+                                                        np.stack([np.asarray(d.numpy, np.float64) for d in data]))
+    return contents
+
+
+class _TrainFunctionSeen(keras.callbacks.Callback):
+    """Notes the train function each execution runs (after GradFlow's
+    on_train_batch_begin has set it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.append(self.model.train_function)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_callback_reused_across_fits_runs_its_traced_functions_again(tmp_path, jit):
+    """`for epoch in ...: model.fit(..., callbacks=[callback])`: the second
+    and third fits run the train functions the first traced (no trace, no
+    XLA compile) and write what a new callback per fit writes: the same
+    rows, activation samples, histograms and scalars at the same steps. The
+    model is left as found after every fit."""
+    x, y = data(3 * BATCH)
+    # Steps 1-3, 4-6, 7-9: an activation sample at step 5 only, so the third
+    # fit takes none (a recorder not restarted would hand its step 5 on).
+    kwargs = dict(update_freq=1, histogram_freq=2, activation_freq=5, dense_start=0)
+    reused_model, fresh_model = sequential(jit_compile=jit), sequential(jit_compile=jit)
+    callback = GradFlow(str(tmp_path / "reused"), **kwargs)
+    train(reused_model, x, y, [callback])
+    first_functions = list(callback._kept[1].values())
+    # The hooked step advances the recorder's step in Python while it
+    # traces, never when it runs: count the traces there.
+    recorder, traces = callback._recorder, []
+    recorder.advance_step = lambda inner=recorder.advance_step: traces.append(1) or inner()
+    seen = _TrainFunctionSeen()
+    for _ in range(2):
+        train(reused_model, x, y, [callback, seen])
+        assert "apply" not in reused_model.optimizer.__dict__ and reused_model.train_function is None
+    assert callback._recorder is recorder and traces == []
+    assert len(seen.seen) == 6 and all(any(f is g for g in first_functions) for f in seen.seen)
+    for _ in range(3):
+        train(fresh_model, x, y, [GradFlow(str(tmp_path / "fresh"), **kwargs)])
+    reused, fresh = _run_contents(str(tmp_path / "reused")), _run_contents(str(tmp_path / "fresh"))
+    assert reused.keys() == fresh.keys()
+    assert ("histogram", "seq/a", "gradient") in reused
+    assert reused[("activation", "dead_fraction")][0] == [5]
+    for key in fresh:
+        assert reused[key][0] == fresh[key][0] == sorted(set(fresh[key][0])), key
+        np.testing.assert_allclose(reused[key][1], fresh[key][1], rtol=1e-6, atol=0, equal_nan=True, err_msg=str(key))
+    assert reused[("layer", "grad_norm")][0] == list(range(1, 10))
+    for a, b in zip(reused_model.get_weights(), fresh_model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_reused_callback_instruments_afresh_after_compile(tmp_path):
+    """A compile between fits (a new loss, the same optimizer object) makes
+    new train functions: the second fit's recorded loss is the new loss."""
+    model = sequential(optimizer="sgd")
+    x, y = data(3 * BATCH)
+    callback = GradFlow(str(tmp_path), update_freq=1, histogram_freq=0, activation_freq=0)
+    train(model, x, y, [callback])
+    first_functions = list(callback._kept[1].values())
+    model.compile(optimizer=model.optimizer, loss="mae")
+    seen = _TrainFunctionSeen()
+    history = model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[callback, seen])
+    assert not any(f is g for f in seen.seen for g in first_functions)
+    from test_hook_reference import scalar_series
+
+    losses = {tag: points for tag, points in scalar_series(str(tmp_path)).items() if tag.endswith("/loss")}
+    assert len(losses) == 1, sorted(scalar_series(str(tmp_path)))
+    (points,) = losses.values()
+    # Keras' epoch loss is the mean of the steps' mean absolute errors.
+    assert sorted(points) == list(range(1, 7))
+    np.testing.assert_allclose(np.mean([points[s] for s in (4, 5, 6)]), history.history["loss"][0], rtol=1e-5)
 
 
 class ReadOnlyCall(keras.layers.Layer):
@@ -656,6 +769,11 @@ def _xla_determinism_main(out_dir):
         result[name + "_xla"] = all(model.jit_compile is True for model in models)
         result[name + "_reproducible"] = all(np.array_equal(a, b) for a, b in zip(without, again))
         result[name] = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
+    reused = os.path.join(out_dir, "reused_jit_compile")
+    result["reused_jit_compile"], result["reused_jit_compile_xla"] = _three_fits_identical(
+        lambda: sequential(jit_compile=True), x, y, reused)
+    # The same model and data as "jit_compile", whose unhooked run was reproduced above.
+    result["reused_jit_compile_reproducible"] = result["jit_compile_reproducible"]
     print(json.dumps(result))
 
 

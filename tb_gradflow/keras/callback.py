@@ -142,6 +142,11 @@ class GradFlow(keras.callbacks.Callback):
     hook's setup or reads warns once and training goes on unhooked. With op
     determinism the run is bit-identical with and without the callback,
     oneDNN on or off (docs/event_contract.md, "Exactness").
+
+    Pass one callback object to every `fit` of a model trained in several
+    calls (one epoch each, say): a later fit of the unchanged model runs the
+    hooked train functions the first traced instead of tracing (under XLA,
+    compiling) them again (see `_resume`).
     """
 
     def __init__(
@@ -173,6 +178,8 @@ class GradFlow(keras.callbacks.Callback):
         self._installed = None
         self._train_functions = None
         self._last_execution = False
+        # (fingerprint, train functions) of the last fit, for the next (see `_resume`).
+        self._kept = None
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
@@ -218,9 +225,12 @@ class GradFlow(keras.callbacks.Callback):
         self._setup()
 
     def _setup(self):
-        """Instruments the model; an unexpected error leaves it unhooked, with a warning."""
+        """Instruments the model (or takes up the last fit's instrumentation,
+        see `_resume`); an unexpected error leaves it unhooked, with a warning."""
+        kept, self._kept = self._kept, None
         try:
-            self._instrument()
+            if kept is None or not self._resume(kept):
+                self._instrument()
         except (ValueError, LogDirError):
             self._discard()
             raise  # The documented argument errors.
@@ -292,10 +302,7 @@ class GradFlow(keras.callbacks.Callback):
             # activation heatmaps share one depth order.
             known = {id(layer) for layer in self._owners}
             self._owners = self._owners + [c.layer for c in self._capture.captured if id(c.layer) not in known]
-        # Steps continue after the last step an earlier fit of this model
-        # wrote to this run (fine-tuning: fit, unfreeze, compile, fit on),
-        # also when compile made a new optimizer whose iterations restart at 0.
-        first_step = max(int(optimizer.iterations.numpy()), _LAST_STEPS.get(model, {}).get(self._run_key(), 0))
+        first_step = self._first_step(optimizer)
         self._recorder = GradientRecorder(
             sizes=[int(np.prod(v.shape)) for v in variables],
             layer_of_variable=self._layer_of_variable,
@@ -333,6 +340,74 @@ class GradFlow(keras.callbacks.Callback):
         self._host_step = first_step
         self._install(optimizer)
 
+    def _first_step(self, optimizer):
+        """The step count this fit starts from: steps continue after the last
+        step an earlier fit of this model wrote to this run (fine-tuning:
+        fit, unfreeze, compile, fit on), also when compile made a new
+        optimizer whose iterations restart at 0."""
+        return max(int(optimizer.iterations.numpy()), _LAST_STEPS.get(self.model, {}).get(self._run_key(), 0))
+
+    def _fingerprint(self):
+        """(objects, values): what the hooked train functions are made from.
+        A later fit runs them again (`_resume`) only if each object is the
+        same one and each value equal. `compile` makes a new
+        `_compile_config` on every call (and a new optimizer unless given
+        the same instance), so a recompiled model is instrumented afresh, as
+        is one whose trainable weights changed (a layer frozen or
+        unfrozen)."""
+        model = self.model
+        objects = (model.optimizer, getattr(model, "_compile_config", None), model.distribute_strategy,
+                   model.__dict__.get("train_step"), *model.trainable_variables)
+        values = (type(model), bool(model.jit_compile), bool(getattr(model, "run_eagerly", False)),
+                  int(getattr(model, "steps_per_execution", 1) or 1), self._clips(model.optimizer),
+                  self.update_freq, self.histogram_freq, self.activation_freq, self.dense_start,
+                  self.update_ratio, self.thresholds, self.run_dir)
+        return objects, values
+
+    def _keepable(self):
+        """(fingerprint, traced train functions) of this fit for the next, or
+        None where they cannot be run again: a fit that gave up, a model
+        whose train functions hold other GradFlow callbacks' wrappers too,
+        or a multi-replica strategy (whose per-replica state the host does
+        not reset)."""
+        functions = self._train_functions
+        if not self._active or not self._table_written or functions is None or functions.callbacks != [self]:
+            return None
+        if self._replicas > 1:
+            return None
+        try:
+            return self._fingerprint(), dict(functions.functions)
+        except Exception:  # An odd model: the next fit instruments afresh.
+            return None
+
+    def _resume(self, kept):
+        """Takes up the last fit's instrumentation, traced train functions and
+        all, where nothing it was made from has changed (`_fingerprint`): the
+        recorders restart as new ones would, the wrappers are put back (for
+        a retrace: a new input shape, say) and `model.train_function` is
+        again the functions the last fit traced, so a fit after the first,
+        the usual `for epoch ...: model.fit(..., epochs=1)` loop, starts as
+        fast as a plain one instead of tracing (under XLA, compiling) the
+        hooked step again. Returns False, having changed nothing, where it
+        cannot."""
+        (objects, values), functions = kept
+        now_objects, now_values = self._fingerprint()
+        same = len(objects) == len(now_objects) and all(a is b for a, b in zip(objects, now_objects))
+        if not same or values != now_values or self.model in _TRAIN_FUNCTIONS:
+            return False
+        optimizer = self.model.optimizer
+        chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
+        self._logger = BackgroundLogger(RunLogger(self.run_dir, self.thresholds)) if chief else _SilentLogger()
+        first_step = self._first_step(optimizer)
+        self._recorder.restart(first_step)
+        if self._activation_recorder is not None:
+            self._activation_recorder.restart()
+            recorder = self._recorder
+            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value())
+        self._host_step = first_step
+        self._install(optimizer, functions)
+        return True
+
     def _clips(self, optimizer):
         """Whether to record the clipped gradients: the optimizer clips, one device.
 
@@ -359,8 +434,9 @@ class GradFlow(keras.callbacks.Callback):
         )
         return rounded
 
-    def _install(self, optimizer):
-        """Wraps the optimizer for this fit and retraces the train step."""
+    def _install(self, optimizer, functions=None):
+        """Wraps the optimizer for this fit and makes the train functions
+        (`functions`: those of the last fit, to run again, see `_resume`)."""
         recorder = self._recorder
         position = {id(_raw(v)): i for i, v in enumerate(self._variables)}
         position.update({id(v): i for i, v in enumerate(self._variables)})
@@ -463,9 +539,9 @@ class GradFlow(keras.callbacks.Callback):
         )
         if self._uncaptured_optimizers:
             self._capture_point += "; not captured: gradients applied through " + ", ".join(self._uncaptured_optimizers)
-        self._make_train_functions()
+        self._make_train_functions(functions)
 
-    def _make_train_functions(self):
+    def _make_train_functions(self, functions=None):
         """Train functions by what they compute, each traced on its first execution.
 
         A kind is one of LIGHT, RECORDING, SAMPLING (the last two compute
@@ -500,6 +576,10 @@ class GradFlow(keras.callbacks.Callback):
         # train functions: each function holds every callback's wrappers.
         self._train_functions = _TRAIN_FUNCTIONS.setdefault(self.model, _TrainFunctions(self.model))
         self._train_functions.add(self)
+        if functions and self._train_functions.callbacks == [self]:
+            # The last fit's, traced with this callback's wrappers alone; a
+            # callback that joins later clears them (`_TrainFunctions.add`).
+            self._train_functions.functions.update(functions)
         self._train_functions.select()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -705,6 +785,7 @@ class GradFlow(keras.callbacks.Callback):
         except Exception as e:
             self._warn_once("gave-up", f"GradFlow: writing the last statistics failed ({type(e).__name__}: {e}).")
         finally:
+            self._kept = self._keepable()
             self._discard()
 
 
