@@ -101,3 +101,22 @@ def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert missing.returncode == 2 and "no tb_gradflow/stats.py there" in missing.stderr
+
+
+def test_refit_benchmark_reports_every_fit(tmp_path):
+    """The several-fits benchmark in its tiny configuration: a row per
+    configuration with each fit's seconds and its ratio to plain fit's."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_refit.py"), "--tiny", "--json",
+         "--output", str(tmp_path / "refit.json")],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report == json.loads((tmp_path / "refit.json").read_text())
+    assert [r["configuration"] for r in report["rows"]] == [
+        "plain fit", "one callback, every fit", "a new callback per fit"]
+    for row in report["rows"]:
+        assert row["model"] == "tiny" and row["jit_compile"] is False and row["steps_per_fit"] == 3
+        assert len(row["fit_s"]) == len(row["fit_ratios"]) == 3 and all(s > 0 for s in row["fit_s"])
+        assert row["later_fits_ratio"] > 0
+    assert report["rows"][0]["fit_ratios"] == [1.0, 1.0, 1.0] and report["rows"][0]["later_fits_ratio"] == 1.0

@@ -1,0 +1,119 @@
+"""Start-up of every `fit` when a model is trained in several calls, with and without GradFlow.
+
+    python benchmarks/bench_refit.py                                  # seed003_mlp and MobileNetV3Small, XLA
+    python benchmarks/bench_refit.py --models mlp50 --no-xla --fits 5 --json
+    python benchmarks/bench_refit.py --tiny                           # seconds; what tests/test_bench_overhead.py runs
+
+Many training scripts call `fit` once per epoch (or per chunk of data) on
+one compiled model. Keras traces (and under XLA compiles) its train step
+once, in the first fit; each later fit starts at once. This measures the
+wall time of each of `--fits` fits of `--steps` steps (the models and data
+of `bench_overhead.py`) in one process per configuration:
+
+- plain fit: no callback.
+- one callback, every fit: one `GradFlow` object (defaults) passed to each
+  fit; from the second fit on it runs the train functions already traced
+  (`GradFlow._resume`), tracing only the kinds the schedule needs for the
+  first time (with 10-step fits, the light and recording functions at step
+  16, in the second fit).
+- a new callback per fit: a new `GradFlow` object each fit, which
+  instruments the model afresh every time.
+
+Each row holds the seconds of every fit, their ratios to plain fit's fit of
+the same index, and `later_fits_ratio`: the fits from the third on,
+summed, over plain fit's. Not a test: the figures go to the README with the
+date and machine.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import bench_overhead  # noqa: E402
+
+CONFIGS = ("plain fit", "one callback, every fit", "a new callback per fit")
+
+
+def child(model_name, jit, config, fits, steps):
+    """Runs the fits in this process; prints their seconds as JSON."""
+    import tb_gradflow
+
+    model = bench_overhead.build(model_name, jit)
+    data, _ = bench_overhead.dataset(model_name)
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="bench_refit_") as log_dir:
+        shared = tb_gradflow.GradFlow(log_dir) if config == "one callback, every fit" else None
+        for _ in range(fits):
+            if config == "plain fit":
+                callbacks = []
+            else:
+                callbacks = [shared if shared is not None else tb_gradflow.GradFlow(log_dir)]
+            start = time.perf_counter()
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+            seconds.append(time.perf_counter() - start)
+    print(json.dumps(seconds))
+
+
+def measure(model_name, jit, fits, steps, configs=CONFIGS):
+    seconds = {}
+    for config in configs:
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", model_name, str(int(jit)), config,
+             str(fits), str(steps)],
+            capture_output=True, text=True, check=True,
+        )
+        seconds[config] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {model_name:18s} jit={jit!s:5s} {config:24s} fits "
+              + " ".join(f"{s:7.2f}" for s in seconds[config]) + " s", file=sys.stderr, flush=True)
+    plain = seconds["plain fit"]
+    rows = []
+    for config in configs:
+        row = {"model": model_name, "jit_compile": jit, "configuration": config, "baseline": "plain fit",
+               "steps_per_fit": steps, "fit_s": [round(s, 3) for s in seconds[config]],
+               "fit_ratios": [round(s / p, 3) for s, p in zip(seconds[config], plain)]}
+        if fits >= 3:
+            row["later_fits_ratio"] = round(sum(seconds[config][2:]) / sum(plain[2:]), 3)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["seed003_mlp", "mobilenetv3small"],
+                        choices=sorted(bench_overhead.MODELS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                        help="configurations (plain fit, the baseline, is always measured)")
+    parser.add_argument("--fits", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10, help="steps per fit")
+    parser.add_argument("--no-xla", action="store_true", help="without XLA (default: with XLA)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (the harness test)")
+    parser.add_argument("--output", default=None, help="also write the report here")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        model_name, jit, config, fits, steps = args.child
+        return child(model_name, jit == "1", config, int(fits), int(steps))
+    if args.tiny:
+        args.models, args.fits, args.steps, args.no_xla = ["tiny"], 3, 3, True
+    configs = ["plain fit"] + [c for c in CONFIGS if c in args.configs and c != "plain fit"]
+    report = {**bench_overhead.report_header("refit"), "fits": args.fits, "steps_per_fit": args.steps, "rows": []}
+    for model_name in args.models:
+        report["rows"] += measure(model_name, not args.no_xla, args.fits, args.steps, configs)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    if args.output:
+        bench_overhead.write_report(report, args.output)
+    return report
+
+
+if __name__ == "__main__":
+    main()
