@@ -506,6 +506,28 @@ def test_callback_reused_across_fits_runs_its_traced_functions_again(tmp_path, j
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_reused_callback_records_through_a_retrace(tmp_path, jit):
+    """A later fit whose input shape makes Keras trace the step again (a
+    batch of 5 that leaves a partial last batch): the trace goes through the
+    wrappers put back for the fit, and every step is recorded."""
+    model = sequential(jit_compile=jit)
+    x, y = data(3 * BATCH)
+    callback = GradFlow(str(tmp_path), update_freq=1, histogram_freq=2, activation_freq=1)
+    train(model, x, y, [callback])
+    recorder, traces = callback._recorder, []
+    recorder.advance_step = lambda inner=recorder.advance_step: traces.append(1) or inner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "training continues unhooked"
+        model.fit(x, y, batch_size=5, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback._recorder is recorder and len(traces) >= 1
+    contents = _run_contents(str(tmp_path))
+    steps, norms = contents[("layer", "grad_norm")]
+    assert steps == list(range(1, 9)) and np.all(np.isfinite(norms)) and np.all(norms > 0)
+    assert contents[("activation", "dead_fraction")][0] == list(range(1, 9))
+    assert contents[("histogram", "seq/a", "gradient")][0] == [2, 4, 6, 8]
+
+
 def test_reused_callback_instruments_afresh_after_compile(tmp_path):
     """A compile between fits (a new loss, the same optimizer object) makes
     new train functions: the second fit's recorded loss is the new loss."""
