@@ -117,9 +117,11 @@ def numpy_moments(array):
 
 
 def _shared_size_layer(i):
-    a = rng.normal(size=(7, 7)).astype("float32") * 10.0 ** (i - 6)
+    # One size, two shapes in turn: chunk_rows stacks by shape within a
+    # size, so its rows are not in the tensors' order.
+    a = rng.normal(size=(49,) if i % 3 == 1 else (7, 7)).astype("float32") * 10.0 ** (i - 6)
     if i % 4 == 1:
-        a[i % 7, 0] = np.nan
+        a.flat[(i % 7) * 7] = np.nan
     return [a]
 
 
@@ -170,7 +172,8 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
     """Tensors of one size and of sizes of their own, a NaN weight; with a
     tensor of unknown size (a `None` dimension in the trace) the sums go
     tensor by tensor. And the weight norms alone (`multi_tensor_sum_squares`)."""
-    weights = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,), (12,), (2, 2)]]
+    # Size 12 in two shapes, interleaved (chunk_rows' rows go by shape).
+    weights = [rng.normal(size=s).astype("float32") for s in [(3, 4), (4,), (12,), (2, 2), (3, 4)]]
     weights[1][2] = np.nan
     before = [w + rng.normal(size=w.shape).astype("float32") for w in weights]
 
