@@ -146,7 +146,8 @@ class GradFlow(keras.callbacks.Callback):
     Pass one callback object to every `fit` of a model trained in several
     calls (one epoch each, say): a later fit of the unchanged model runs the
     hooked train functions the first traced instead of tracing (under XLA,
-    compiling) them again (see `_resume`).
+    compiling) them again (see `_resume`). The object holds them between
+    fits; drop it to free them.
     """
 
     def __init__(
