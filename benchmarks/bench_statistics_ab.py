@@ -63,8 +63,7 @@ def measure(model_name, versions, jit, calls):
     import tensorflow as tf
 
     shapes, layer_of_variable, n_layers = bench_statistics_compile.gradient_shapes(model_name)
-    rng = np.random.default_rng(0)
-    tensors = [tf.constant(rng.normal(size=s).astype("float32") * 10.0 ** rng.integers(-6, 1)) for s in shapes]
+    tensors = bench_statistics_compile.random_gradients(shapes)
     functions = {}
     for version, stats in versions.items():
         for name, computation in statistics(stats, layer_of_variable, n_layers).items():

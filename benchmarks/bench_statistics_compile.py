@@ -38,6 +38,16 @@ def gradient_shapes(model_name):
     return [tuple(v.shape) for v in model.trainable_variables], layer_of_variable, len(owners)
 
 
+def random_gradients(shapes):
+    """float32 tensors of `shapes`, normal, each scaled by its own power of
+    ten in [1e-6, 1] (gradients of a model span decades), seed 0."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    return [tf.constant(rng.normal(size=s).astype("float32") * 10.0 ** rng.integers(-6, 1)) for s in shapes]
+
+
 def measure(model_name, calls):
     import numpy as np
     import tensorflow as tf
@@ -45,8 +55,7 @@ def measure(model_name, calls):
     from tb_gradflow import stats
 
     shapes, layer_of_variable, n_layers = gradient_shapes(model_name)
-    rng = np.random.default_rng(0)
-    tensors = [tf.constant(rng.normal(size=s).astype("float32") * 10.0 ** rng.integers(-6, 1)) for s in shapes]
+    tensors = random_gradients(shapes)
     others = [t + 1.0 for t in tensors]
     scale = tf.constant(1.0)
     computations = {
