@@ -10,14 +10,21 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_tiny_run_reports_every_configuration_as_json(tmp_path):
+def run_benchmark(tmp_path, script, *arguments):
+    """The report `benchmarks/<script>` prints as JSON with `arguments`,
+    checked equal to the one it writes with --output."""
+    output = tmp_path / "report.json"
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--json",
-         "--output", str(tmp_path / "overhead.json")],
+        [sys.executable, str(ROOT / "benchmarks" / script), *arguments, "--output", str(output)],
         capture_output=True, text=True, timeout=600, check=True,
     )
     report = json.loads(out.stdout)
-    assert report == json.loads((tmp_path / "overhead.json").read_text())
+    assert report == json.loads(output.read_text())
+    return report
+
+
+def test_tiny_run_reports_every_configuration_as_json(tmp_path):
+    report = run_benchmark(tmp_path, "bench_overhead.py", "--tiny", "--json")
     rows = report["rows"]
     configurations = [r["configuration"] for r in rows]
     assert configurations[0] == "plain fit" and rows[0]["ratio"] == 1.0
@@ -45,13 +52,7 @@ def test_tiny_memory_run_measures_each_configuration_in_its_own_process(tmp_path
 def test_xla_startup_breakdown_reports_each_step(tmp_path):
     """The XLA start-up breakdown on the tiny model: a row per configuration,
     each with a measured start-up."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "xla_startup_breakdown.py"), "--models", "tiny", "--block", "3",
-         "--output", str(tmp_path / "breakdown.json")],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
-    report = json.loads(out.stdout)
-    assert report == json.loads((tmp_path / "breakdown.json").read_text())
+    report = run_benchmark(tmp_path, "xla_startup_breakdown.py", "--models", "tiny", "--block", "3")
     configurations = [r["configuration"] for r in report["rows"]]
     assert configurations[0] == "plain fit" and configurations[-1] == "defaults" and len(configurations) == 6
     for row in report["rows"]:
@@ -61,13 +62,7 @@ def test_xla_startup_breakdown_reports_each_step(tmp_path):
 def test_statistics_compile_benchmark_reports_each_statistic(tmp_path):
     """The statistics' compile benchmark on the tiny model's gradient shapes:
     a row per statistic, with the model's tensor and layer counts."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_statistics_compile.py"), "--models", "tiny", "--calls", "2",
-         "--output", str(tmp_path / "compile.json")],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
-    report = json.loads(out.stdout)
-    assert report == json.loads((tmp_path / "compile.json").read_text())
+    report = run_benchmark(tmp_path, "bench_statistics_compile.py", "--models", "tiny", "--calls", "2")
     assert [r["statistics"] for r in report["rows"]] == [
         "moments", "moments and histograms", "update sums", "forward pass", "forward pass + activation statistics"]
     for row in report["rows"][:3]:
@@ -84,13 +79,8 @@ def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
     """The A/B benchmark with this checkout as both versions, on the tiny
     model: a row per statistic with both medians, and a clear error for a
     --before path that holds no tb_gradflow."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_statistics_ab.py"), "--before", str(ROOT),
-         "--models", "tiny", "--calls", "2", "--output", str(tmp_path / "ab.json")],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
-    report = json.loads(out.stdout)
-    assert report == json.loads((tmp_path / "ab.json").read_text())
+    report = run_benchmark(tmp_path, "bench_statistics_ab.py", "--before", str(ROOT), "--models", "tiny",
+                           "--calls", "2")
     assert [r["statistic"] for r in report["rows"]] == [
         "multi_tensor_statistics", "layer_histograms", "log10_magnitude_counts"]
     for row in report["rows"]:
@@ -106,13 +96,7 @@ def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
 def test_refit_benchmark_reports_every_fit(tmp_path):
     """The several-fits benchmark in its tiny configuration: a row per
     configuration with each fit's seconds and its ratio to plain fit's."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_refit.py"), "--tiny", "--json",
-         "--output", str(tmp_path / "refit.json")],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
-    report = json.loads(out.stdout)
-    assert report == json.loads((tmp_path / "refit.json").read_text())
+    report = run_benchmark(tmp_path, "bench_refit.py", "--tiny", "--json")
     assert [r["configuration"] for r in report["rows"]] == [
         "plain fit", "one callback, every fit", "a new callback per fit"]
     for row in report["rows"]:
