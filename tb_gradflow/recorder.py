@@ -94,6 +94,20 @@ def _once_per_graph(owner, name, make):
     return tensor
 
 
+def _state_variable(registry, shape, dtype, init, **kwargs):
+    """A recorder's state variable of `shape`, filled with `init`, noted in
+    `registry` (a list) for `_reset_state`."""
+    variable = tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
+    registry.append((variable, shape, dtype, init))
+    return variable
+
+
+def _reset_state(registry):
+    """Host: every variable noted in `registry` back to its initial value."""
+    for variable, shape, dtype, init in registry:
+        variable.assign(tf.fill(shape, tf.cast(init, dtype)))
+
+
 class GradientRecorder:
     """Owns the device variables and the in-step ops that fill them.
 
@@ -168,9 +182,7 @@ class GradientRecorder:
                     synchronization=tf.VariableSynchronization.ON_READ,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
-            variable = tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
-            self._initial_state.append((variable, shape, dtype, init))
-            return variable
+            return _state_variable(self._initial_state, shape, dtype, init, **kwargs)
 
         with scope:
             self.moments = state("moments", [n_vars, aggregate.NUM_MOMENTS])
@@ -217,8 +229,7 @@ class GradientRecorder:
         as if it were new (the Keras callback's reuse, see
         `GradFlow._resume`). The weight copy of the update ratio is left as
         it is: its step says it is stale."""
-        for variable, shape, dtype, init in self._initial_state:
-            variable.assign(tf.fill(shape, tf.cast(init, dtype)))
+        _reset_state(self._initial_state)
         self.train_step.assign(int(step))
 
     def advance_step(self):
@@ -915,9 +926,7 @@ class ActivationRecorder:
             kwargs = dict(trainable=False, name=f"tb_gradflow_activation_{name}")
             if distributed:
                 kwargs.update(synchronization=tf.VariableSynchronization.ON_READ, aggregation=aggregation)
-            variable = tf.Variable(tf.fill(shape, tf.cast(init, dtype)), **kwargs)
-            self._initial_state.append((variable, shape, dtype, init))
-            return variable
+            return _state_variable(self._initial_state, shape, dtype, init, **kwargs)
 
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         n = len(self.units)
@@ -959,8 +968,7 @@ class ActivationRecorder:
         """Host, between fits (one replica): every state variable back to the
         value a new recorder starts with (no sample taken), as
         `GradientRecorder.restart`."""
-        for variable, shape, dtype, init in self._initial_state:
-            variable.assign(tf.fill(shape, tf.cast(init, dtype)))
+        _reset_state(self._initial_state)
 
     def sample_gate(self, step):
         """Whether `step` (int64) is a sample step; built once per graph, and
