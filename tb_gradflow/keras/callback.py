@@ -287,12 +287,7 @@ class GradFlow(keras.callbacks.Callback):
         self._histogram_freq = self._whole_executions("histogram_freq", self.histogram_freq, "histograms are written")
         self._strategy = model.distribute_strategy
         self._replicas = self._strategy.num_replicas_in_sync
-        # Under MultiWorkerMirroredStrategy every worker runs the same step
-        # and reads the same (global) statistics; only the chief writes.
-        chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
-        # Rows are aggregated, judged and written on a thread of the logger's
-        # own while the next steps run (background_logger.py).
-        self._logger = BackgroundLogger(RunLogger(self.run_dir, self.thresholds)) if chief else _SilentLogger()
+        self._open_logger()
         self._variables = variables
         self._owners, self._layer_of_variable = model_layers.variable_owners(model)
         self._capture = None
@@ -333,13 +328,25 @@ class GradFlow(keras.callbacks.Callback):
                 dense_start=self.dense_start,
                 unit=self._steps_per_execution,
             )
-            recorder = self._recorder
-            # The train step wrapper advances the recorder's step before the
-            # forward pass (see _monitored_train_step).
-            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value())
+            self._install_capture()
         self._call_order = model_layers.CallOrderRecorder(self._owners)
         self._host_step = first_step
         self._install(optimizer)
+
+    def _open_logger(self):
+        """This fit's logger. Under MultiWorkerMirroredStrategy every worker
+        runs the same step and reads the same (global) statistics; only the
+        chief writes. Rows are aggregated, judged and written on a thread of
+        the logger's own while the next steps run (background_logger.py)."""
+        chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
+        self._logger = BackgroundLogger(RunLogger(self.run_dir, self.thresholds)) if chief else _SilentLogger()
+
+    def _install_capture(self):
+        """Wraps the captured activations for this fit. The train step wrapper
+        advances the recorder's step before the forward pass (see
+        _monitored_train_step)."""
+        recorder = self._recorder
+        self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value())
 
     def _first_step(self, optimizer):
         """The step count this fit starts from: steps continue after the last
@@ -397,14 +404,12 @@ class GradFlow(keras.callbacks.Callback):
         if not same or values != now_values or self.model in _TRAIN_FUNCTIONS:
             return False
         optimizer = self.model.optimizer
-        chief = bool(getattr(self._strategy.extended, "should_save_summary", True))
-        self._logger = BackgroundLogger(RunLogger(self.run_dir, self.thresholds)) if chief else _SilentLogger()
+        self._open_logger()
         first_step = self._first_step(optimizer)
         self._recorder.restart(first_step)
         if self._activation_recorder is not None:
             self._activation_recorder.restart()
-            recorder = self._recorder
-            self._capture.install(self._activation_recorder, lambda: recorder.train_step.read_value())
+            self._install_capture()
         self._host_step = first_step
         self._install(optimizer, functions)
         return True
