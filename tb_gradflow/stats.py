@@ -545,13 +545,18 @@ def weight_rows(weights):
     >>> weight_rows([tf.constant([3.0, 4.0]), tf.constant([1.0])]).shape.as_list()
     [2, 32]
     """
-    return chunk_rows(weights, chunk_width([w.shape.num_elements() for w in weights]))[0]
+    return _weight_rows_and_owner(weights)[0]
+
+
+def _weight_rows_and_owner(weights):
+    """`chunk_rows` of `weights` (static sizes) at their `chunk_width`."""
+    return chunk_rows(weights, chunk_width([w.shape.num_elements() for w in weights]))
 
 
 def rows_update_sums(weights, before_rows):
     """`multi_tensor_update_sums(weights, before)` from `weight_rows(before)`
     (the rows of the same shapes, taken earlier)."""
-    w, owner = chunk_rows(weights, chunk_width([v.shape.num_elements() for v in weights]))
+    w, owner = _weight_rows_and_owner(weights)
     rows = tf.stack([_finite_square_sum(w), _finite_square_sum(w - before_rows), _finite_square_sum(before_rows)],
                     axis=1)
     return tf.math.unsorted_segment_sum(rows, owner, len(weights))
