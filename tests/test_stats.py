@@ -202,17 +202,23 @@ def test_multi_activation_statistics_match_numpy(jit, static_batch, units):
     TensorBoard's histogram of each z; with static shapes and with a `None`
     leading dimension, as Keras traces the batch. Unit counts without a
     common divisor (active counts summed one element at a time) and with
-    one (in blocks of 4 units)."""
+    one (in blocks of 4 units). Tensors of one static shape and unit axis
+    are stacked (`stats._activation_rows`) and their results put back in
+    order."""
     if units == "coprime":
         shapes, last = [(5, 8), (2, 3, 6), (4, 5), (3, 8)], (40, 3)
     else:
         shapes, last = [(5, 8), (2, 3, 4), (4, 12), (3, 8)], (42, 4)
     zs = [rng.normal(size=shapes[0]).astype("float32") * 3, rng.normal(size=shapes[1]).astype("float32"),
           np.moveaxis(rng.normal(size=shapes[2]).astype("float32"), 1, 0), np.full(shapes[3], -1e4, "float32"),
-          rng.normal(size=last).astype("float32")]
+          rng.normal(size=last).astype("float32"),
+          # The first's shape and unit axis again (with static shapes the
+          # two are one stack, measured apart from those between them), and
+          # its shape with another unit axis (not of that stack).
+          rng.normal(size=shapes[0]).astype("float32"), rng.normal(size=shapes[0]).astype("float32")]
     zs[1][0, 1, 2] = np.nan
-    unit_axes = [-1, 2, 0, 1, -1]
-    thresholds = [0.05, 0.1, 0.2, 0.05, 0.6]  # the last above silu'(0) = 0.5, the padding
+    unit_axes = [-1, 2, 0, 1, -1, 1, 0]
+    thresholds = [0.05, 0.1, 0.2, 0.05, 0.6, 0.3, 0.1]  # the fifth above silu'(0) = 0.5, the padding
     # Rows of 32 (the smallest tensor, 18 or 24 elements, picks it): the last
     # tensor spans several rows, its last one part padding.
     assert stats.chunk_width([min(z.size for z in zs)]) == 32 and zs[-1].size % 32
