@@ -16,8 +16,13 @@ of `bench_overhead.py`) in one process per configuration:
   (`GradFlow._resume`), tracing only the kinds the schedule needs for the
   first time (with 10-step fits, the light and recording functions at step
   16, in the second fit).
-- a new callback per fit: a new `GradFlow` object each fit, which
-  instruments the model afresh every time.
+- a new callback per fit: a new `GradFlow` object (defaults) each fit,
+  which from the second fit on runs through the last one and its traced
+  functions (`GradFlow._adoptable`).
+- a new callback per fit, released: the same with `GradFlow.release(model)`
+  after each fit, so every fit instruments the model afresh (what every
+  new callback did before a new one could take the last one's functions
+  over).
 
 Each row holds the seconds of every fit, their ratios to plain fit's fit of
 the same index, and `later_fits_ratio`: the fits from the third on,
@@ -39,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import bench_overhead  # noqa: E402
 
-CONFIGS = ("plain fit", "one callback, every fit", "a new callback per fit")
+CONFIGS = ("plain fit", "one callback, every fit", "a new callback per fit", "a new callback per fit, released")
 
 
 def child(model_name, jit, config, fits, steps):
@@ -59,6 +64,8 @@ def child(model_name, jit, config, fits, steps):
             start = time.perf_counter()
             model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
             seconds.append(time.perf_counter() - start)
+            if config.endswith("released"):
+                tb_gradflow.GradFlow.release(model)
     print(json.dumps(seconds))
 
 

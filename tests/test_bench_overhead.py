@@ -98,7 +98,7 @@ def test_refit_benchmark_reports_every_fit(tmp_path):
     configuration with each fit's seconds and its ratio to plain fit's."""
     report = run_benchmark(tmp_path, "bench_refit.py", "--tiny", "--json")
     assert [r["configuration"] for r in report["rows"]] == [
-        "plain fit", "one callback, every fit", "a new callback per fit"]
+        "plain fit", "one callback, every fit", "a new callback per fit", "a new callback per fit, released"]
     for row in report["rows"]:
         assert row["model"] == "tiny" and row["jit_compile"] is False and row["steps_per_fit"] == 3
         assert len(row["fit_s"]) == len(row["fit_ratios"]) == 3 and all(s > 0 for s in row["fit_s"])

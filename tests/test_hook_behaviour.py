@@ -11,12 +11,14 @@ devices must be set before TensorFlow starts) and the write failure
 with EFBIG, a real I/O error, no mock).
 """
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
+import weakref
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -134,6 +136,10 @@ def _determinism_main(out_dir):
     # One callback over three fits (the second and third run the train
     # functions the first traced, GradFlow._resume) against three plain fits.
     result["reused"], _ = _three_fits_identical(lambda: sequential(), x, y, os.path.join(out_dir, "reused"))
+    # A new callback per fit (the second and third take the first's train
+    # functions over, GradFlow._adoptable).
+    result["adopted"], _ = _three_fits_identical(lambda: sequential(), x, y, os.path.join(out_dir, "adopted"),
+                                                 new_callback_per_fit=True)
     # A NaN in one sample of the second batch: every gradient from then on
     # is NaN. Training must go exactly as without the hook (NaN weights).
     xn, yn = data(5 * BATCH, nan_at=BATCH + 3)
@@ -171,20 +177,25 @@ def determinism(request, tmp_path_factory):
     return run_script("determinism", str(tmp_path_factory.mktemp("determinism")), onednn=request.param)
 
 
-def _three_fits_identical(build, x, y, log_dir):
-    """(whether three one-epoch fits with one GradFlow callback, every
-    statistic on every step, leave the weights bit-identical to three plain
-    fits; whether both models were compiled with XLA)."""
+def _three_fits_identical(build, x, y, log_dir, new_callback_per_fit=False):
+    """(whether three one-epoch fits with one GradFlow callback (or a new
+    one per fit), every statistic on every step, leave the weights
+    bit-identical to three plain fits; whether both models were compiled
+    with XLA)."""
     plain_model, hooked_model = build(), build()
-    callback = GradFlow(log_dir, update_freq=1, histogram_freq=2, activation_freq=1)
+
+    def make():
+        return GradFlow(log_dir, update_freq=1, histogram_freq=2, activation_freq=1)
+
+    callback = make()
     for _ in range(3):
         without = train(plain_model, x, y)
-        with_hook = train(hooked_model, x, y, [callback])
+        with_hook = train(hooked_model, x, y, [make() if new_callback_per_fit else callback])
     identical = all(np.array_equal(a, b) for a, b in zip(without, with_hook))
     return identical, plain_model.jit_compile is True and hooked_model.jit_compile is True
 
 
-@pytest.mark.parametrize("config", ["plain", "sgd", "activations", "reused"])
+@pytest.mark.parametrize("config", ["plain", "sgd", "activations", "reused", "adopted"])
 def test_bit_identical_weights(determinism, config):
     assert determinism[config] is True
 
@@ -467,13 +478,15 @@ class _TrainFunctionSeen(keras.callbacks.Callback):
         self.seen.append(self.model.train_function)
 
 
+@pytest.mark.parametrize("how", ["one callback", "a new callback per fit"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_callback_reused_across_fits_runs_its_traced_functions_again(tmp_path, jit):
-    """`for epoch in ...: model.fit(..., callbacks=[callback])`: the second
+def test_later_fits_run_the_first_fits_traced_functions_again(tmp_path, jit, how):
+    """`for epoch in ...: model.fit(..., callbacks=[callback])`, with one
+    callback object or a new one with the same arguments per fit: the second
     and third fits run the train functions the first traced (no trace, no
-    XLA compile) and write what a new callback per fit writes: the same
-    rows, activation samples, histograms and scalars at the same steps. The
-    model is left as found after every fit."""
+    XLA compile) and write what a model instrumented afresh every fit
+    writes: the same rows, activation samples, histograms and scalars at
+    the same steps. The model is left as found after every fit."""
     x, y = data(3 * BATCH)
     # Steps 1-3, 4-6, 7-9: an activation sample at step 5 only, so the third
     # fit takes none (a recorder not restarted would hand its step 5 on).
@@ -488,12 +501,15 @@ def test_callback_reused_across_fits_runs_its_traced_functions_again(tmp_path, j
     recorder.advance_step = lambda inner=recorder.advance_step: traces.append(1) or inner()
     seen = _TrainFunctionSeen()
     for _ in range(2):
-        train(reused_model, x, y, [callback, seen])
+        later = callback if how == "one callback" else GradFlow(str(tmp_path / "reused"), **kwargs)
+        train(reused_model, x, y, [later, seen])
         assert "apply" not in reused_model.optimizer.__dict__ and reused_model.train_function is None
+        assert later._delegate is (None if later is callback else callback)
     assert callback._recorder is recorder and traces == []
     assert len(seen.seen) == 6 and all(any(f is g for g in first_functions) for f in seen.seen)
     for _ in range(3):
         train(fresh_model, x, y, [GradFlow(str(tmp_path / "fresh"), **kwargs)])
+        GradFlow.release(fresh_model)  # The next fit instruments afresh.
     reused, fresh = _run_contents(str(tmp_path / "reused")), _run_contents(str(tmp_path / "fresh"))
     assert reused.keys() == fresh.keys()
     assert ("histogram", "seq/a", "gradient") in reused
@@ -504,6 +520,53 @@ def test_callback_reused_across_fits_runs_its_traced_functions_again(tmp_path, j
     assert reused[("layer", "grad_norm")][0] == list(range(1, 10))
     for a, b in zip(reused_model.get_weights(), fresh_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_new_callback_takes_over_only_a_callback_of_the_same_arguments(tmp_path):
+    """A new callback per fit runs the last one's functions only where it was
+    made with the same arguments: other arguments (another update_freq,
+    thresholds, run or log directory) instrument afresh, and the new callback becomes the
+    model's last. `GradFlow.release` frees the kept functions, and a model
+    that keeps its last callback is still freed once dropped."""
+    x, y = data(2 * BATCH)
+    kwargs = dict(update_freq=1, histogram_freq=0, activation_freq=0)
+    model = sequential()
+    first = GradFlow(str(tmp_path / "a"), **kwargs)
+    train(model, x, y, [first])
+    first_functions = list(first._kept[1].values())
+    # Equal thresholds made apart are the same arguments (no new functions).
+    same = GradFlow(str(tmp_path / "a"), thresholds=rules.Thresholds(), **kwargs)
+    train(model, x, y, [same])
+    assert same._delegate is first
+    for other in (GradFlow(str(tmp_path / "a"), update_freq=2, histogram_freq=0, activation_freq=0),
+                  GradFlow(str(tmp_path / "a"), thresholds=rules.Thresholds(exploding_growth=1e3), **kwargs),
+                  GradFlow(str(tmp_path / "a"), run_name="other", **kwargs),
+                  GradFlow(str(tmp_path / "b"), **kwargs)):
+        seen = _TrainFunctionSeen()
+        train(model, x, y, [other, seen])
+        assert other._delegate is None and other._kept is not None
+        assert not any(f is g for f in seen.seen for g in first_functions)
+        first, first_functions = other, list(other._kept[1].values())
+    same = GradFlow(str(tmp_path / "b"), **kwargs)
+    seen = _TrainFunctionSeen()
+    train(model, x, y, [same, seen])
+    assert same._delegate is first and all(any(f is g for g in first_functions) for f in seen.seen)
+    # Released: the next fit instruments afresh.
+    GradFlow.release(model)
+    assert first._kept is None
+    after = GradFlow(str(tmp_path / "b"), **kwargs)
+    seen = _TrainFunctionSeen()
+    train(model, x, y, [after, seen])
+    assert after._delegate is None and not any(f is g for f in seen.seen for g in first_functions)
+    steps = _run_contents(str(tmp_path / "b"))[("layer", "grad_norm")][0]
+    # Eight fits of two steps, the last three into run b: its steps are the optimizer's.
+    assert steps == list(range(11, 17))
+    # The model holds its last callback, which holds the model: a cycle the
+    # garbage collector frees once nothing else refers to the model.
+    alive = weakref.ref(model)
+    del model, after, same, first, other, seen, first_functions
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])

@@ -143,11 +143,15 @@ class GradFlow(keras.callbacks.Callback):
     determinism the run is bit-identical with and without the callback,
     oneDNN on or off (docs/event_contract.md, "Exactness").
 
-    Pass one callback object to every `fit` of a model trained in several
-    calls (one epoch each, say): a later fit of the unchanged model runs the
-    hooked train functions the first traced instead of tracing (under XLA,
-    compiling) them again (see `_resume`). The object holds them between
-    fits; drop it to free them.
+    A model trained in several `fit` calls (one epoch each, say) runs the
+    hooked train functions the first fit traced instead of tracing (under
+    XLA, compiling) them again in every later fit of the unchanged model (see
+    `_resume`), whether each fit gets the same callback object or a new one
+    with the same arguments (`GradFlow(log_dir)` written into the `fit`
+    call): a new one takes the last one's functions over (see `_adoptable`).
+    The model keeps the last callback that trained it, with its train
+    functions, as Keras keeps its own `model.train_function`;
+    `GradFlow.release(model)` frees them.
     """
 
     def __init__(
@@ -181,9 +185,16 @@ class GradFlow(keras.callbacks.Callback):
         self._last_execution = False
         # (fingerprint, train functions) of the last fit, for the next (see `_resume`).
         self._kept = None
+        # The callback of an earlier fit this one runs through (see `_adoptable`).
+        self._delegate = None
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
+        self._delegate = self._adoptable()
+        if self._delegate is not None:
+            self._delegate.set_params(self.params)
+            self._delegate.on_train_begin(logs)
+            return
         # Resolved once per fit: each row asks for it, and realpath stats
         # every path component (a millisecond a row on the training thread).
         self._resolved_run_dir = os.path.realpath(self.run_dir)
@@ -224,6 +235,47 @@ class GradFlow(keras.callbacks.Callback):
                 "monitor (is every layer frozen with trainable=False?)."
             )
         self._setup()
+
+    def _arguments(self):
+        """What the callback was made with: callbacks with equal arguments
+        instrument a model alike."""
+        return (type(self), self.update_freq, self.histogram_freq, self.activation_freq, self.dense_start,
+                self.update_ratio, self.thresholds, self.run_dir)
+
+    def _adoptable(self):
+        """The model's last callback, for this fit to run through, where it
+        was made with the same arguments and kept its train functions: a
+        new `GradFlow(log_dir)` per `fit`, the way a callback is often
+        written into the call, would otherwise trace (under XLA, compile)
+        the hooked step afresh every fit, a minute for MobileNetV3Small
+        under XLA where plain fit's later fits take a second or two
+        (benchmarks/bench_refit.py). This callback then forwards every
+        event of the fit to that one, which takes its functions up where the
+        model is unchanged (`_resume`) and instruments it afresh otherwise:
+        either way the fit is what this callback alone would do. None where
+        there is no such callback (this one is then the model's last once
+        its fit ends, see `on_train_end`)."""
+        model = self.model
+        last = getattr(model, "__dict__", {}).get(_LAST_CALLBACK)
+        if last is None or last is self or self._kept is not None:
+            return None
+        if last.model is not model or last._kept is None or last._installed is not None:
+            return None
+        return last if last._arguments() == self._arguments() else None
+
+    @staticmethod
+    def release(model):
+        """Frees the train functions `model` keeps for a later fit (see
+        `_adoptable`); that fit instruments the model afresh.
+
+        ```python
+        model.fit(x, y, callbacks=[tb_gradflow.GradFlow("logs/run1")])
+        tb_gradflow.GradFlow.release(model)
+        ```
+        """
+        last = getattr(model, "__dict__", {}).pop(_LAST_CALLBACK, None)
+        if last is not None:
+            last._kept = None
 
     def _setup(self):
         """Instruments the model (or takes up the last fit's instrumentation,
@@ -368,8 +420,7 @@ class GradFlow(keras.callbacks.Callback):
                    model.__dict__.get("train_step"), *model.trainable_variables)
         values = (type(model), bool(model.jit_compile), bool(getattr(model, "run_eagerly", False)),
                   int(getattr(model, "steps_per_execution", 1) or 1), self._clips(model.optimizer),
-                  self.update_freq, self.histogram_freq, self.activation_freq, self.dense_start,
-                  self.update_ratio, self.thresholds, self.run_dir)
+                  self._arguments())
         return objects, values
 
     def _keepable(self):
@@ -589,6 +640,8 @@ class GradFlow(keras.callbacks.Callback):
         self._train_functions.select()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._delegate is not None:
+            return self._delegate.on_epoch_begin(epoch, logs)
         self._epoch = epoch
 
     def _current_kind(self):
@@ -658,6 +711,8 @@ class GradFlow(keras.callbacks.Callback):
         harmlessly but at its cost). Wrappers of other callbacks stay in
         place, whatever the order the callbacks are restored in.
         """
+        if getattr(self, "_delegate", None) is not None:
+            return self._delegate.restore_model()
         installed, self._installed = getattr(self, "_installed", None), None
         train_functions = getattr(self, "_train_functions", None)
         if train_functions is not None:
@@ -679,6 +734,8 @@ class GradFlow(keras.callbacks.Callback):
 
     # ------------------------------------------------------------- per batch
     def on_train_batch_begin(self, batch, logs=None):
+        if self._delegate is not None:
+            return self._delegate.on_train_batch_begin(batch, logs)
         self._batch_begin = batch
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
@@ -713,6 +770,8 @@ class GradFlow(keras.callbacks.Callback):
         return kind
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._delegate is not None:
+            return self._delegate.on_train_batch_end(batch, logs)
         if self._pending and self.model.trainable_variables:
             # The first step created the weights; the next one is hooked.
             self._pending = False
@@ -772,6 +831,8 @@ class GradFlow(keras.callbacks.Callback):
         self._table_written = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._delegate is not None:
+            return self._delegate.on_epoch_end(epoch, logs)
         if self._active and self._table_written:
             try:
                 self._logger.flush()  # Also raises a pending row's error.
@@ -779,6 +840,10 @@ class GradFlow(keras.callbacks.Callback):
                 self._give_up("writing the statistics", e)
 
     def on_train_end(self, logs=None):
+        if self._delegate is not None:
+            # Kept until the next fit: `restore_model` after a fit that
+            # raised goes to the delegate too.
+            return self._delegate.on_train_end(logs)
         if not self._active:
             self.restore_model()
             return
@@ -793,6 +858,12 @@ class GradFlow(keras.callbacks.Callback):
         finally:
             self._kept = self._keepable()
             self._discard()
+            # The model keeps its last callback with kept functions, for a
+            # new callback of a later fit (`_adoptable`); `release` drops it.
+            if self._kept is not None:
+                self.model.__dict__[_LAST_CALLBACK] = self
+            elif self.model.__dict__.get(_LAST_CALLBACK) is self:
+                del self.model.__dict__[_LAST_CALLBACK]
 
 
 class _TrainFunctions:
@@ -839,6 +910,14 @@ class _TrainFunctions:
 
 # Per model: the train functions of the GradFlow callbacks hooked on it.
 _TRAIN_FUNCTIONS = weakref.WeakKeyDictionary()
+
+# The attribute of a model that holds its last GradFlow callback with kept
+# train functions (`GradFlow._adoptable`). An attribute of the model, not a
+# weak mapping: the callback and its functions refer to the model, so a
+# mapping's value would keep its key alive; a cycle through the model's own
+# __dict__ is freed with the model. Written into __dict__ directly, past
+# Keras' attribute tracking (a callback is no layer or variable).
+_LAST_CALLBACK = "_tb_gradflow_last_callback"
 
 
 def _step_loss(seen, logs, replicas):
