@@ -571,10 +571,11 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     Each tensor is flattened with its unit axis last and cut into rows of one
     width, its last row padded (padding is masked out, not counted); the rows
     of all tensors are joined, those of tensors of one static shape and unit
-    axis stacked and cut together (`_activation_rows`). Every statistic is one reduction along the
-    rows, summed into tensors by segment sums over the rows; the histograms
-    are one bincount, the per-unit active counts one segment sum (the unit
-    of an element being its position in its tensor modulo its unit count).
+    axis stacked and cut together (`_activation_rows`). Every statistic is
+    one reduction along the rows, summed into tensors by segment sums over
+    the rows; the histograms are one bincount, the per-unit active counts
+    one segment sum (the unit of an element being its position in its tensor
+    modulo its unit count).
     The other dimensions may differ, also at run time (a trace with a `None`
     batch dimension promises no equal shapes): the row counts are dynamic
     (static once XLA compiles). Grouping by kind alone, not by kind and unit
@@ -724,7 +725,7 @@ def _activation_rows(tensors, unit_axes, stacks, width):
         move_last = [d for d in range(rank) if d != axis] + [axis]
         if first.shape.is_fully_defined():
             size = first.shape.num_elements()
-            rows = max(1, -(-size // width))
+            rows = -(-size // width)  # as `row_counts` counts them (none for an empty tensor)
             block = tf.stack(members) if len(members) > 1 else members[0][None]
             if axis != rank - 1:
                 block = tf.transpose(block, [0] + [d + 1 for d in move_last])

@@ -192,6 +192,29 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
     np.testing.assert_allclose(norms, [finite_sum(w) for w in weights], rtol=1e-5)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_multi_activation_statistics_of_an_empty_tensor(jit):
+    """An activation with no elements (a batch of 0) next to two of its
+    unit count: it counts nothing, and the others' statistics are what
+    they are alone (its rows, none, shift no one's)."""
+    z = rng.normal(size=(3, 8)).astype("float32")
+    tensors = [tf.zeros([0, 8]), tf.constant(z), tf.constant(z * 2)]
+
+    @tf.function(jit_compile=jit)
+    def compute(*ts):
+        return stats.multi_activation_statistics(list(ts), [0.1] * len(ts), [-1] * len(ts), op_type="Relu")
+
+    moments, active, ranges, counts = (np.asarray(t) for t in compute(*tensors))
+    alone = [np.asarray(t) for t in compute(*tensors[1:])]
+    np.testing.assert_array_equal(moments[0], np.zeros(moments.shape[1]))
+    np.testing.assert_array_equal(active[:8], np.zeros(8))
+    np.testing.assert_array_equal(counts[0], np.zeros(counts.shape[1]))
+    np.testing.assert_allclose(moments[1:], alone[0], rtol=1e-6)
+    np.testing.assert_array_equal(active[8:], alone[1])
+    np.testing.assert_array_equal(ranges[1:], alone[2])
+    np.testing.assert_array_equal(counts[1:], alone[3])
+
+
 @pytest.mark.parametrize("units", ["coprime", "common-divisor"])
 @pytest.mark.parametrize("static_batch", [True, False], ids=["static", "none-batch"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])

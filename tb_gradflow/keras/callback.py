@@ -190,7 +190,10 @@ class GradFlow(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------- setup
     def on_train_begin(self, logs=None):
-        self._delegate = self._adoptable()
+        try:
+            self._delegate = self._adoptable()
+        except Exception:  # An odd model or callback: instrument afresh.
+            self._delegate = None
         if self._delegate is not None:
             self._delegate.set_params(self.params)
             self._delegate.on_train_begin(logs)
