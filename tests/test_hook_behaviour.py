@@ -525,8 +525,8 @@ def test_later_fits_run_the_first_fits_traced_functions_again(tmp_path, jit, how
 def test_new_callback_takes_over_only_a_callback_of_the_same_arguments(tmp_path):
     """A new callback per fit runs the last one's functions only where it was
     made with the same arguments: other arguments (another update_freq,
-    thresholds, run or log directory) instrument afresh, and the new callback becomes the
-    model's last. `GradFlow.release` frees the kept functions, and a model
+    thresholds, run or log directory) instrument afresh, and the new
+    callback becomes the model's last. `GradFlow.release` frees the kept functions, and a model
     that keeps its last callback is still freed once dropped."""
     x, y = data(2 * BATCH)
     kwargs = dict(update_freq=1, histogram_freq=0, activation_freq=0)
