@@ -67,4 +67,27 @@ def is_due(step, period, dense_start=DENSE_START, unit=1):
 def due_between(first, last, period, dense_start=DENSE_START, unit=1):
     """Whether a row is due at any step in [first, last] (the host's look-ahead
     over one execution)."""
-    return any(is_due(step, period, dense_start, unit) for step in range(max(first, 1), last + 1))
+    due = next_due(first - 1, period, dense_start, unit)
+    return due is not None and due <= last
+
+
+def next_due(after, period, dense_start=DENSE_START, unit=1):
+    """The first step > `after` at which a row is due; None if `period` <= 0.
+
+        >>> from tb_gradflow import schedule
+        >>> schedule.next_due(16, period=100), schedule.next_due(10**6 + 1, period=100)
+        (18, 1000100)
+
+    A few `is_due` tests whatever the gap: a due execution count is a
+    multiple of the period or of its own gap, and gaps never shrink, so
+    only multiples of the period and of the current gap are candidates.
+    The callback asks this once per row, not each step (`_NextRows`).
+    """
+    if period <= 0:
+        return None
+    steady = max(period // unit, 1)
+    execution = max(after, 0) // unit + 1  # the first whose last step is > after
+    while not is_due(execution * unit, period, dense_start, unit):
+        width = gap(execution, steady, dense_start)
+        execution = min(-(-execution // width) * width, -(-execution // steady) * steady)
+    return execution * unit

@@ -9,6 +9,7 @@ MODULES = [
     "tb_gradflow.metadata",
     "tb_gradflow.rules",
     "tb_gradflow.aggregate",
+    "tb_gradflow.schedule",
     "tb_gradflow.writer",
     "tb_gradflow.run_logger",
     "tb_gradflow.background_logger",

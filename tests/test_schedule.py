@@ -49,3 +49,25 @@ def test_rows_fall_on_execution_boundaries():
     assert all(s % 4 == 0 for s in rows)
     assert rows[:4] == [4, 8, 12, 16]
     assert schedule.due_between(5, 8, 20, unit=4) and not schedule.due_between(5, 7, 20, unit=4)
+
+
+@pytest.mark.parametrize("period, dense_start, unit", [
+    (100, 8, 1), (10, 8, 1), (1, 8, 1), (1000, 8, 1), (100, 0, 1), (12, 8, 4), (7, 3, 1), (6, 8, 3), (2**31 - 1, 8, 1),
+])
+def test_next_due_is_the_first_due_step_after(period, dense_start, unit):
+    # The host's callback asks next_due once per row instead of is_due every step.
+    due = [s for s in range(1, 20_000) if schedule.is_due(s, period, dense_start, unit)]
+    for after in range(0, 20_000 - period - 1 if period < 20_000 else 5_000):
+        expected = next((s for s in due if s > after), None)
+        if expected is None:
+            break
+        assert schedule.next_due(after, period, dense_start, unit) == expected
+    assert schedule.next_due(5, 0) is None
+
+
+def test_due_between_looks_ahead_over_one_execution():
+    for first in range(1, 400):
+        for unit in (1, 4):
+            last = first + unit - 1
+            assert schedule.due_between(first, last, 20, unit=unit) == any(
+                schedule.is_due(s, 20, unit=unit) for s in range(first, last + 1))
