@@ -15,8 +15,9 @@ minimum of `--calls` calls (ms, results fetched to the host), and the
 after / before ratio of the medians.
 
 Statistics: `multi_tensor_statistics` with histograms (the inline row
-statistics under XLA), `layer_histograms` of all tensors joined, and
-`log10_magnitude_counts` of each tensor.
+statistics under XLA), `layer_histograms` of all tensors joined,
+`log10_magnitude_counts` of each tensor, and the moments of each tensor
+(what the recorder's isolated calls compute without XLA).
 """
 
 import argparse
@@ -55,6 +56,11 @@ def statistics(stats, layer_of_variable, n_layers):
             list(t), layer_of_variable, n_layers, scale, True),
         "layer_histograms": lambda *t: stats.layer_histograms(list(t), scale),
         "log10_magnitude_counts": lambda *t: [stats.log10_magnitude_counts([x]) for x in t],
+        # What the recorder's per-layer isolated calls compute without XLA
+        # (`recorder._layer_moments`); versions before 2026-12-04 had only
+        # the masked `gradient_moments`.
+        "moments of each tensor": lambda *t: [
+            getattr(stats, "gradient_moments_masked_if_needed", stats.gradient_moments)(x) for x in t],
     }
 
 

@@ -860,8 +860,9 @@ def _moments(grad, scale):
 
 
 def _layer_moments(scale, *tensors):
-    """[k, NUM_MOMENTS]: `_moments` of each of one layer's gradients."""
-    return tf.stack([_moments(t, scale) for t in tensors])
+    """[k, NUM_MOMENTS]: `_moments` of each of one layer's gradients (in an
+    isolated call, where the non-finite mask can be a branch)."""
+    return tf.stack([stats.gradient_moments_masked_if_needed(tf.cast(t, tf.float32) / scale) for t in tensors])
 
 
 def _layer_histograms(scale, *tensors):

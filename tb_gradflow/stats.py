@@ -48,6 +48,41 @@ def gradient_moments(grad):
     )
 
 
+def gradient_moments_masked_if_needed(grad):
+    """`gradient_moments`, with the non-finite mask in a branch taken only
+    where the gradient has a NaN or Inf element: for code in a call of its
+    own (the recorder's isolated per-layer calls); a training graph never
+    holds a `tf.cond` of the hook's (docs/event_contract.md, "Exactness").
+
+        >>> import tensorflow as tf
+        >>> from tb_gradflow import stats
+        >>> [float(x) for x in stats.gradient_moments_masked_if_needed(tf.constant([3.0, -4.0, 0.0]))]
+        [25.0, 7.0, 4.0, 1.0, 0.0]
+
+    A gradient is nearly always all finite, and its raw sum of squares says
+    so (a NaN or Inf element makes it non-finite). Outside XLA each op is a
+    pass over the gradient: the masked moments take a dozen (finite mask,
+    zeros, select, each count's cast), these six where all is finite. The
+    results equal `gradient_moments`' exactly: on finite elements the mask
+    is the identity (same kernels, same order), and a sum of squares that
+    overflowed takes the masked branch too.
+    """
+    g = tf.reshape(tf.cast(grad, tf.float32), [-1])
+    square_sum = 2.0 * tf.nn.l2_loss(g)
+
+    def unmasked():
+        absolute = tf.abs(g)
+        return tf.stack([
+            square_sum,
+            tf.reduce_sum(absolute),
+            tf.maximum(tf.reduce_max(absolute), 0.0),
+            tf.cast(tf.size(g), tf.float32) - tf.math.count_nonzero(absolute, dtype=tf.float32),
+            tf.constant(0.0),
+        ])
+
+    return tf.cond(tf.math.is_finite(square_sum), unmasked, lambda: gradient_moments(g))
+
+
 def sum_squares(tensor):
     """Sum of squares of the finite elements, as float32."""
     t = tf.cast(tf.reshape(tensor, [-1]), tf.float32)

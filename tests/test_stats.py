@@ -116,6 +116,35 @@ def numpy_moments(array):
             np.sum(a == 0), np.sum(~np.isfinite(a))]
 
 
+MOMENT_CASES = {
+    "normal": rng.normal(size=(64, 33)).astype("float32"),
+    "with zeros and negative zeros": np.array([0.0, -0.0, 1.5, -2.0, 0.0], "float32"),
+    "with nan and inf": np.array([1.0, np.nan, -2.0, np.inf, 3.0, -np.inf, 0.0], "float32"),
+    "all non-finite": np.array([np.nan, np.inf], "float32"),
+    # Finite, but the squares overflow float32: the raw sum is Inf as a NaN's would be.
+    "squares overflow": np.array([3e19, -1.0, 0.0], "float32"),
+    "subnormals": np.array([1e-40, -1e-42, 0.0, 1.0], "float32"),
+    "empty": np.zeros([0, 3], "float32"),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("name", list(MOMENT_CASES))
+def test_moments_masked_only_if_needed_equal_the_masked_moments(name, jit):
+    """The isolated calls' moments skip the non-finite mask where the raw sum
+    of squares is finite; they must be the masked formula's exactly, and
+    numpy's (float64) within float32 rounding."""
+    array = MOMENT_CASES[name]
+    both = tf.function(lambda t: (stats.gradient_moments(t), stats.gradient_moments_masked_if_needed(t)),
+                       jit_compile=jit)
+    masked, branched = (m.numpy() for m in both(tf.constant(array)))
+    np.testing.assert_array_equal(branched, masked)  # exact (+0 and -0 count as equal)
+    if name != "subnormals":
+        # (Whether a subnormal counts as zero depends on the CPU's and the
+        # compiler's flush-to-zero settings; both versions agree above.)
+        np.testing.assert_allclose(branched, np.float32(numpy_moments(array)), rtol=1e-5)
+
+
 def _shared_size_layer(i):
     # One size, two shapes in turn: chunk_rows stacks by shape within a
     # size, so its rows are not in the tensors' order.
