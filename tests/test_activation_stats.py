@@ -575,3 +575,34 @@ if __name__ == "__main__":
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]!r}")
 
+
+
+PROBED = {
+    "relu": (keras.activations.relu, True), "sigmoid": (keras.activations.sigmoid, True),
+    "gelu": (keras.activations.gelu, True), "hard_silu": (keras.activations.hard_silu, True),
+    "leaky_relu": (keras.activations.leaky_relu, True), "selu": (keras.activations.selu, True),
+    "softmax": (keras.activations.softmax, False), "log_softmax": (keras.activations.log_softmax, False),
+    "centred": (lambda x: x - keras.ops.mean(x, axis=-1, keepdims=True), False),
+    "sort along the last axis": (lambda x: keras.ops.sort(x, axis=-1), False),
+    "cumulative sum": (lambda x: keras.ops.cumsum(x, axis=-1), False),
+    "scaled by its max": (lambda x: x * keras.ops.max(x), False),
+}
+
+
+@pytest.mark.parametrize("name", list(PROBED))
+def test_probe_tells_elementwise_functions_as_their_whole_jacobian_does(name):
+    """The probe tests elementwise-ness with two backward passes; the
+    independent reference is the whole Jacobian on the same inputs (diagonal
+    or not), and what the function is known to be."""
+    import tensorflow as tf
+
+    from tb_gradflow.keras import activation_capture
+
+    function, elementwise = PROBED[name]
+    x = tf.constant(activation_capture._PROBE_INPUT)
+    with tf.GradientTape(persistent=True) as tape:  # a Jacobian without pfor needs a persistent tape
+        tape.watch(x)
+        y = function(x)
+    jacobian = tf.reshape(tape.jacobian(y, x, experimental_use_pfor=False), [12, 12]).numpy()
+    assert bool(np.all(jacobian == np.diag(np.diag(jacobian)))) == elementwise
+    assert activation_capture.probe(function).elementwise == elementwise
