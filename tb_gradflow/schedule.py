@@ -81,7 +81,7 @@ def next_due(after, period, dense_start=DENSE_START, unit=1):
     A few `is_due` tests whatever the gap: a due execution count is a
     multiple of the period or of its own gap, and gaps never shrink, so
     only multiples of the period and of the current gap are candidates.
-    The callback asks this once per row, not each step (`_NextRows`).
+    The callback asks this once per row, not each step (`GradFlow._due`).
     """
     if period <= 0:
         return None
