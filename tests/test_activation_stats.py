@@ -586,6 +586,12 @@ PROBED = {
     "sort along the last axis": (lambda x: keras.ops.sort(x, axis=-1), False),
     "cumulative sum": (lambda x: keras.ops.cumsum(x, axis=-1), False),
     "scaled by its max": (lambda x: x * keras.ops.max(x), False),
+    # Mixed precision: the same functions computed in float16.
+    "relu in float16": (lambda x: keras.activations.relu(keras.ops.cast(x, "float16")), True),
+    "gelu in float16": (lambda x: keras.activations.gelu(keras.ops.cast(x, "float16")), True),
+    "softmax in float16": (lambda x: keras.activations.softmax(keras.ops.cast(x, "float16")), False),
+    "sigmoid in bfloat16": (lambda x: keras.activations.sigmoid(keras.ops.cast(x, "bfloat16")), True),
+    "softmax in bfloat16": (lambda x: keras.activations.softmax(keras.ops.cast(x, "bfloat16")), False),
 }
 
 
@@ -602,7 +608,7 @@ def test_probe_tells_elementwise_functions_as_their_whole_jacobian_does(name):
     x = tf.constant(activation_capture._PROBE_INPUT)
     with tf.GradientTape(persistent=True) as tape:  # a Jacobian without pfor needs a persistent tape
         tape.watch(x)
-        y = function(x)
+        y = tf.cast(function(x), tf.float32)  # tape.jacobian wants y in x's dtype; the cast is elementwise
     jacobian = tf.reshape(tape.jacobian(y, x, experimental_use_pfor=False), [12, 12]).numpy()
     assert bool(np.all(jacobian == np.diag(np.diag(jacobian)))) == elementwise
     assert activation_capture.probe(function).elementwise == elementwise

@@ -52,6 +52,7 @@ PROBE_LOW, PROBE_HIGH, PROBE_POINTS = -30.0, 30.0, 60001
 # a sort along an axis is the identity) and generic weights (no two equal).
 _PROBE_INPUT = np.random.default_rng(1).permutation(np.linspace(-3.0, 3.0, 12)).reshape(3, 4).astype(np.float32)
 _PROBE_WEIGHTS = np.random.default_rng(0).uniform(0.5, 2.0, (3, 4)).astype(np.float32)
+_EPSILON = {tf.float16: 2.0**-10, tf.bfloat16: 2.0**-7}
 
 # Activation layers whose function is `call` itself (elementwise on the input).
 CALL_ACTIVATION_CLASSES = ("ReLU", "LeakyReLU", "ELU")
@@ -85,9 +86,13 @@ def probe(function, saturation_derivative=0.0591):
         # small MLP went to them).
         gradients = [tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO).numpy()
                      for total in (plain_sum, weighted_sum)]
-        expected = _PROBE_WEIGHTS * gradients[0]
-        tolerance = 1e-5 * np.max(np.abs(expected), initial=0.0)
-        if not np.all(np.abs(gradients[1] - expected) <= tolerance):
+        expected = _PROBE_WEIGHTS * gradients[0].astype(np.float32)
+        # w * f' rounds once more in the function's dtype (a float16 output's
+        # gradients carry 3 significant digits); an off-diagonal entry moves
+        # it by the order of the values.
+        relative = max(1e-5, 16 * _EPSILON.get(y.dtype, 2.0**-23))
+        tolerance = relative * np.max(np.abs(expected), initial=0.0)
+        if not np.all(np.abs(gradients[1].astype(np.float32) - expected) <= tolerance):
             return ProbeResult(False, float("nan"), False)
         grid = tf.linspace(PROBE_LOW, PROBE_HIGH, PROBE_POINTS)
         with tf.GradientTape() as tape:
