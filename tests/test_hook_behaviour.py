@@ -11,9 +11,11 @@ devices must be set before TensorFlow starts) and the write failure
 with EFBIG, a real I/O error, no mock).
 """
 
+import copy
 import gc
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -567,6 +569,26 @@ def test_new_callback_takes_over_only_a_callback_of_the_same_arguments(tmp_path)
     del model, after, same, first, other, seen, first_functions
     gc.collect()
     assert alive() is None
+
+
+def test_a_model_that_keeps_its_callback_copies_pickles_and_saves_as_before(tmp_path):
+    """After a GradFlow fit the model holds its last callback (for the next
+    fit's, see `GradFlow._adoptable`); deepcopy, pickle and `model.save`
+    must work as on a model never hooked, carry no callback, and the copies
+    must predict and train as the original does."""
+    x, y = data(2 * BATCH)
+    model = sequential()
+    train(model, x, y, [GradFlow(str(tmp_path / "logs"), update_freq=1)])
+    assert "_tb_gradflow_last_callback" in model.__dict__
+    model.save(tmp_path / "model.keras")
+    copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
+              keras.models.load_model(tmp_path / "model.keras")]
+    expected = model.predict(x, verbose=0)
+    for twin in copies:
+        assert "_tb_gradflow_last_callback" not in twin.__dict__
+        np.testing.assert_array_equal(twin.predict(x, verbose=0), expected)
+        twin.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        assert all(np.isfinite(w).all() for w in twin.get_weights())
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
