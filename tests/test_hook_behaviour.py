@@ -571,6 +571,30 @@ def test_new_callback_takes_over_only_a_callback_of_the_same_arguments(tmp_path)
     assert alive() is None
 
 
+@pytest.mark.parametrize("order", ["new first", "old first"])
+def test_old_and_new_callback_of_the_same_arguments_in_one_fit_record_once(tmp_path, order):
+    """The first fit's callback passed again beside a new one of the same
+    arguments: the new one stands by (the old one is in the fit's list and
+    does the work), so each step is counted and written once, as with one
+    callback, and nothing warns."""
+    x, y = data(4 * BATCH)
+    kwargs = dict(update_freq=1, histogram_freq=0, activation_freq=0)
+    model = sequential()
+    old = GradFlow(str(tmp_path / "logs"), **kwargs)
+    train(model, x, y, [old])
+    new = GradFlow(str(tmp_path / "logs"), **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, x, y, [new, old] if order == "new first" else [old, new])
+    assert new._installed is None and new._kept is None
+    assert _run_contents(str(tmp_path / "logs"))[("layer", "grad_norm")][0] == list(range(1, 9))
+    # The old callback is still the model's last: a third fit adopts it.
+    third = GradFlow(str(tmp_path / "logs"), **kwargs)
+    train(model, x, y, [third])
+    assert third._delegate is old
+    assert _run_contents(str(tmp_path / "logs"))[("layer", "grad_norm")][0] == list(range(1, 13))
+
+
 def test_a_model_that_keeps_its_callback_copies_pickles_and_saves_as_before(tmp_path):
     """After a GradFlow fit the model holds its last callback (for the next
     fit's, see `GradFlow._adoptable`); deepcopy, pickle and `model.save`

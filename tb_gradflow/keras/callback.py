@@ -262,7 +262,15 @@ class GradFlow(keras.callbacks.Callback):
         its fit ends, see `on_train_end`)."""
         model = self.model
         last = getattr(model, "__dict__", {}).get(_LAST_CALLBACK)
-        if last is None or last is self or self._kept is not None:
+        if last is None or last is self:
+            return None
+        if self.params is not None and last.params is self.params and last._arguments() == self._arguments():
+            # The last callback is in this fit's list too (Keras hands every
+            # callback of a fit the same params): it does the fit's work
+            # itself, and this one stands by; forwarded as well, each step
+            # would be counted twice.
+            return _STANDING_BY
+        if self._kept is not None:
             return None
         if last.model is not model or last._kept is None or last._installed is not None:
             return None
@@ -927,6 +935,17 @@ class _TrainFunctions:
             self.model.train_function = function
         return function
 
+
+class _StandingBy:
+    """The delegate of a callback whose twin of the same arguments is in the
+    same fit and does its work (`GradFlow._adoptable`): every event is
+    dropped."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+_STANDING_BY = _StandingBy()
 
 # Per model: the train functions of the GradFlow callbacks hooked on it.
 _TRAIN_FUNCTIONS = weakref.WeakKeyDictionary()
