@@ -942,6 +942,9 @@ class _StandingBy:
     dropped."""
 
     def __getattr__(self, name):
+        # Callback events only: copy and pickle look up other names here.
+        if not (name.startswith("on_") or name in ("set_params", "set_model", "restore_model")):
+            raise AttributeError(name)
         return lambda *args, **kwargs: None
 
 
