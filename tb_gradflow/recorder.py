@@ -23,6 +23,7 @@ identical on every replica, so the first replica's copy is the global value.
 """
 
 import contextlib
+import functools
 import threading
 import weakref
 
@@ -862,7 +863,17 @@ def _moments(grad, scale):
 def _layer_moments(scale, *tensors):
     """[k, NUM_MOMENTS]: `_moments` of each of one layer's gradients (in an
     isolated call, where the non-finite mask can be a branch)."""
-    return tf.stack([stats.gradient_moments_masked_if_needed(tf.cast(t, tf.float32) / scale) for t in tensors])
+    moments = stats.gradient_moments if _gpu_visible() else stats.gradient_moments_masked_if_needed
+    return tf.stack([moments(tf.cast(t, tf.float32) / scale) for t in tensors])
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    """Whether TensorFlow sees a GPU. There the row moments keep the masked
+    formula: a branch's predicate is copied to the host (a sync per
+    gradient and row), while the passes it saves are cheap on a GPU's
+    bandwidth (docs/gpu_design.md). Measured on CPU only."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _layer_histograms(scale, *tensors):
