@@ -856,15 +856,15 @@ def _copy_weights(variables, snapshots):
     return tf.constant(True)
 
 
-def _moments(grad, scale):
-    return stats.gradient_moments(tf.cast(grad, tf.float32) / scale)
+def _moments(grad, scale, formula=stats.gradient_moments):
+    return formula(tf.cast(grad, tf.float32) / scale)
 
 
 def _layer_moments(scale, *tensors):
     """[k, NUM_MOMENTS]: `_moments` of each of one layer's gradients (in an
     isolated call, where the non-finite mask can be a branch)."""
-    moments = stats.gradient_moments if _gpu_visible() else stats.gradient_moments_masked_if_needed
-    return tf.stack([moments(tf.cast(t, tf.float32) / scale) for t in tensors])
+    formula = stats.gradient_moments if _gpu_visible() else stats.gradient_moments_masked_if_needed
+    return tf.stack([_moments(t, scale, formula) for t in tensors])
 
 
 @functools.lru_cache(maxsize=None)

@@ -569,14 +569,6 @@ def test_stacked_state_under_xla_keeps_each_activations_rows():
         np.testing.assert_array_equal(second.histogram_counts[i], first.histogram_counts[i])
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "mirrored":
-        _mirrored_main(sys.argv[2])
-    else:
-        raise SystemExit(f"unknown mode {sys.argv[1]!r}")
-
-
-
 PROBED = {
     "relu": (keras.activations.relu, True), "sigmoid": (keras.activations.sigmoid, True),
     "gelu": (keras.activations.gelu, True), "hard_silu": (keras.activations.hard_silu, True),
@@ -612,3 +604,10 @@ def test_probe_tells_elementwise_functions_as_their_whole_jacobian_does(name):
     jacobian = tf.reshape(tape.jacobian(y, x, experimental_use_pfor=False), [12, 12]).numpy()
     assert bool(np.all(jacobian == np.diag(np.diag(jacobian)))) == elementwise
     assert activation_capture.probe(function).elementwise == elementwise
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "mirrored":
+        _mirrored_main(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}")

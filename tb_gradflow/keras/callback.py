@@ -259,7 +259,8 @@ class GradFlow(keras.callbacks.Callback):
         model is unchanged (`_resume`) and instruments it afresh otherwise:
         either way the fit is what this callback alone would do. None where
         there is no such callback (this one is then the model's last once
-        its fit ends, see `on_train_end`)."""
+        its fit ends, see `on_train_end`); `_STANDING_BY` where that
+        callback is in this fit's list too."""
         model = self.model
         last = getattr(model, "__dict__", {}).get(_LAST_CALLBACK)
         if last is None or last is self:
