@@ -653,8 +653,8 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     width = chunk_width([min(per_example)])
     x, sizes = _activation_rows(tensors, unit_axes, stacks, width)
     row_counts = (sizes + width - 1) // width
-    owner = tf.repeat(tf.range(k), row_counts)  # the tensor of each row
     first_row = tf.cumsum(row_counts, exclusive=True)
+    owner = _row_owners(first_row, tf.shape(x)[0])  # the tensor of each row
     # Each element's position in its tensor; past the tensor's size, padding.
     position = ((tf.range(tf.shape(x)[0]) - tf.gather(first_row, owner)) * width)[:, None] + tf.range(width)[None, :]
     valid = position < tf.gather(sizes, owner)[:, None]
@@ -723,6 +723,25 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     unit_where = np.concatenate([np.arange(unit_offsets[j], unit_offsets[j + 1]) for j in where]).astype(np.int32)
     moments, active, low_high, counts = results
     return tf.gather(moments, where), tf.gather(active, unit_where), tf.gather(low_high, where), tf.gather(counts, where)
+
+
+def _row_owners(first_row, n_rows):
+    """int32 [n_rows]: the tensor each row belongs to, for tensors whose rows
+    are consecutive from `first_row` (int32 [k], non-decreasing; a tensor
+    without rows starts where the next one does).
+
+        >>> import tensorflow as tf
+        >>> _row_owners(tf.constant([0, 2, 2, 5]), 6).numpy().tolist()
+        [0, 0, 2, 2, 2, 3]
+
+    A 1 at each tensor's first row, summed cumulatively. Not `tf.repeat`:
+    XLA gives its output (a boolean mask's) a dynamic size bounded by
+    k x the largest row count, and on MobileNetV3Small's 142 shapes the
+    segment sums over rows then failed to compile ("indices shape to be
+    prefix of data_shape, 47785 vs. 2617344"): a crash of the step.
+    """
+    marks = tf.math.unsorted_segment_sum(tf.ones_like(first_row), first_row, n_rows + 1)
+    return tf.cumsum(marks[:n_rows]) - 1
 
 
 def _activation_stacks(tensors, unit_axes):

@@ -246,6 +246,43 @@ def test_multi_activation_statistics_of_an_empty_tensor(jit):
     np.testing.assert_array_equal(counts[1:], alone[3])
 
 
+# The shapes (with a batch of 2) of a set of MobileNetV3Small's variables:
+# as ReLU outputs under XLA, the row owners `tf.repeat` gave them did not
+# compile (found by delta debugging from all 142).
+_XLA_OWNER_SHAPES = [
+    (5, 5, 120, 1), (120,), (120,), (1, 1, 120, 32), (32,), (1, 1, 32, 120), (120,), (1, 1, 120, 48), (48,),
+    (1, 1, 144, 48), (48,), (48,), (1, 1, 48, 288), (288,), (288,), (5, 5, 288, 1), (288,), (288,), (1, 1, 288, 72),
+    (72,), (1, 1, 72, 288), (288,), (1, 1, 288, 96), (96,), (96,), (1, 1, 96, 576), (576,), (576,), (5, 5, 576, 1),
+    (576,), (576,), (1, 1, 576, 144), (144,), (1, 1, 144, 576), (576,), (1, 1, 576, 96), (96,), (96,),
+    (1, 1, 96, 576), (576,), (576,), (5, 5, 576, 1), (576,), (576,), (1, 1, 576, 144), (144,), (1, 1, 144, 576),
+    (576,), (1, 1, 576, 96), (96,), (96,), (1, 1, 96, 576), (576,), (576,), (1, 1, 576, 1024),
+]
+
+
+@pytest.mark.parametrize("static_batch", [True, False], ids=["static", "none-batch"])
+def test_multi_activation_statistics_compile_for_many_sizes_under_xla(static_batch):
+    """Fifty-five activations of one kind, from 32 to 589,824 elements (a
+    set that crashed XLA's compile of the step: "indices shape to be prefix
+    of data_shape"), measured together under XLA as numpy measures each:
+    counts and per-unit active counts exactly."""
+    arrays = [np.maximum(rng.normal(size=(2,) + shape).astype("float32"), 0.0) for shape in _XLA_OWNER_SHAPES]
+    signature = [tf.TensorSpec((2 if static_batch else None,) + shape, tf.float32) for shape in _XLA_OWNER_SHAPES]
+
+    @tf.function(jit_compile=True, input_signature=signature)
+    def compute(*tensors):
+        return stats.multi_activation_statistics(list(tensors), [0.5] * len(tensors), [-1] * len(tensors),
+                                                 op_type="Relu")
+
+    moments, active, ranges, _ = (np.asarray(t) for t in compute(*[tf.constant(a) for a in arrays]))
+    offset = 0
+    for i, a in enumerate(arrays):
+        rows = a.reshape(-1, a.shape[-1])
+        np.testing.assert_array_equal(moments[i, :3], [np.sum(a <= 0), a.size, a.size], err_msg=f"tensor {i}")
+        np.testing.assert_array_equal(active[offset:offset + a.shape[-1]], np.sum(rows > 0, axis=0))
+        assert tuple(ranges[i]) == (a.min(), a.max())
+        offset += a.shape[-1]
+    assert offset == active.size
+
 @pytest.mark.parametrize("units", ["coprime", "common-divisor"])
 @pytest.mark.parametrize("static_batch", [True, False], ids=["static", "none-batch"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
