@@ -16,12 +16,19 @@ after / before ratio of the medians.
 
 Statistics: `multi_tensor_statistics` with histograms (the inline row
 statistics under XLA), `layer_histograms` of all tensors joined,
-`log10_magnitude_counts` of each tensor, and the moments of each tensor
-(what the recorder's isolated calls compute without XLA).
+`log10_magnitude_counts` of each tensor, the moments of each tensor (what
+the recorder's isolated calls compute without XLA), the update sums of the
+update ratio (`multi_tensor_update_sums`) and `multi_activation_statistics`
+of ReLU outputs shaped as the gradients (units on the last axis; the
+inline activation statistics under XLA). Each is called as the recorder
+calls it: under XLA the versions that sum along rows by dot products
+(`stats.sum_rows`, 2026-12-04) do so.
 """
 
 import argparse
+import functools
 import importlib.util
+import inspect
 import json
 import os
 import pathlib
@@ -47,13 +54,27 @@ def load_stats(checkout, name):
     return module
 
 
-def statistics(stats, layer_of_variable, n_layers):
+def statistics(stats, layer_of_variable, n_layers, jit):
     import tensorflow as tf
 
     scale = tf.constant(1.0)
+
+    def as_recorder(function):
+        """`function` with the recorder's `by_dot` (XLA on a CPU), where the version has it."""
+        if "by_dot" in inspect.signature(function).parameters:
+            return functools.partial(function, by_dot=jit)
+        return function
+
+    def relu_outputs(tensors):
+        return [tf.nn.relu(t if t.shape.rank else t[None]) for t in tensors]
+
     return {
-        "multi_tensor_statistics": lambda *t: stats.multi_tensor_statistics(
+        "multi_tensor_statistics": lambda *t: as_recorder(stats.multi_tensor_statistics)(
             list(t), layer_of_variable, n_layers, scale, True),
+        "multi_tensor_update_sums": lambda *t: as_recorder(stats.multi_tensor_update_sums)(
+            list(t), [x * 0.5 for x in t]),
+        "multi_activation_statistics": lambda *t: as_recorder(stats.multi_activation_statistics)(
+            relu_outputs(t), [0.1] * len(t), [-1] * len(t), op_type="Relu"),
         "layer_histograms": lambda *t: stats.layer_histograms(list(t), scale),
         "log10_magnitude_counts": lambda *t: [stats.log10_magnitude_counts([x]) for x in t],
         # What the recorder's per-layer isolated calls compute without XLA
@@ -72,7 +93,7 @@ def measure(model_name, versions, jit, calls):
     tensors = bench_statistics_compile.random_gradients(shapes)
     functions = {}
     for version, stats in versions.items():
-        for name, computation in statistics(stats, layer_of_variable, n_layers).items():
+        for name, computation in statistics(stats, layer_of_variable, n_layers, jit).items():
             functions[(name, version)] = tf.function(computation, jit_compile=jit, autograph=False)
 
     def call(function):

@@ -161,6 +161,9 @@ class GradientRecorder:
         # context, where a nested isolated call cannot take the distributed
         # variables; there the statistics run inline.
         self._inline = bool(xla) or distributed
+        # Sums along rows of the inline statistics as dot products: XLA on
+        # a CPU (see `stats.sum_rows`).
+        self._sums_by_dot = bool(xla) and not _gpu_visible()
         # Under XLA (one replica) and ungated, the update ratio's "before"
         # is the weights in rows, read in the step before the update: a
         # tensor of the compiled step, not a copy in variables (see
@@ -388,7 +391,7 @@ class GradientRecorder:
         if dense:
             moments, layer_histograms = stats.multi_tensor_statistics(
                 [grads[i] for i in dense], [int(self.layer_of_variable[i]) for i in dense], self.n_layers, divisor,
-                histograms,
+                histograms, by_dot=self._sums_by_dot,
             )
             blocks.append(moments)
             order += dense
@@ -664,15 +667,15 @@ class GradientRecorder:
             def measure():
                 if rows_before is not None:
                     # The rows `snapshot_weights` read before the update.
-                    return tuple(tf.unstack(stats.rows_update_sums(variables, rows_before), axis=1))
+                    return tuple(tf.unstack(stats.rows_update_sums(variables, rows_before, self._sums_by_dot), axis=1))
                 if snapshots is not None and self._inline:
                     # In rows of all weights, as the gradients' (see _inline_statistics).
-                    return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots), axis=1))
+                    return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots, self._sums_by_dot), axis=1))
                 if snapshots is None and self._inline:
                     # Likewise: a per-variable reduction is a fusion each for
                     # XLA to compile (seed003_mlp: 20 of the step's 138).
                     nan = tf.fill([len(variables)], float("nan"))
-                    return stats.multi_tensor_sum_squares(variables), nan, nan
+                    return stats.multi_tensor_sum_squares(variables, self._sums_by_dot), nan, nan
                 if snapshots is None:
                     weight = self._isolated(_sum_squares_of)(variables)
                     nan = tf.fill([len(variables)], float("nan"))
@@ -872,7 +875,9 @@ def _gpu_visible():
     """Whether TensorFlow sees a GPU. There the row moments keep the masked
     formula: a branch's predicate is copied to the host (a sync per
     gradient and row), while the passes it saves are cheap on a GPU's
-    bandwidth (docs/gpu_design.md). Measured on CPU only."""
+    bandwidth (docs/gpu_design.md); and the inline statistics sum along
+    rows by reductions, not dots, which may run in TF32 there
+    (`stats.sum_rows`). Measured on CPU only."""
     return bool(tf.config.list_logical_devices("GPU"))
 
 

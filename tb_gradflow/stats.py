@@ -355,6 +355,46 @@ def groups_by_size(tensors):
 CHUNK_WIDTHS = tuple(2**p for p in range(5, 13))
 
 
+def sum_rows(rows, by_dot=False):
+    """float32 [n]: the sum along each row of `rows` (float32 [n, width]).
+
+        >>> import tensorflow as tf
+        >>> sum_rows(tf.constant([[1.0, 2.0], [3.0, 4.0]]), by_dot=True).numpy().tolist()
+        [3.0, 7.0]
+
+    `by_dot`: as the product of `rows` with a vector of ones, for code that
+    XLA compiles for a CPU. XLA's CPU backend runs a dot in its matrix
+    kernel, and a reduction whose input is a fused elementwise expression (a
+    square, a mask, a cast) as a plain loop: on rows of 1024 of seed003_mlp's
+    647k gradient elements a row sum of squares took ~0.5 ms as a
+    reduction, ~0.2 ms as a dot. In `benchmarks/bench_statistics_ab.py`
+    (2026-12-04, two runs; benchmarks/results/statistics_ab_sum_rows_by_dot_vs_a20a472.json)
+    `multi_tensor_statistics` went from 5.2 to 4.6 and 5.1 to 4.7 ms on
+    seed003_mlp and from 4.5 to 4.0 and 3.8 to 3.2 ms on the Transformer
+    block, the update ratio's sums from 2.7 to 2.0 and 2.1 ms on
+    seed003_mlp (MobileNetV3Small 0.74 and 0.99 of before; statistics left
+    unchanged moved by up to 10% in the same runs). The
+    activation statistics, whose rows are as narrow as the smallest
+    activation (often 32), gained nothing and keep the reduction. Not on
+    a GPU, where a float32 dot may run in TF32 (a 10-bit mantissa) and
+    XLA's reductions are fast; nor in TensorFlow graphs, whose reduction
+    kernels are multithreaded. The sum may round differently from the
+    reduction's (another order); a sum of integers below 2**24, a count, is
+    exact either way.
+    """
+    if by_dot:
+        return tf.linalg.matvec(rows, tf.ones([rows.shape[-1]], rows.dtype))
+    return tf.reduce_sum(rows, axis=1)
+
+
+def count_rows(mask, by_dot=False):
+    """int32 [n]: the true elements of each row of the bool `mask` [n, width]
+    (`sum_rows`; exact: a row holds at most max(CHUNK_WIDTHS) elements)."""
+    if by_dot:
+        return tf.cast(sum_rows(tf.cast(mask, tf.float32), by_dot=True), tf.int32)
+    return tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+
+
 def chunk_width(sizes):
     """The chunk width for tensors of these element counts: the one that
     makes the fewest padded elements plus 16 per chunk (a chunk is a row of
@@ -413,7 +453,7 @@ def chunk_rows(tensors, width):
     return (tf.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]), np.asarray(owner, np.int32)
 
 
-def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=True):
+def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histograms=True, by_dot=False):
     """The statistics of many tensors in a few ops, for code that runs inline
     in a compiled step (XLA, where each op is compile time).
 
@@ -441,6 +481,7 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
         zeros, as `GradientRecorder` writes for it.
       scale: a float32 scalar the tensors are divided by.
       histograms: compute the per-layer histograms too.
+      by_dot: sum along the rows by dot products (`sum_rows`; XLA on a CPU).
 
     Returns:
       (moments [len(tensors), 5] as `gradient_moments`, in the order of
@@ -466,11 +507,11 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     finite = tf.math.is_finite(x)
     absolute = tf.where(finite, tf.abs(x), 0.0)
     sums = tf.math.unsorted_segment_sum(
-        tf.stack([tf.reduce_sum(tf.square(absolute), axis=1), tf.reduce_sum(absolute, axis=1)], axis=1), owner, k)
+        tf.stack([sum_rows(tf.square(absolute), by_dot), sum_rows(absolute, by_dot)], axis=1), owner, k)
     # Counts in int32 (exact), made float32 once per tensor.
-    finite_in_row = tf.reduce_sum(tf.cast(finite, tf.int32), axis=1)
+    finite_in_row = count_rows(finite, by_dot)
     tensor_counts = tf.math.unsorted_segment_sum(
-        tf.stack([tf.reduce_sum(tf.cast(tf.not_equal(x, 0.0), tf.int32), axis=1), finite_in_row], axis=1), owner, k)
+        tf.stack([count_rows(tf.not_equal(x, 0.0), by_dot), finite_in_row], axis=1), owner, k)
     largest = tf.math.unsorted_segment_max(tf.reduce_max(absolute, axis=1), owner, k)
     padded_sizes = np.bincount(owner, minlength=k).astype(np.int32) * width
     moments = tf.stack([
@@ -534,12 +575,12 @@ def layer_histograms(tensors, scale):
     return tf.stack([low, high]), equal_width_counts(joined, low, high), log10_magnitude_counts(joined)
 
 
-def _finite_square_sum(rows):
-    """[chunks]: the sum of squares of each row's finite elements."""
-    return tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(rows), rows, 0.0)), axis=1)
+def _finite_square_sum(rows, by_dot=False):
+    """[chunks]: the sum of squares of each row's finite elements (`sum_rows`)."""
+    return sum_rows(tf.square(tf.where(tf.math.is_finite(rows), rows, 0.0)), by_dot)
 
 
-def multi_tensor_sum_squares(tensors):
+def multi_tensor_sum_squares(tensors, by_dot=False):
     """[len(tensors)]: the sum of squares of each tensor's finite elements
     (`sum_squares`), in a few ops as `multi_tensor_statistics` (the weight
     norms without the update ratio: one reduction over rows, not one per
@@ -553,10 +594,10 @@ def multi_tensor_sum_squares(tensors):
     if None in sizes:
         return tf.stack([sum_squares(t) for t in tensors])
     x, owner = chunk_rows(tensors, chunk_width(sizes))
-    return tf.math.unsorted_segment_sum(_finite_square_sum(x), owner, len(tensors))
+    return tf.math.unsorted_segment_sum(_finite_square_sum(x, by_dot), owner, len(tensors))
 
 
-def multi_tensor_update_sums(weights, before):
+def multi_tensor_update_sums(weights, before, by_dot=False):
     """[len(weights), 3]: ||w||^2, ||w - w_before||^2, ||w_before||^2 of each
     pair over its finite elements (`sum_squares`), in a few ops as
     `multi_tensor_statistics` (both cut into the same rows).
@@ -569,7 +610,7 @@ def multi_tensor_update_sums(weights, before):
     if None in sizes:
         return tf.stack([tf.stack([sum_squares(w), sum_squares(tf.cast(w, tf.float32) - tf.cast(b, tf.float32)),
                                    sum_squares(b)]) for w, b in zip(weights, before)])
-    return rows_update_sums(weights, weight_rows(before))
+    return rows_update_sums(weights, weight_rows(before), by_dot)
 
 
 def weight_rows(weights):
@@ -588,12 +629,12 @@ def _weight_rows_and_owner(weights):
     return chunk_rows(weights, chunk_width([w.shape.num_elements() for w in weights]))
 
 
-def rows_update_sums(weights, before_rows):
+def rows_update_sums(weights, before_rows, by_dot=False):
     """`multi_tensor_update_sums(weights, before)` from `weight_rows(before)`
     (the rows of the same shapes, taken earlier)."""
     w, owner = _weight_rows_and_owner(weights)
-    rows = tf.stack([_finite_square_sum(w), _finite_square_sum(w - before_rows), _finite_square_sum(before_rows)],
-                    axis=1)
+    rows = tf.stack([_finite_square_sum(w, by_dot), _finite_square_sum(w - before_rows, by_dot),
+                     _finite_square_sum(before_rows, by_dot)], axis=1)
     return tf.math.unsorted_segment_sum(rows, owner, len(weights))
 
 
@@ -663,7 +704,7 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
         return tf.math.unsorted_segment_sum(row_values, owner, k)
 
     def row_count(mask):
-        return per_tensor(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
+        return per_tensor(count_rows(mask))
 
     if op_type is not None:
         a = tf.stop_gradient(x)
@@ -675,7 +716,7 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     finite = tf.logical_and(valid, tf.math.is_finite(a))
     n_finite = tf.cast(row_count(finite), tf.float32)
     a = tf.where(finite, a, 0.0)
-    total = per_tensor(tf.reduce_sum(a, axis=1))
+    total = per_tensor(sum_rows(a))
     local_mean = total / tf.maximum(n_finite, 1.0)
     centred = tf.where(finite, tf.square(a - tf.gather(local_mean, owner)[:, None]), 0.0)
     threshold = tf.gather(tf.constant(thresholds, tf.float32), owner)[:, None]
@@ -684,7 +725,7 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
         tf.cast(sizes, tf.float32),
         n_finite,
         total,
-        per_tensor(tf.reduce_sum(centred, axis=1)),
+        per_tensor(sum_rows(centred)),
         total * local_mean,
     ], axis=1)
     # Active counts per unit: each row is cut into blocks of g, a divisor of

@@ -82,7 +82,8 @@ def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
     report = run_benchmark(tmp_path, "bench_statistics_ab.py", "--before", str(ROOT), "--models", "tiny",
                            "--calls", "2")
     assert [r["statistic"] for r in report["rows"]] == [
-        "multi_tensor_statistics", "layer_histograms", "log10_magnitude_counts", "moments of each tensor"]
+        "multi_tensor_statistics", "multi_tensor_update_sums", "multi_activation_statistics", "layer_histograms",
+        "log10_magnitude_counts", "moments of each tensor"]
     for row in report["rows"]:
         assert row["model"] == "tiny" and row["xla"] is True and row["tensors"] == 6
         assert row["before_median_ms"] > 0 and row["after_median_ms"] > 0 and row["ratio"] > 0

@@ -147,6 +147,33 @@ def test_moments_masked_only_if_needed_equal_the_masked_moments(name, jit):
         np.testing.assert_allclose(branched, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_row_sums_by_dot_match_the_reduction(jit):
+    """`sum_rows` by a dot product against float64 numpy (within float32
+    rounding; the reduction too), and `count_rows` by one exactly, at the
+    widest rows `chunk_rows` makes (a count there is at most 4096, exact
+    in the dot's float32 partial sums): the XLA-on-CPU path of the inline
+    statistics."""
+    width = max(stats.CHUNK_WIDTHS)
+    values = rng.normal(size=(37, width)).astype("float32") * np.float32(10.0) ** rng.integers(-20, 20, size=(37, 1))
+    mask = rng.random(size=(37, width)) < np.linspace(0.0, 1.0, 37)[:, None]
+    mask[-1] = True  # a full row: the largest count
+
+    @tf.function(jit_compile=jit)
+    def compute(rows, flags):
+        return [stats.sum_rows(rows, by_dot) for by_dot in (False, True)] + [
+            stats.count_rows(flags, by_dot) for by_dot in (False, True)]
+
+    reduced, dotted, counted, counted_by_dot = (t.numpy() for t in compute(tf.constant(values), tf.constant(mask)))
+    expected = values.astype(np.float64).sum(axis=1)
+    scale = np.abs(values).astype(np.float64).sum(axis=1)  # cancellation: error relative to the sum of |x|
+    np.testing.assert_array_less(np.abs(dotted - expected), 1e-5 * scale)
+    np.testing.assert_array_less(np.abs(reduced - expected), 1e-5 * scale)
+    assert counted_by_dot.dtype == np.int32
+    np.testing.assert_array_equal(counted_by_dot, mask.sum(axis=1))
+    np.testing.assert_array_equal(counted, mask.sum(axis=1))
+
+
 def _shared_size_layer(i):
     # One size, two shapes in turn: chunk_rows stacks by shape within a
     # size, so its rows are not in the tensors' order.
@@ -156,16 +183,18 @@ def _shared_size_layer(i):
     return [a]
 
 
+@pytest.mark.parametrize("by_dot", [False, True], ids=["reduce", "dot"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per layer"])
-def test_multi_tensor_statistics_match_independent_references(jit, static_sizes):
+def test_multi_tensor_statistics_match_independent_references(jit, static_sizes, by_dot):
     """Every DATA case is one layer, plus a layer without tensors, a zero-size
     tensor, and twelve layers of one size (so that chunks of one stack belong
     to different layers and a tensor spans several chunks): the statistics
     give each tensor's moments and each layer's range and counts as numpy and
     TensorBoard's histogram do. With static sizes the tensors are cut into
     chunks; a tensor of unknown size (a trace with a `None` dimension) sends
-    them all to the per-tensor and per-layer functions."""
+    them all to the per-tensor and per-layer functions. Sums along the rows
+    by reductions and by dot products (`stats.sum_rows`)."""
     layers = list(DATA.values()) + [[], [rng.normal(size=(7, 7)).astype("float32"), np.zeros([0], "float32")]]
     layers += [_shared_size_layer(i) for i in range(12)]
     tensors = [a for arrays in layers for a in arrays]
@@ -178,7 +207,8 @@ def test_multi_tensor_statistics_match_independent_references(jit, static_sizes)
 
     @tf.function(jit_compile=jit, input_signature=signature)
     def compute(*arrays):
-        return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, len(layers), tf.constant(scale))
+        return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, len(layers), tf.constant(scale),
+                                             by_dot=by_dot)
 
     moments, (ranges, counts, log_counts) = compute(*[tf.constant(a) for a in tensors])
     for i, a in enumerate(tensors):
@@ -197,9 +227,10 @@ def test_multi_tensor_statistics_match_independent_references(jit, static_sizes)
                                       err_msg=f"layer {li}")
 
 
+@pytest.mark.parametrize("by_dot", [False, True], ids=["reduce", "dot"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per tensor"])
-def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
+def test_multi_tensor_update_sums_match_numpy(jit, static_sizes, by_dot):
     """Tensors of one size and of sizes of their own, a NaN weight; with a
     tensor of unknown size (a `None` dimension in the trace) the sums go
     tensor by tensor. And the weight norms alone (`multi_tensor_sum_squares`)."""
@@ -213,12 +244,12 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes):
         return np.sum(x[np.isfinite(x)] ** 2)
 
     specs = [tf.TensorSpec(w.shape if static_sizes or i else [None] * w.ndim, tf.float32) for i, w in enumerate(weights)]
-    sums = tf.function(stats.multi_tensor_update_sums, jit_compile=jit, input_signature=[specs, specs])(
-        [tf.constant(w) for w in weights], [tf.constant(b) for b in before])
+    sums = tf.function(lambda w, b: stats.multi_tensor_update_sums(w, b, by_dot), jit_compile=jit,
+                       input_signature=[specs, specs])([tf.constant(w) for w in weights], [tf.constant(b) for b in before])
     expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
     # The weight norms alone (no update ratio), the same way.
-    norms = tf.function(stats.multi_tensor_sum_squares, jit_compile=jit, input_signature=[specs])(
+    norms = tf.function(lambda w: stats.multi_tensor_sum_squares(w, by_dot), jit_compile=jit, input_signature=[specs])(
         [tf.constant(w) for w in weights])
     np.testing.assert_allclose(norms, [finite_sum(w) for w in weights], rtol=1e-5)
 
