@@ -161,9 +161,7 @@ class GradientRecorder:
         # context, where a nested isolated call cannot take the distributed
         # variables; there the statistics run inline.
         self._inline = bool(xla) or distributed
-        # Sums along rows of the inline statistics as dot products: XLA on
-        # a CPU (see `stats.sum_rows`).
-        self._sums_by_dot = bool(xla) and not _gpu_visible()
+        self._xla = bool(xla)
         # Under XLA (one replica) and ungated, the update ratio's "before"
         # is the weights in rows, read in the step before the update: a
         # tensor of the compiled step, not a copy in variables (see
@@ -225,6 +223,14 @@ class GradientRecorder:
             if self.clipping:
                 self.applied_sum_squares = state("applied_sum_squares", [n_vars], init=float("nan"))
                 self.applied_step = state("applied_step", [], tf.int64, -1)
+
+    @property
+    def _sums_by_dot(self):
+        """Whether the inline statistics sum along rows by dot products: XLA
+        on a CPU (`stats.sum_rows`). Asked while a step is traced: asking
+        TensorFlow for its devices in the constructor would start its
+        runtime, after which a user's device configuration fails."""
+        return self._xla and not _gpu_visible()
 
     def restart(self, step):
         """Host, between fits (one replica): every state variable back to the
