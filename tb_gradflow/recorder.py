@@ -230,7 +230,7 @@ class GradientRecorder:
         on a CPU (`stats.sum_rows`). Asked while a step is traced: asking
         TensorFlow for its devices in the constructor would start its
         runtime, after which a user's device configuration fails."""
-        return self._xla and not _gpu_visible()
+        return self._xla and _cpu_only()
 
     def restart(self, step):
         """Host, between fits (one replica): every state variable back to the
@@ -881,10 +881,17 @@ def _gpu_visible():
     """Whether TensorFlow sees a GPU. There the row moments keep the masked
     formula: a branch's predicate is copied to the host (a sync per
     gradient and row), while the passes it saves are cheap on a GPU's
-    bandwidth (docs/gpu_design.md); and the inline statistics sum along
-    rows by reductions, not dots, which may run in TF32 there
-    (`stats.sum_rows`). Measured on CPU only."""
+    bandwidth (docs/gpu_design.md). Measured on CPU only."""
     return bool(tf.config.list_logical_devices("GPU"))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_only():
+    """Whether TensorFlow sees neither a GPU nor a TPU: only then do the
+    inline statistics sum along rows by dot products (`stats.sum_rows`).
+    A float32 dot may run in TF32 on a GPU and in bfloat16 passes on a TPU
+    at their default precision; a reduction is exact to float32 there."""
+    return not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices("TPU")
 
 
 def _layer_histograms(scale, *tensors):

@@ -376,9 +376,9 @@ def sum_rows(rows, by_dot=False):
     unchanged moved by up to 10% in the same runs). The
     activation statistics, whose rows are as narrow as the smallest
     activation (often 32), gained nothing and keep the reduction. Not on
-    a GPU, where a float32 dot may run in TF32 (a 10-bit mantissa) and
-    XLA's reductions are fast; nor in TensorFlow graphs, whose reduction
-    kernels are multithreaded. The sum may round differently from the
+    a GPU or TPU, where a float32 dot may run in TF32 (a 10-bit mantissa)
+    or bfloat16 passes and XLA's reductions are fast; nor in TensorFlow
+    graphs, whose reduction kernels are multithreaded. The sum may round differently from the
     reduction's (another order); a sum of integers below 2**24, a count, is
     exact either way.
     """
