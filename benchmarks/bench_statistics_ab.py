@@ -21,8 +21,8 @@ the recorder's isolated calls compute without XLA), the update sums of the
 update ratio (`multi_tensor_update_sums`) and `multi_activation_statistics`
 of ReLU outputs shaped as the gradients (units on the last axis; the
 inline activation statistics under XLA). Each is called as the recorder
-calls it: under XLA the versions that sum along rows by dot products
-(`stats.sum_rows`, 2026-12-04) do so.
+calls it: under XLA on a CPU the versions that sum the gradients' and
+weights' rows by dot products (`stats.sum_rows`, 2026-12-04) do so.
 """
 
 import argparse
@@ -57,12 +57,15 @@ def load_stats(checkout, name):
 def statistics(stats, layer_of_variable, n_layers, jit):
     import tensorflow as tf
 
+    from tb_gradflow import recorder
+
     scale = tf.constant(1.0)
+    by_dot = jit and recorder._cpu_only()  # as `GradientRecorder._sums_by_dot`
 
     def as_recorder(function):
-        """`function` with the recorder's `by_dot` (XLA on a CPU), where the version has it."""
+        """`function` with the recorder's `by_dot`, where the version has it."""
         if "by_dot" in inspect.signature(function).parameters:
-            return functools.partial(function, by_dot=jit)
+            return functools.partial(function, by_dot=by_dot)
         return function
 
     def relu_outputs(tensors):
@@ -73,7 +76,7 @@ def statistics(stats, layer_of_variable, n_layers, jit):
             list(t), layer_of_variable, n_layers, scale, True),
         "multi_tensor_update_sums": lambda *t: as_recorder(stats.multi_tensor_update_sums)(
             list(t), [x * 0.5 for x in t]),
-        "multi_activation_statistics": lambda *t: as_recorder(stats.multi_activation_statistics)(
+        "multi_activation_statistics": lambda *t: stats.multi_activation_statistics(
             relu_outputs(t), [0.1] * len(t), [-1] * len(t), op_type="Relu"),
         "layer_histograms": lambda *t: stats.layer_histograms(list(t), scale),
         "log10_magnitude_counts": lambda *t: [stats.log10_magnitude_counts([x]) for x in t],

@@ -676,7 +676,8 @@ class GradientRecorder:
                     return tuple(tf.unstack(stats.rows_update_sums(variables, rows_before, self._sums_by_dot), axis=1))
                 if snapshots is not None and self._inline:
                     # In rows of all weights, as the gradients' (see _inline_statistics).
-                    return tuple(tf.unstack(stats.multi_tensor_update_sums(variables, snapshots, self._sums_by_dot), axis=1))
+                    sums = stats.multi_tensor_update_sums(variables, snapshots, self._sums_by_dot)
+                    return tuple(tf.unstack(sums, axis=1))
                 if snapshots is None and self._inline:
                     # Likewise: a per-variable reduction is a fusion each for
                     # XLA to compile (seed003_mlp: 20 of the step's 138).
@@ -891,7 +892,7 @@ def _cpu_only():
     inline statistics sum along rows by dot products (`stats.sum_rows`).
     A float32 dot may run in TF32 on a GPU and in bfloat16 passes on a TPU
     at their default precision; a reduction is exact to float32 there."""
-    return not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices("TPU")
+    return not _gpu_visible() and not tf.config.list_logical_devices("TPU")
 
 
 def _layer_histograms(scale, *tensors):

@@ -378,9 +378,9 @@ def sum_rows(rows, by_dot=False):
     activation (often 32), gained nothing and keep the reduction. Not on
     a GPU or TPU, where a float32 dot may run in TF32 (a 10-bit mantissa)
     or bfloat16 passes and XLA's reductions are fast; nor in TensorFlow
-    graphs, whose reduction kernels are multithreaded. The sum may round differently from the
-    reduction's (another order); a sum of integers below 2**24, a count, is
-    exact either way.
+    graphs, whose reduction kernels are multithreaded. The sum may round
+    differently from the reduction's (another order); a sum of integers
+    below 2**24, a count, is exact either way.
     """
     if by_dot:
         return tf.linalg.matvec(rows, tf.ones([rows.shape[-1]], rows.dtype))

@@ -244,8 +244,9 @@ def test_multi_tensor_update_sums_match_numpy(jit, static_sizes, by_dot):
         return np.sum(x[np.isfinite(x)] ** 2)
 
     specs = [tf.TensorSpec(w.shape if static_sizes or i else [None] * w.ndim, tf.float32) for i, w in enumerate(weights)]
-    sums = tf.function(lambda w, b: stats.multi_tensor_update_sums(w, b, by_dot), jit_compile=jit,
-                       input_signature=[specs, specs])([tf.constant(w) for w in weights], [tf.constant(b) for b in before])
+    update_sums = tf.function(lambda w, b: stats.multi_tensor_update_sums(w, b, by_dot), jit_compile=jit,
+                              input_signature=[specs, specs])
+    sums = update_sums([tf.constant(w) for w in weights], [tf.constant(b) for b in before])
     expected = [[finite_sum(w), finite_sum(w - b), finite_sum(b)] for w, b in zip(weights, before)]
     np.testing.assert_allclose(sums, expected, rtol=1e-5)
     # The weight norms alone (no update ratio), the same way.
