@@ -40,24 +40,66 @@ def tensorboard_counts(arrays):
 def on_device(arrays, jit):
     @tf.function(jit_compile=jit)
     def count(*tensors):
-        low, high = stats.finite_range(list(tensors))
-        return low, high, stats.equal_width_counts(list(tensors), low, high), stats.log10_magnitude_counts(list(tensors))
+        tensors = list(tensors)
+        low, high = stats.finite_range(tensors)
+        separate = low, high, stats.equal_width_counts(tensors, low, high), stats.log10_magnitude_counts(tensors)
+        joined_range, joined_counts, joined_log_counts = stats.layer_histograms(tensors, tf.constant(1.0))
+        return separate, (joined_range[0], joined_range[1], joined_counts, joined_log_counts)
 
-    return [np.asarray(t) for t in count(*[tf.constant(a) for a in arrays])]
+    return [[np.asarray(t) for t in results] for results in count(*[tf.constant(a) for a in arrays])]
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("name", list(DATA))
 def test_counts_match_independent_references(name, jit):
+    """Each statistic on its own, and `layer_histograms` (which counts both
+    histograms at once where the elements outnumber the joint keys: the
+    5000 magnitudes across decades)."""
     arrays = DATA[name]
-    low, high, counts, log_counts = on_device(arrays, jit)
     values = np.concatenate([a.ravel() for a in arrays])
     finite = values[np.isfinite(values)]
-    assert (low, high) == ((finite.min(), finite.max()) if finite.size else (0.0, 0.0))
-    np.testing.assert_array_equal(counts, tensorboard_counts(arrays))
     nonzero = np.abs(finite[finite != 0]).astype(np.float64)
     decades = np.clip(np.floor(np.log10(nonzero)).astype(int) - metadata.LOG10_LOW, 0, metadata.LOG10_BUCKETS - 1)
-    np.testing.assert_array_equal(log_counts, np.bincount(decades, minlength=metadata.LOG10_BUCKETS))
+    for low, high, counts, log_counts in on_device(arrays, jit):
+        assert (low, high) == ((finite.min(), finite.max()) if finite.size else (0.0, 0.0))
+        np.testing.assert_array_equal(counts, tensorboard_counts(arrays))
+        np.testing.assert_array_equal(log_counts, np.bincount(decades, minlength=metadata.LOG10_BUCKETS))
+
+
+def _count_ops(concrete_function):
+    return sum(op.type == "DenseBincount" for op in concrete_function.graph.get_operations())
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_histogram_counts_one_count_where_elements_outnumber_joint_keys(jit):
+    """`stats.histogram_counts` counts (layer, bucket, decade) keys once where
+    the elements are at least as many as the keys, else twice; both give
+    the counts numpy gives, over three layers, with non-finite elements,
+    zeros and every bucket index."""
+    n_layers, keys = 3, metadata.HISTOGRAM_BUCKETS * (metadata.LOG10_BUCKETS + 1)
+    for size in (n_layers * keys, n_layers * keys - 1):
+        x = (10.0 ** rng.uniform(-25, 5, size=size) * rng.choice([-1, 0, 1], size=size)).astype("float32")
+        x[::97] = np.nan
+        x[5::101] = -np.inf
+        index = rng.integers(0, metadata.HISTOGRAM_BUCKETS, size=size).astype("int32")
+        layer = rng.integers(0, n_layers, size=size).astype("int32")
+
+        @tf.function(jit_compile=jit)
+        def count(x, index, layer):
+            return stats.histogram_counts(x, tf.math.is_finite(x), index, layer, n_layers)
+
+        arguments = [tf.constant(a) for a in (x, index, layer)]
+        assert _count_ops(count.get_concrete_function(*arguments)) == (1 if size == n_layers * keys else 2)
+        counts, log_counts = (t.numpy() for t in count(*arguments))
+        finite = np.isfinite(x)
+        nonzero = finite & (x != 0)
+        decades = np.clip(np.floor(np.log10(np.abs(x[nonzero]).astype(np.float64))).astype(int) - metadata.LOG10_LOW,
+                          0, metadata.LOG10_BUCKETS - 1)
+        for li in range(n_layers):
+            np.testing.assert_array_equal(
+                counts[li], np.bincount(index[finite & (layer == li)], minlength=metadata.HISTOGRAM_BUCKETS))
+            np.testing.assert_array_equal(
+                log_counts[li], np.bincount(decades[layer[nonzero] == li], minlength=metadata.LOG10_BUCKETS))
 
 
 def exact_decade_bucket(value):
