@@ -74,3 +74,50 @@ def test_activation_statistics_rows_equal_the_one_layer_formula():
         }
         for name, value in expected.items():
             np.testing.assert_array_equal(rows[name][i], value, err_msg=f"{name} row {i}")
+
+
+def test_values_are_those_tensorboard_builds(tmp_path):
+    """Each value the writer writes (its tensor copied from a per-tag header,
+    the values set) is the Summary.Value TensorBoard's own
+    `make_tensor_proto` gives, read back by TensorBoard's event loader; over
+    two rows per tag (the header is reused), each written dtype and shape
+    (scalars, vectors, matrices, an empty vector) and one it converts
+    generically (uint8); metadata on a tag's first value only."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.util import tensor_util
+
+    from tb_gradflow.writer import EventWriter
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        "f32 scalar": lambda: np.float32(rng.normal()),
+        "f64 scalar": lambda: np.float64(rng.normal()),
+        "i32 scalar": lambda: np.int32(rng.integers(-9, 9)),
+        "i64 scalar": lambda: np.int64(rng.integers(-9, 9)),
+        "f32 vector": lambda: rng.normal(size=7).astype(np.float32),
+        "f64 matrix": lambda: rng.normal(size=(30, 3)),
+        "i32 matrix": lambda: rng.integers(-9, 9, (2, 5)).astype(np.int32),
+        "i64 vector": lambda: rng.integers(-9, 9, 4),
+        "empty f32": lambda: np.zeros(0, np.float32),
+        "uint8 vector": lambda: rng.integers(0, 255, 6).astype(np.uint8),
+    }
+    written = {}
+    writer = EventWriter(str(tmp_path))
+    for step in (1, 2):
+        row = {tag: make() for tag, make in arrays.items()}
+        written[step] = row
+        metadata_of = {tag: summary_pb2.SummaryMetadata(summary_description=tag) for tag in row}
+        writer._emit(step, [writer._summary_value(tag, a, metadata_of[tag]) for tag, a in row.items()])
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    events = [e for e in EventFileLoader(str(path)).Load() if e.summary.value]
+    assert [e.step for e in events] == [1, 2]
+    for event in events:
+        assert [v.tag for v in event.summary.value] == list(arrays)
+        for value in event.summary.value:
+            expected = summary_pb2.Summary.Value(
+                tag=value.tag, tensor=tensor_util.make_tensor_proto(written[event.step][value.tag]))
+            if event.step == 1:
+                expected.metadata.summary_description = value.tag
+            assert value.SerializeToString() == expected.SerializeToString(), (event.step, value.tag)
