@@ -233,7 +233,6 @@ def log10_magnitude_counts(tensors):
     return _count(tf.where(keep, _decade_index(t), LOG10_BUCKETS), LOG10_BUCKETS)
 
 
-
 # Keys of one layer's joint count: (equal-width bucket, decade or none).
 _JOINT_KEYS = HISTOGRAM_BUCKETS * (LOG10_BUCKETS + 1)
 
@@ -275,7 +274,8 @@ def histogram_counts(x, finite, index, layer, n_layers):
                     n_layers * HISTOGRAM_BUCKETS)
     log_counts = _count(tf.reshape(tf.where(keep, layer * LOG10_BUCKETS + decade, n_layers * LOG10_BUCKETS), [-1]),
                         n_layers * LOG10_BUCKETS)
-    return (tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), tf.reshape(log_counts, [n_layers, LOG10_BUCKETS]))
+    return tf.reshape(counts, [n_layers, HISTOGRAM_BUCKETS]), tf.reshape(log_counts, [n_layers, LOG10_BUCKETS])
+
 
 # Column layout of activation_moments (the host derives the statistics in
 # run_logger; all columns add up across replicas, see ActivationRecorder).

@@ -189,12 +189,19 @@ class EventWriter:
                 if self._failed is not None:
                     return
             self._exists_checked_at = step
-            event = event_pb2.Event(step=int(step), wall_time=time.time())
-            for value in values:
-                if isinstance(value, summary_pb2.Summary.Value):
-                    event.summary.value.append(value)
-                else:
-                    self._add_value(event, *value)
+        except Exception as e:  # Never fatal: whatever the filesystem does.
+            self._fail(e)
+            return
+        # Built after a recreation (a new file's values carry their metadata
+        # again) and outside the write's try: a value that cannot be built is
+        # the caller's error, raised to it, not a failed disk.
+        event = event_pb2.Event(step=int(step), wall_time=time.time())
+        for value in values:
+            if isinstance(value, summary_pb2.Summary.Value):
+                event.summary.value.append(value)
+            else:
+                self._add_value(event, *value)
+        try:
             if not self._writer.write(event.SerializeToString()):
                 self._fail(self._writer.error)
         except Exception as e:  # Never fatal: whatever the filesystem does.

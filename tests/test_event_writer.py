@@ -121,3 +121,22 @@ def test_values_are_those_tensorboard_builds(tmp_path):
             if event.step == 1:
                 expected.metadata.summary_description = value.tag
             assert value.SerializeToString() == expected.SerializeToString(), (event.step, value.tag)
+
+
+def test_a_value_that_cannot_be_built_raises_to_the_caller_and_the_writer_goes_on(tmp_path):
+    """A value TensorBoard cannot convert is the caller's error (raised to it),
+    not a failed disk: the writer does not stop, the next event is written."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto import summary_pb2
+
+    from tb_gradflow.writer import EventWriter
+
+    writer = EventWriter(str(tmp_path))
+    md = summary_pb2.SummaryMetadata()
+    with pytest.raises(TypeError):
+        writer._emit(1, [writer._summary_value("bad", np.array([object()]), md)])
+    assert writer.failed is None
+    writer._emit(2, [writer._summary_value("good", np.float32(1.5), md)])
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    assert [(e.step, v.tag) for e in EventFileLoader(str(path)).Load() for v in e.summary.value] == [(2, "good")]

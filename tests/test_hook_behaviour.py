@@ -826,6 +826,14 @@ def test_log_dir_deleted_mid_run_is_noticed_recreated_and_filled(tmp_path):
     series = reader.layer_series("train", "grad_norm")
     assert series.steps.tolist() in ([5, 6, 7, 8], [4, 5, 6, 7, 8]), series.steps.tolist()
     assert np.all(np.isfinite(series.values))
+    # In the new file a statistic's first value carries its metadata again
+    # (built after the recreation: TensorBoard takes a tag's plugin from it).
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    [new_file] = [path for path in event_files(log_dir) if path.endswith(".gradflow")]
+    tag = metadata.layer_statistic_tag("grad_norm")
+    first = next(v for e in EventFileLoader(new_file).Load() for v in e.summary.value if v.tag == tag)
+    assert first.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME
 
 
 def test_uncompiled_model(tmp_path):
