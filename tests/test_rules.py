@@ -450,7 +450,8 @@ def _dense_keys(rng, n_rows, n_layers):
     rows = rng.integers(-n_rows, n_rows, 5)
     layers = rng.integers(-n_layers, n_layers, 5)
     mask = rng.random((n_rows, n_layers)) < 0.3
-    return [int(rows[0]), (int(rows[0]), int(layers[0])), rows, (rows, int(layers[0])), (rows, layers),
+    # Whole rows (an int, a numpy int, the last) take FiredValues' one-row path.
+    return [int(rows[0]), rows[1], -1, n_rows - 1, (int(rows[0]), int(layers[0])), rows, (rows, int(layers[0])), (rows, layers),
             slice(1, None, 2), (slice(None), int(layers[1])), (slice(2, -1), layers[:3]), mask, ~mask,
             mask[:, 0], (mask[:, 0], slice(None)), (rows[:, None], layers[None, :]), Ellipsis, (Ellipsis, -1)]
 
