@@ -949,3 +949,73 @@ if __name__ == "__main__":
     {"determinism": _determinism_main, "write_failure": _write_failure_main,
      "xla_determinism": _xla_determinism_main,
      "mirrored_determinism": _mirrored_determinism_main}[sys.argv[1]](sys.argv[2])
+
+
+class _CountTraces(keras.layers.Layer):
+    """Identity; counts its calls, i.e. the traces of the step (the model
+    runs its layers once per trace)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def call(self, x):
+        self.calls += 1
+        return x
+
+
+class _CustomStep(keras.Sequential):
+    """A custom train_step (it may apply the optimizer to a subset of the variables)."""
+
+    def train_step(self, data):
+        return super().train_step(data)
+
+
+class _OptimizerBuilt(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.built = self.model.optimizer.built
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_first_execution_traces_the_step_once_with_the_optimizer_keras_builds(tmp_path, policy):
+    """Keras builds an unbuilt optimizer inside the first traced step, and a
+    tf.function that creates variables on its first call traces again: a
+    plain fit traces its first step twice. The hook builds the optimizer
+    before (as Keras does under a strategy), so the step and its statistics
+    trace once, and the optimizer ends with the variables, in the order and
+    of the paths, of the unhooked fit's. A custom train_step is left to
+    build it itself (it may apply the optimizer to some variables only)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x, y = data(4 * BATCH)
+        fitted = {}
+        for hooked in (False, True):
+            keras.utils.set_random_seed(3)
+            counter = _CountTraces(name="count")
+            model = keras.Sequential([keras.Input((FEATURES,)), Dense(8, activation="relu", name="a"), counter,
+                                      Dense(TARGETS, name="out")], name="m")
+            model.compile(optimizer=keras.optimizers.Adam(0.01, name="adam"), loss="mse")
+            assert not model.optimizer.built
+            counter.calls = 0  # the Sequential's symbolic build called it
+            probe = _OptimizerBuilt()
+            callbacks = [GradFlow(str(tmp_path / policy), update_freq=1, histogram_freq=1), probe] if hooked else []
+            train(model, x, y, callbacks)
+            # Paths without the uniquifying suffix of the optimizer Keras names
+            # (loss_scale_optimizer, loss_scale_optimizer_1, ...).
+            paths = [v.path.split("/", 1) for v in model.optimizer.variables]
+            fitted[hooked] = model, counter.calls, [(o.rstrip("0123456789").rstrip("_"), p) for o, p in paths]
+        (_, plain_traces, plain_paths), (hooked_model, hooked_traces, hooked_paths) = fitted[False], fitted[True]
+        assert hooked_traces == 1, f"the hooked step traced {hooked_traces} times (plain: {plain_traces})"
+        assert hooked_paths == plain_paths and len(plain_paths) > 2
+        assert type(hooked_model.optimizer).__name__ == (
+            "LossScaleOptimizer" if policy == "mixed_float16" else "Adam")
+
+        keras.utils.set_random_seed(3)
+        custom = _CustomStep([keras.Input((FEATURES,)), Dense(TARGETS)], name="custom")
+        custom.compile(optimizer="adam", loss="mse")
+        probe = _OptimizerBuilt()
+        train(custom, x, y, [GradFlow(str(tmp_path / "custom")), probe])
+        assert probe.built is False and custom.optimizer.built
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
