@@ -25,8 +25,13 @@ of `bench_overhead.py`) in one process per configuration:
   over).
 
 Each row holds the seconds of every fit, their ratios to plain fit's fit of
-the same index, and `later_fits_ratio`: the fits from the third on,
-summed, over plain fit's. Not a test: the figures go to the README with the
+the same index, `later_fits_ratio`: the fits from the third on, summed,
+over plain fit's, and `first_batch_s` / `first_batch_ratio`: the fresh
+model's start-up as a user meets it, from the first fit's `on_train_begin`
+to the end of its first batch (every trace and compile of the first
+execution; Keras builds an unbuilt optimizer inside the first trace, and a
+plain fit traces its step twice there, see `bench_overhead.py`'s start-up,
+measured after a one-batch fit). Not a test: the figures go to the README with the
 date and machine.
 """
 
@@ -51,9 +56,23 @@ def child(model_name, jit, config, fits, steps):
     """Runs the fits in this process; prints their seconds as JSON."""
     import tb_gradflow
 
+    import keras
+
+    class FirstBatch(keras.callbacks.Callback):
+        """Seconds from on_train_begin to the end of the first batch; first
+        in the callback list, so the hook's on_train_begin counts."""
+
+        def on_train_begin(self, logs=None):
+            self.start, self.seconds = time.perf_counter(), None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.seconds is None:
+                self.seconds = time.perf_counter() - self.start
+
     model = bench_overhead.build(model_name, jit)
     data, _ = bench_overhead.dataset(model_name)
     seconds = []
+    first_batch = FirstBatch()
     with tempfile.TemporaryDirectory(prefix="bench_refit_") as log_dir:
         shared = tb_gradflow.GradFlow(log_dir) if config == "one callback, every fit" else None
         for _ in range(fits):
@@ -61,31 +80,36 @@ def child(model_name, jit, config, fits, steps):
                 callbacks = []
             else:
                 callbacks = [shared if shared is not None else tb_gradflow.GradFlow(log_dir)]
+            if not seconds:
+                callbacks.insert(0, first_batch)
             start = time.perf_counter()
             model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
             seconds.append(time.perf_counter() - start)
             if config.endswith("released"):
                 tb_gradflow.GradFlow.release(model)
-    print(json.dumps(seconds))
+    print(json.dumps({"fit_s": seconds, "first_batch_s": first_batch.seconds}))
 
 
 def measure(model_name, jit, fits, steps, configs=CONFIGS):
-    seconds = {}
+    seconds, first_batch = {}, {}
     for config in configs:
         out = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--child", model_name, str(int(jit)), config,
              str(fits), str(steps)],
             capture_output=True, text=True, check=True,
         )
-        seconds[config] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {model_name:18s} jit={jit!s:5s} {config:24s} fits "
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        seconds[config], first_batch[config] = result["fit_s"], result["first_batch_s"]
+        print(f"  {model_name:18s} jit={jit!s:5s} {config:24s} first batch {first_batch[config]:7.2f} s, fits "
               + " ".join(f"{s:7.2f}" for s in seconds[config]) + " s", file=sys.stderr, flush=True)
     plain = seconds["plain fit"]
     rows = []
     for config in configs:
         row = {"model": model_name, "jit_compile": jit, "configuration": config, "baseline": "plain fit",
                "steps_per_fit": steps, "fit_s": [round(s, 3) for s in seconds[config]],
-               "fit_ratios": [round(s / p, 3) for s, p in zip(seconds[config], plain)]}
+               "fit_ratios": [round(s / p, 3) for s, p in zip(seconds[config], plain)],
+               "first_batch_s": round(first_batch[config], 3),
+               "first_batch_ratio": round(first_batch[config] / first_batch["plain fit"], 3)}
         if fits >= 3:
             row["later_fits_ratio"] = round(sum(seconds[config][2:]) / sum(plain[2:]), 3)
         rows.append(row)

@@ -104,4 +104,6 @@ def test_refit_benchmark_reports_every_fit(tmp_path):
         assert row["model"] == "tiny" and row["jit_compile"] is False and row["steps_per_fit"] == 3
         assert len(row["fit_s"]) == len(row["fit_ratios"]) == 3 and all(s > 0 for s in row["fit_s"])
         assert row["later_fits_ratio"] > 0
+        assert 0 < row["first_batch_s"] < row["fit_s"][0] and row["first_batch_ratio"] > 0
     assert report["rows"][0]["fit_ratios"] == [1.0, 1.0, 1.0] and report["rows"][0]["later_fits_ratio"] == 1.0
+    assert report["rows"][0]["first_batch_ratio"] == 1.0
