@@ -952,15 +952,16 @@ if __name__ == "__main__":
 
 
 class _CountTraces(keras.layers.Layer):
-    """Identity; counts its calls, i.e. the traces of the step (the model
-    runs its layers once per trace)."""
+    """Identity; counts its calls in training, i.e. the traces of the train
+    step (the model runs its layers once per trace; a symbolic build calls
+    them with training=False)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.calls = 0
 
-    def call(self, x):
-        self.calls += 1
+    def call(self, x, training=None):
+        self.calls += bool(training)
         return x
 
 
@@ -1019,3 +1020,45 @@ def test_first_execution_traces_the_step_once_with_the_optimizer_keras_builds(tm
         assert probe.built is False and custom.optimizer.built
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _two_outputs():
+    inputs = keras.Input((FEATURES,), name="x")
+    counter = _CountTraces(name="count")
+    hidden = counter(Dense(8, activation="relu", name="h")(inputs))
+    outputs = {"cls": Dense(TARGETS, name="cls")(hidden), "reg": Dense(1, name="reg")(hidden)}
+    return keras.Model(inputs, outputs, name="two"), counter
+
+
+@pytest.mark.parametrize("labels", ["sparse", "one-hot", "two outputs"])
+def test_compiled_metrics_are_built_before_the_first_trace_as_keras_builds_them(tmp_path, labels):
+    """Keras builds compiled metrics inside the first traced step from the
+    first batch (accuracy becomes sparse or categorical by the labels' rank):
+    they too made tf.function trace the hooked step twice. The hook builds
+    them from the batch's element_spec first; the step traces once and every
+    epoch's logs are the unhooked fit's."""
+    x, _ = data(4 * BATCH)
+    sparse = np.random.default_rng(1).integers(0, TARGETS, len(x))
+    one_hot = np.eye(TARGETS, dtype="float32")[sparse]
+    history = {}
+    for hooked in (False, True):
+        keras.utils.set_random_seed(3)
+        if labels == "two outputs":
+            (model, counter), y = _two_outputs(), {"cls": sparse, "reg": x[:, :1]}
+            model.compile(optimizer="adam", metrics={"cls": ["accuracy"], "reg": ["mae"]},
+                          loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"})
+        else:
+            counter = _CountTraces(name="count")
+            model = keras.Sequential([keras.Input((FEATURES,)), Dense(8, activation="relu"), counter, Dense(TARGETS)])
+            losses = keras.losses
+            loss = losses.SparseCategoricalCrossentropy if labels == "sparse" else losses.CategoricalCrossentropy
+            model.compile(optimizer="adam", loss=loss(from_logits=True), metrics=["accuracy"])
+            y = sparse if labels == "sparse" else one_hot
+        counter.calls = 0
+        callbacks = [GradFlow(str(tmp_path / labels), update_freq=1)] if hooked else []
+        fit = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        history[hooked] = (list(fit.history), fit.history, counter.calls)
+    (plain_keys, plain, plain_traces), (hooked_keys, hooked, hooked_traces) = history[False], history[True]
+    assert hooked_keys == plain_keys and any("acc" in key for key in plain_keys)
+    assert hooked == plain
+    assert hooked_traces == 1, f"the hooked step traced {hooked_traces} times (plain: {plain_traces})"

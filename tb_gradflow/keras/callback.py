@@ -1,5 +1,6 @@
 """The Keras callback: per-layer gradient telemetry from an unmodified `fit`."""
 
+import functools
 import os
 import threading
 import warnings
@@ -932,6 +933,9 @@ class _TrainFunctions:
             finally:
                 patch.remove()
             function = self.functions[kinds] = model.train_function
+        if _compiled_metrics_unbuilt(self.model) and _keras_train_step(self.model):
+            # The first execution: build what Keras would build in its trace.
+            function = functools.partial(_build_compiled_state_then, self.model, function)
         if self.model.__dict__.get("train_function") is not function:
             # Through Keras' attribute tracking only when it changes (~12 us).
             self.model.train_function = function
@@ -1037,11 +1041,53 @@ def _build_optimizer_before_tracing(model, optimizer):
     """
     if optimizer is None or getattr(optimizer, "built", True) or not model.trainable_variables:
         return
-    if "train_step" in model.__dict__ or getattr(type(model), "train_step", None) is not keras.Model.train_step:
+    if not _keras_train_step(model):
         return
     with model.distribute_strategy.scope(), keras.name_scope(optimizer.name, caller=optimizer):
         optimizer.build(list(model.trainable_variables))
     optimizer.built = True
+
+
+def _keras_train_step(model):
+    """Whether `model` trains with Keras' own `train_step` (which applies
+    `model.optimizer` to `model.trainable_variables` and updates the compiled
+    loss and metrics)."""
+    return "train_step" not in model.__dict__ and getattr(type(model), "train_step", None) is keras.Model.train_step
+
+
+def _compiled_metrics_unbuilt(model):
+    """Whether Keras will build the compiled metrics inside the next traced
+    step (see `_build_compiled_state_then`)."""
+    metrics = getattr(model, "_compile_metrics", None)
+    return metrics is not None and not metrics.built
+
+
+def _build_compiled_state_then(model, function, iterator):
+    """Builds the compiled metrics and loss trackers from the batch's
+    element_spec, then runs `function(iterator)`: Keras' first execution,
+    traced once.
+
+    Without a distribution strategy Keras builds the metrics inside the first
+    traced step, from the first batch (`get_metric` picks binary, categorical or
+    sparse accuracy by the labels' rank); their variables are created there,
+    and tf.function traces the step, with the hook's statistics, a second
+    time (as for the optimizer, `_build_optimizer_before_tracing`). Under a
+    strategy Keras builds them before tracing with `_symbolic_build` from a
+    batch's shapes and dtypes; that is called here with the iterator's
+    element_spec (the same shapes and dtypes, nothing consumed), at the cost
+    of one symbolic forward pass instead of a second trace of the whole step.
+    A Keras without it, an iterator without an element_spec, or a build that
+    fails leaves them to the trace, as without the hook.
+    """
+    build = getattr(model, "_symbolic_build", None)
+    spec = getattr(iterator, "element_spec", None)
+    if build is not None and spec is not None:
+        try:
+            with model.distribute_strategy.scope():
+                build(data_batch=spec)
+        except Exception:  # Built in the trace instead, as an unhooked fit does.
+            pass
+    return function(iterator)
 
 
 def _other_optimizers(model):
