@@ -138,7 +138,7 @@ MODELS = {
 DEFAULT_MODELS = ["seed003_mlp", "mobilenetv3small", "resnet50v2", "transformer_block", "mlp50"]
 
 
-def build(model_name, jit):
+def build(model_name, jit, metrics=None):
     import keras
 
     keras.utils.set_random_seed(0)
@@ -146,6 +146,7 @@ def build(model_name, jit):
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics,
         jit_compile=jit,
     )
     return model

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_refit.py                                  # seed003_mlp and MobileNetV3Small, XLA
     python benchmarks/bench_refit.py --models mlp50 --no-xla --fits 5 --json
+    python benchmarks/bench_refit.py --fits 1 --metrics                 # a fresh model's start-up, compiled with accuracy
     python benchmarks/bench_refit.py --tiny                           # seconds; what tests/test_bench_overhead.py runs
 
 Many training scripts call `fit` once per epoch (or per chunk of data) on
@@ -52,7 +53,7 @@ import bench_overhead  # noqa: E402
 CONFIGS = ("plain fit", "one callback, every fit", "a new callback per fit", "a new callback per fit, released")
 
 
-def child(model_name, jit, config, fits, steps):
+def child(model_name, jit, config, fits, steps, metrics):
     """Runs the fits in this process; prints their seconds as JSON."""
     import tb_gradflow
 
@@ -69,7 +70,7 @@ def child(model_name, jit, config, fits, steps):
             if self.seconds is None:
                 self.seconds = time.perf_counter() - self.start
 
-    model = bench_overhead.build(model_name, jit)
+    model = bench_overhead.build(model_name, jit, metrics=["accuracy"] if metrics else None)
     data, _ = bench_overhead.dataset(model_name)
     seconds = []
     first_batch = FirstBatch()
@@ -90,12 +91,12 @@ def child(model_name, jit, config, fits, steps):
     print(json.dumps({"fit_s": seconds, "first_batch_s": first_batch.seconds}))
 
 
-def measure(model_name, jit, fits, steps, configs=CONFIGS):
+def measure(model_name, jit, fits, steps, configs=CONFIGS, metrics=False):
     seconds, first_batch = {}, {}
     for config in configs:
         out = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--child", model_name, str(int(jit)), config,
-             str(fits), str(steps)],
+             str(fits), str(steps), str(int(metrics))],
             capture_output=True, text=True, check=True,
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -105,7 +106,8 @@ def measure(model_name, jit, fits, steps, configs=CONFIGS):
     plain = seconds["plain fit"]
     rows = []
     for config in configs:
-        row = {"model": model_name, "jit_compile": jit, "configuration": config, "baseline": "plain fit",
+        row = {"model": model_name, "jit_compile": jit, "metrics": ["accuracy"] if metrics else [],
+               "configuration": config, "baseline": "plain fit",
                "steps_per_fit": steps, "fit_s": [round(s, 3) for s in seconds[config]],
                "fit_ratios": [round(s / p, 3) for s, p in zip(seconds[config], plain)],
                "first_batch_s": round(first_batch[config], 3),
@@ -128,17 +130,18 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (the harness test)")
     parser.add_argument("--output", default=None, help="also write the report here")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", action="store_true", help="compile with metrics=['accuracy']")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        model_name, jit, config, fits, steps = args.child
-        return child(model_name, jit == "1", config, int(fits), int(steps))
+        model_name, jit, config, fits, steps, metrics = args.child
+        return child(model_name, jit == "1", config, int(fits), int(steps), metrics == "1")
     if args.tiny:
         args.models, args.fits, args.steps, args.no_xla = ["tiny"], 3, 3, True
     configs = ["plain fit"] + [c for c in CONFIGS if c in args.configs and c != "plain fit"]
     report = {**bench_overhead.report_header("refit"), "fits": args.fits, "steps_per_fit": args.steps, "rows": []}
     for model_name in args.models:
-        report["rows"] += measure(model_name, not args.no_xla, args.fits, args.steps, configs)
+        report["rows"] += measure(model_name, not args.no_xla, args.fits, args.steps, configs, args.metrics)
     if args.json:
         print(json.dumps(report, indent=1))
     if args.output:

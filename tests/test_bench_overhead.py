@@ -97,11 +97,12 @@ def test_statistics_ab_benchmark_compares_two_checkouts(tmp_path):
 def test_refit_benchmark_reports_every_fit(tmp_path):
     """The several-fits benchmark in its tiny configuration: a row per
     configuration with each fit's seconds and its ratio to plain fit's."""
-    report = run_benchmark(tmp_path, "bench_refit.py", "--tiny", "--json")
+    report = run_benchmark(tmp_path, "bench_refit.py", "--tiny", "--metrics", "--json")
     assert [r["configuration"] for r in report["rows"]] == [
         "plain fit", "one callback, every fit", "a new callback per fit", "a new callback per fit, released"]
     for row in report["rows"]:
         assert row["model"] == "tiny" and row["jit_compile"] is False and row["steps_per_fit"] == 3
+        assert row["metrics"] == ["accuracy"]
         assert len(row["fit_s"]) == len(row["fit_ratios"]) == 3 and all(s > 0 for s in row["fit_s"])
         assert row["later_fits_ratio"] > 0
         assert 0 < row["first_batch_s"] < row["fit_s"][0] and row["first_batch_ratio"] > 0
