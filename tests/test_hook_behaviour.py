@@ -945,7 +945,6 @@ def _mirrored_determinism_main(out_dir):
     print(json.dumps(result))
 
 
-
 class _CountTraces(keras.layers.Layer):
     """Identity; counts its calls in training, i.e. the traces of the train
     step (the model runs its layers once per trace; a symbolic build calls
