@@ -1024,22 +1024,24 @@ def _two_outputs():
     return keras.Model(inputs, outputs, name="two"), counter
 
 
-@pytest.mark.parametrize("labels", ["sparse", "one-hot", "two outputs"])
+@pytest.mark.parametrize("labels", ["sparse", "one-hot", "two outputs", "two outputs, no metrics"])
 def test_compiled_metrics_are_built_before_the_first_trace_as_keras_builds_them(tmp_path, labels):
-    """Keras builds compiled metrics inside the first traced step from the
-    first batch (accuracy becomes sparse or categorical by the labels' rank):
-    they too made tf.function trace the hooked step twice. The hook builds
-    them from the batch's element_spec first; the step traces once and every
-    epoch's logs are the unhooked fit's."""
+    """Keras builds compiled metrics (and a multi-output model's loss
+    trackers) inside the first traced step from the first batch (accuracy
+    becomes sparse or categorical by the labels' rank): they too made
+    tf.function trace the hooked step twice. The hook builds them from the
+    batch's element_spec first; the step traces once and every epoch's logs
+    are the unhooked fit's."""
     x, _ = data(4 * BATCH)
     sparse = np.random.default_rng(1).integers(0, TARGETS, len(x))
     one_hot = np.eye(TARGETS, dtype="float32")[sparse]
     history = {}
     for hooked in (False, True):
         keras.utils.set_random_seed(3)
-        if labels == "two outputs":
+        if labels.startswith("two outputs"):
             (model, counter), y = _two_outputs(), {"cls": sparse, "reg": x[:, :1]}
-            model.compile(optimizer="adam", metrics={"cls": ["accuracy"], "reg": ["mae"]},
+            metrics = None if labels.endswith("no metrics") else {"cls": ["accuracy"], "reg": ["mae"]}
+            model.compile(optimizer="adam", metrics=metrics,
                           loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"})
         else:
             counter = _CountTraces(name="count")
@@ -1053,7 +1055,8 @@ def test_compiled_metrics_are_built_before_the_first_trace_as_keras_builds_them(
         fit = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
         history[hooked] = (list(fit.history), fit.history, counter.calls)
     (plain_keys, plain, plain_traces), (hooked_keys, hooked, hooked_traces) = history[False], history[True]
-    assert hooked_keys == plain_keys and any("acc" in key for key in plain_keys)
+    tracked = "cls_loss" if labels.endswith("no metrics") else "acc"  # what Keras builds in the trace
+    assert hooked_keys == plain_keys and any(tracked in key for key in plain_keys)
     for key in plain_keys:  # the same metric objects (sparse or categorical accuracy) on the same batches
         np.testing.assert_allclose(hooked[key], plain[key], rtol=1e-6, err_msg=key)
     assert hooked_traces == 1, f"the hooked step traced {hooked_traces} times (plain: {plain_traces})"

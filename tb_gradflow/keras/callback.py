@@ -933,7 +933,7 @@ class _TrainFunctions:
             finally:
                 patch.remove()
             function = self.functions[kinds] = model.train_function
-        if _compiled_metrics_unbuilt(self.model) and _keras_train_step(self.model):
+        if _compiled_state_unbuilt(self.model) and _keras_train_step(self.model):
             # The first execution: build what Keras would build in its trace.
             function = functools.partial(_build_compiled_state_then, self.model, function)
         if self.model.__dict__.get("train_function") is not function:
@@ -1055,11 +1055,15 @@ def _keras_train_step(model):
     return "train_step" not in model.__dict__ and getattr(type(model), "train_step", None) is keras.Model.train_step
 
 
-def _compiled_metrics_unbuilt(model):
-    """Whether Keras will build the compiled metrics inside the next traced
-    step (see `_build_compiled_state_then`)."""
-    metrics = getattr(model, "_compile_metrics", None)
-    return metrics is not None and not metrics.built
+def _compiled_state_unbuilt(model):
+    """Whether Keras will create variables for the compiled metrics or loss
+    inside the next traced step (see `_build_compiled_state_then`): compiled
+    metrics not yet built, or the compiled loss of a model with several
+    outputs (a `Mean` tracker per output loss; one output has none)."""
+    metrics, loss = getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None)
+    if metrics is not None and not metrics.built:
+        return True
+    return loss is not None and not loss.built and len(getattr(model, "outputs", None) or ()) > 1
 
 
 def _build_compiled_state_then(model, function, iterator):
@@ -1067,9 +1071,10 @@ def _build_compiled_state_then(model, function, iterator):
     element_spec, then runs `function(iterator)`: Keras' first execution,
     traced once.
 
-    Without a distribution strategy Keras builds the metrics inside the first
-    traced step, from the first batch (`get_metric` picks binary, categorical or
-    sparse accuracy by the labels' rank); their variables are created there,
+    Without a distribution strategy Keras builds the metrics (and a
+    multi-output model's loss trackers) inside the first traced step, from
+    the first batch (`get_metric` picks binary, categorical or sparse
+    accuracy by the labels' rank); their variables are created there,
     and tf.function traces the step, with the hook's statistics, a second
     time (as for the optimizer, `_build_optimizer_before_tracing`). Under a
     strategy Keras builds them before tracing with `_symbolic_build` from a
