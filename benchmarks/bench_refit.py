@@ -55,9 +55,9 @@ CONFIGS = ("plain fit", "one callback, every fit", "a new callback per fit", "a 
 
 def child(model_name, jit, config, fits, steps, metrics):
     """Runs the fits in this process; prints their seconds as JSON."""
-    import tb_gradflow
-
     import keras
+
+    import tb_gradflow
 
     class FirstBatch(keras.callbacks.Callback):
         """Seconds from on_train_begin to the end of the first batch; first
