@@ -7,6 +7,7 @@ one batch at a time, and before each of its steps the reference recomputes
 z = h @ W + b layer by layer in numpy and the derivative analytically.
 """
 
+import math
 import os
 import pickle
 import subprocess
@@ -28,13 +29,24 @@ BATCH, STEPS, FEATURES = 16, 5, 12
 Dense = keras.layers.Dense
 MAX_ERROR = {}
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _normal_cdf(z):
+    return 0.5 * (1 + _erf(z / math.sqrt(2)))
+
+
 DERIVATIVE = {
     "sigmoid": lambda z: (lambda s: s * (1 - s))(1 / (1 + np.exp(-z))),
     "tanh": lambda z: 1 - np.tanh(z) ** 2,
     "relu": lambda z: (z > 0).astype(np.float64),
+    # Keras' exact GELU, z * Phi(z): Phi(z) + z * phi(z).
+    "gelu": lambda z: _normal_cdf(z) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
 }
-FUNCTION = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0)}
-PEAK = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0}
+FUNCTION = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0),
+            "gelu": lambda z: z * _normal_cdf(z)}
+# The largest |f'|: GELU's is at z = sqrt(2).
+PEAK = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "gelu": float(DERIVATIVE["gelu"](np.sqrt(2.0)))}
 
 
 def sigmoid_mlp():
@@ -68,12 +80,23 @@ def tanh_glorot():
     )
 
 
+def gelu_mlp():
+    return keras.Sequential(
+        [keras.Input((FEATURES,))]
+        + [Dense(32, activation="gelu", name=f"gelu{i}") for i in range(2)]
+        + [Dense(3, name="out")],
+        name="gelu_mlp",
+    )
+
+
 CASES = {
     # name: (model_fn, input scale)
     # Inputs with std 3, as unnormalised features often have.
     "sigmoid_normal_init": (sigmoid_mlp, 3.0),
     "relu_negative_bias": (dead_relu, 1.0),
     "tanh_glorot_small_inputs": (tanh_glorot, 0.1),
+    # Read at its input z, f'(z) by autodiff (GELU's derivative does not follow from its output).
+    "gelu_glorot": (gelu_mlp, 2.0),
 }
 # The dead-unit rule waits for a full window of dead_window (10) activation rows.
 CASE_STEPS = {"relu_negative_bias": 12}
@@ -196,22 +219,40 @@ def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
 def xla_runs():
     with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_xla_") as root:
         yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS), jit_compile=True)
-               for name in ("sigmoid_normal_init", "relu_negative_bias")}
+               for name in ("sigmoid_normal_init", "relu_negative_bias", "gelu_glorot")}
 
 
-@pytest.mark.parametrize("name", ["sigmoid_normal_init", "relu_negative_bias"])
+@pytest.mark.parametrize("name", ["sigmoid_normal_init", "relu_negative_bias", "gelu_glorot"])
 def test_statistics_under_xla_match_reference(xla_runs, name):
     """Under XLA a step's activations are measured together at its end,
-    stacked by kind and width (three sigmoid layers of 128 units read at
-    their input; two ReLU layers of 32 read at their output): the same
-    statistics as the reference, and the same pre-activation ranges."""
+    stacked by kind and width (three sigmoid layers of 128 units and two
+    ReLU layers of 32 read at their output; two GELU layers of 32 read at
+    their input z, their statistics taken from the outputs the step
+    computed and f'(z) from z): the same statistics as the reference, and
+    the same pre-activation ranges."""
     compare(xla_runs[name], sample_steps=tuple(range(1, CASE_STEPS.get(name, STEPS) + 1)))
     ranges = activation_ranges(xla_runs[name])
+    # Sigmoid and ReLU are read at their output (their derivative follows from it), GELU at its input.
+    read = "z_range" if name == "gelu_glorot" else "a_range"
     for step, expected in xla_runs[name]["reference"].items():
         for layer_name, ref in expected.items():
-            # Both activations are read at their output (their derivative follows from it).
-            np.testing.assert_allclose(ranges[layer_name][step], ref["a_range"], rtol=1e-5, atol=1e-7,
+            np.testing.assert_allclose(ranges[layer_name][step], ref[read], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{layer_name} step {step}")
+
+
+def test_activation_read_at_its_input_matches_reference(runs):
+    """GELU, read at its input z with f'(z) by autodiff, in TensorFlow
+    graphs: its statistics as the reference's, some of its elements
+    saturated (|f'| small near z = -0.75 and below -3), none dead, and the
+    pre-activation histogram spanning z."""
+    reader, table, series = compare(runs["gelu_glorot"])
+    assert all(layer.activation_capture == "in-step" for layer in table.layers[:2])
+    assert np.nanmax(series["saturated_fraction"].values) > 0
+    assert np.nanmax(series["dead_fraction"].values) == 0.0
+    ranges = activation_ranges(runs["gelu_glorot"])
+    for step, expected in runs["gelu_glorot"]["reference"].items():
+        for layer_name, ref in expected.items():
+            np.testing.assert_allclose(ranges[layer_name][step], ref["z_range"], rtol=1e-5, atol=1e-7)
 
 
 def histograms_plugin_tensors(result):

@@ -414,8 +414,11 @@ class ActivationCapture:
                         recorder.record(entry.index, out, step_fn(), entry.unit_axis, output_op=entry.output_op)
                     else:
                         entry.recorded = True
+                        # `out` is f(z) also when another activation's
+                        # function is measured: they share it by computing
+                        # the same function of z (`_sharing_key`).
                         recorder.record(entry.index, z, step_fn(), entry.unit_axis,
-                                        function=entry.measured_function or original)
+                                        function=entry.measured_function or original, output=out)
             return out
 
         return capturing
