@@ -679,6 +679,12 @@ def rows_update_sums(weights, before_rows, by_dot=False):
     return tf.math.unsorted_segment_sum(rows, owner, len(weights))
 
 
+# With `outputs`, f'(z) is computed per tensor for a kind of at most this
+# many tensors (a Transformer's blocks), on the rows for more (a conv net's
+# many small activations): see `multi_activation_statistics`.
+DERIVATIVES_PER_TENSOR_MAX = 16
+
+
 def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, function=None, outputs=None):
     """`activation_statistics` (or `..._from_output` with `op_type`) and the
     histogram (`finite_range`, `equal_width_counts`) of k activation tensors
@@ -757,13 +763,19 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
         a = tf.stop_gradient(x)
         d = OUTPUT_DERIVATIVES[op_type](a)
     elif outputs is not None:
-        # The outputs cut as the inputs are (same shapes: same rows). f'(z)
-        # of each tensor as it is, then cut: XLA shares its work with the
-        # step's own ops on that z (GELU's erf, say), which it cannot on the
-        # rows. On the Transformer block's GELU a sampled step went from
-        # 1.41x to 1.25x a plain one this way (1.55x recomputing f(z) too).
+        # The outputs cut as the inputs are (same shapes: same rows).
         a = tf.stop_gradient(_activation_rows(outputs, unit_axes, stacks, width)[0])
-        d = _activation_rows([activation_derivative(function, t)[1] for t in tensors], unit_axes, stacks, width)[0]
+        if k <= DERIVATIVES_PER_TENSOR_MAX:
+            # f'(z) of each tensor as it is, then cut: XLA shares its work
+            # with the step's own ops on that z (GELU's erf, say), which it
+            # cannot on the rows. On the Transformer block's GELU a sampled
+            # step went from 1.41x to 1.25x a plain one this way (1.55x
+            # recomputing f(z) too). Each one is a derivative more to trace
+            # and compile: MobileNetV3Small's ~19 hard-swishes, where
+            # nothing is shared, took ~1.5 s more start-up under XLA.
+            d = _activation_rows([activation_derivative(function, t)[1] for t in tensors], unit_axes, stacks, width)[0]
+        else:
+            d = activation_derivative(function, x)[1]
     else:
         a, d = activation_derivative(function, x)
     d = tf.abs(tf.cast(d, tf.float32))

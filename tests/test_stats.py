@@ -357,11 +357,11 @@ def test_multi_activation_statistics_compile_for_many_sizes_under_xla(static_bat
         offset += a.shape[-1]
     assert offset == active.size
 
-@pytest.mark.parametrize("outputs", [False, True], ids=["recomputed", "outputs"])
+@pytest.mark.parametrize("outputs", ["recomputed", "outputs", "outputs, derivative on the rows"])
 @pytest.mark.parametrize("units", ["coprime", "common-divisor"])
 @pytest.mark.parametrize("static_batch", [True, False], ids=["static", "none-batch"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_multi_activation_statistics_match_numpy(jit, static_batch, units, outputs):
+def test_multi_activation_statistics_match_numpy(jit, static_batch, units, outputs, monkeypatch):
     """Swish (read at its input z, derivative by autodiff) over tensors of
     different unit counts, leading shapes and unit axes (one spanning several
     rows, one smaller than a row), against numpy's analytic derivative and
@@ -371,8 +371,11 @@ def test_multi_activation_statistics_match_numpy(jit, static_batch, units, outpu
     one (in blocks of 4 units). Tensors of one static shape and unit axis
     are stacked (`stats._activation_rows`) and their results put back in
     order. With `outputs`, silu(z) is handed in as the step computed it
-    (what the recorder does under XLA) and only f'(z) is computed: the same
+    (what the recorder does under XLA) and only f'(z) is computed, per
+    tensor (a kind of few tensors) or on the rows (of more): the same
     results."""
+    if outputs == "outputs, derivative on the rows":
+        monkeypatch.setattr(stats, "DERIVATIVES_PER_TENSOR_MAX", 0)
     if units == "coprime":
         shapes, last = [(5, 8), (2, 3, 6), (4, 5), (3, 8)], (40, 3)
     else:
@@ -403,7 +406,7 @@ def test_multi_activation_statistics_match_numpy(jit, static_batch, units, outpu
     def compute(*tensors):
         return stats.multi_activation_statistics(
             list(tensors), thresholds, unit_axes, function=tf.nn.silu,
-            outputs=[tf.nn.silu(t) for t in tensors] if outputs else None,
+            outputs=None if outputs == "recomputed" else [tf.nn.silu(t) for t in tensors],
         )
 
     moments, active, ranges, counts = (np.asarray(t) for t in compute(*[tf.constant(z) for z in zs]))
