@@ -714,10 +714,10 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
         and one dtype.
       thresholds: per tensor, the |f'| below which an element is saturated.
       unit_axes: per tensor, its unit axis.
-      outputs: with `function`, per tensor, f(z) as already computed (same
-        shapes as `tensors`): the activation statistics are of these, and
-        only the derivative f'(z) is computed from z (under XLA a second f(z)
-        is computed again, not shared).
+      outputs: with `function`, per tensor, f(z) as the step computed it
+        (same shapes as `tensors`): the activation statistics are of these,
+        and only the derivative f'(z) is computed from z (under XLA, f(z)
+        computed again here would be computed in full a second time).
 
     Returns:
       (moments [k, NUM_ACTIVATION_MOMENTS], active [sum of unit counts] (the
