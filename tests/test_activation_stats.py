@@ -255,6 +255,48 @@ def test_activation_read_at_its_input_matches_reference(runs):
             np.testing.assert_allclose(ranges[layer_name][step], ref["z_range"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_activation_layer_read_at_its_input_matches_reference(tmp_path, jit):
+    """A `LeakyReLU` layer (captured by wrapping its `call`, read at its
+    input; under XLA its statistics come from the output the step
+    computed): mean and std of its output and its saturated and dead
+    fractions as numpy computes them from the same batch and weights."""
+    slope, steps = 0.2, 3
+
+    def model_fn():
+        return keras.Sequential([keras.Input((FEATURES,)), Dense(32, name="pre"),
+                                 keras.layers.LeakyReLU(negative_slope=slope, name="leaky"), Dense(3, name="out")])
+
+    keras.utils.set_random_seed(5)
+    model = model_fn()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
+    initial = model.get_weights()
+    x, y = data(2.0, BATCH * steps)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[GradFlow(str(tmp_path), update_freq=1, activation_freq=1, histogram_freq=0)])
+    reference_model = model_fn()
+    reference_model.set_weights(initial)
+    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
+    reader = Reader.for_logdir(str(tmp_path))
+    names = [layer.name.split("/")[-1] for layer in reader.layer_table("train").layers]
+    column = names.index("leaky")
+    assert reader.layer_table("train").layers[column].activation_capture == "in-step"
+    series = {s: reader.activation_series("train", s) for s in metadata.ACTIVATION_STATISTICS}
+    assert series["activation_mean"].steps.tolist() == list(range(1, steps + 1))
+    for i in range(steps):
+        xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+        kernel, bias = (np.asarray(w, np.float64) for w in reference_model.get_layer("pre").get_weights())
+        z = xb.astype(np.float64) @ kernel + bias
+        a = np.where(z > 0, z, slope * z)
+        d = np.where(z > 0, 1.0, slope)
+        threshold = rules.DEFAULT_THRESHOLDS.saturation_derivative  # the peak |f'| is 1
+        np.testing.assert_allclose(series["activation_mean"].values[i, column], a.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(series["activation_std"].values[i, column], a.std(), rtol=1e-5, atol=1e-6)
+        assert series["saturated_fraction"].values[i, column] == pytest.approx(np.mean(d < threshold), abs=1e-7)
+        assert series["dead_fraction"].values[i, column] == pytest.approx(np.mean(np.all(d == 0, axis=0)), abs=1e-7)
+        reference_model.fit(xb, yb, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+
 def histograms_plugin_tensors(result):
     """{tag: [TensorDatum]} of the run's histograms, as TensorBoard's histograms plugin reads them."""
     from tensorboard import context
