@@ -47,6 +47,12 @@ FUNCTION = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "tanh": np.tanh, "relu": 
             "gelu": lambda z: z * _normal_cdf(z)}
 # The largest |f'|: GELU's is at z = sqrt(2).
 PEAK = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0, "gelu": float(DERIVATIVE["gelu"](np.sqrt(2.0)))}
+# Weightless activation layers (their input is z), by class name.
+LEAKY_SLOPE = 0.2
+LAYER_FUNCTION = {"LeakyReLU": "leaky_relu"}
+DERIVATIVE["leaky_relu"] = lambda z: np.where(z > 0, 1.0, LEAKY_SLOPE)
+FUNCTION["leaky_relu"] = lambda z: np.where(z > 0, z, LEAKY_SLOPE * z)
+PEAK["leaky_relu"] = 1.0
 
 
 def sigmoid_mlp():
@@ -89,6 +95,14 @@ def gelu_mlp():
     )
 
 
+def leaky_relu_layer():
+    return keras.Sequential(
+        [keras.Input((FEATURES,)), Dense(32, name="pre"), keras.layers.LeakyReLU(LEAKY_SLOPE, name="leaky"),
+         Dense(3, name="out")],
+        name="leaky_relu_mlp",
+    )
+
+
 CASES = {
     # name: (model_fn, input scale)
     # Inputs with std 3, as unnormalised features often have.
@@ -97,6 +111,8 @@ CASES = {
     "tanh_glorot_small_inputs": (tanh_glorot, 0.1),
     # Read at its input z, f'(z) by autodiff (GELU's derivative does not follow from its output).
     "gelu_glorot": (gelu_mlp, 2.0),
+    # A layer captured by wrapping its `call`, read at its input.
+    "leaky_relu_layer": (leaky_relu_layer, 2.0),
 }
 # The dead-unit rule waits for a full window of dead_window (10) activation rows.
 CASE_STEPS = {"relu_negative_bias": 12}
@@ -111,9 +127,13 @@ def reference_statistics(model, x, thresholds):
     """{layer name: {statistic: value}} for one batch at the model's current weights."""
     out, h = {}, x.astype(np.float32)
     for layer in model.layers:
-        kernel, bias = (np.asarray(w) for w in layer.get_weights())
-        z = h @ kernel + bias
-        name = layer.activation.__name__
+        weights = [np.asarray(w) for w in layer.get_weights()]
+        if weights:  # Dense: z = h @ W + b, then its activation.
+            kernel, bias = weights
+            z = h @ kernel + bias
+            name = layer.activation.__name__
+        else:  # An activation layer: its input is z.
+            z, name = h, LAYER_FUNCTION[type(layer).__name__]
         if name == "linear":
             h = z
             continue
@@ -219,82 +239,48 @@ def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
 def xla_runs():
     with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_xla_") as root:
         yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS), jit_compile=True)
-               for name in ("sigmoid_normal_init", "relu_negative_bias", "gelu_glorot")}
+               for name in ("sigmoid_normal_init", "relu_negative_bias", "gelu_glorot", "leaky_relu_layer")}
 
 
-@pytest.mark.parametrize("name", ["sigmoid_normal_init", "relu_negative_bias", "gelu_glorot"])
+READ_AT_INPUT = ("gelu_glorot", "leaky_relu_layer")
+
+
+@pytest.mark.parametrize("name", ["sigmoid_normal_init", "relu_negative_bias", *READ_AT_INPUT])
 def test_statistics_under_xla_match_reference(xla_runs, name):
     """Under XLA a step's activations are measured together at its end,
     stacked by kind and width (three sigmoid layers of 128 units and two
-    ReLU layers of 32 read at their output; two GELU layers of 32 read at
-    their input z, their statistics taken from the outputs the step
-    computed and f'(z) from z): the same statistics as the reference, and
-    the same pre-activation ranges."""
+    ReLU layers of 32 read at their output; two GELU layers of 32 and a
+    LeakyReLU layer read at their input z, their statistics taken from the
+    outputs the step computed and f'(z) from z): the same statistics as the
+    reference, and the same pre-activation ranges."""
     compare(xla_runs[name], sample_steps=tuple(range(1, CASE_STEPS.get(name, STEPS) + 1)))
     ranges = activation_ranges(xla_runs[name])
-    # Sigmoid and ReLU are read at their output (their derivative follows from it), GELU at its input.
-    read = "z_range" if name == "gelu_glorot" else "a_range"
+    # Sigmoid and ReLU are read at their output (their derivative follows from it), the others at their input.
+    read = "z_range" if name in READ_AT_INPUT else "a_range"
     for step, expected in xla_runs[name]["reference"].items():
         for layer_name, ref in expected.items():
             np.testing.assert_allclose(ranges[layer_name][step], ref[read], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{layer_name} step {step}")
 
 
-def test_activation_read_at_its_input_matches_reference(runs):
-    """GELU, read at its input z with f'(z) by autodiff, in TensorFlow
-    graphs: its statistics as the reference's, some of its elements
-    saturated (|f'| small near z = -0.75 and below -3), none dead, and the
-    pre-activation histogram spanning z."""
-    reader, table, series = compare(runs["gelu_glorot"])
-    assert all(layer.activation_capture == "in-step" for layer in table.layers[:2])
-    assert np.nanmax(series["saturated_fraction"].values) > 0
+@pytest.mark.parametrize("name", READ_AT_INPUT)
+def test_activation_read_at_its_input_matches_reference(runs, name):
+    """GELU (an `activation` function) and a LeakyReLU layer (its `call`
+    wrapped), read at their input z with f'(z) by autodiff, in TensorFlow
+    graphs: their statistics as the reference's, none dead, and the
+    pre-activation histograms spanning z; GELU has saturated elements
+    (|f'| small near z = -0.75 and below -3), LeakyReLU (|f'| >= 0.2) none."""
+    reader, table, series = compare(runs[name])
+    names = [layer.name.split("/")[-1] for layer in table.layers]
+    expected = runs[name]["reference"][1]
+    assert all(table.layers[names.index(layer)].activation_capture == "in-step" for layer in expected)
+    saturated = np.nanmax(series["saturated_fraction"].values)
+    assert saturated > 0 if name == "gelu_glorot" else saturated == 0.0
     assert np.nanmax(series["dead_fraction"].values) == 0.0
-    ranges = activation_ranges(runs["gelu_glorot"])
-    for step, expected in runs["gelu_glorot"]["reference"].items():
+    ranges = activation_ranges(runs[name])
+    for step, expected in runs[name]["reference"].items():
         for layer_name, ref in expected.items():
             np.testing.assert_allclose(ranges[layer_name][step], ref["z_range"], rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_activation_layer_read_at_its_input_matches_reference(tmp_path, jit):
-    """A `LeakyReLU` layer (captured by wrapping its `call`, read at its
-    input; under XLA its statistics come from the output the step
-    computed): mean and std of its output and its saturated and dead
-    fractions as numpy computes them from the same batch and weights."""
-    slope, steps = 0.2, 3
-
-    def model_fn():
-        return keras.Sequential([keras.Input((FEATURES,)), Dense(32, name="pre"),
-                                 keras.layers.LeakyReLU(negative_slope=slope, name="leaky"), Dense(3, name="out")])
-
-    keras.utils.set_random_seed(5)
-    model = model_fn()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
-    initial = model.get_weights()
-    x, y = data(2.0, BATCH * steps)
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[GradFlow(str(tmp_path), update_freq=1, activation_freq=1, histogram_freq=0)])
-    reference_model = model_fn()
-    reference_model.set_weights(initial)
-    reference_model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
-    reader = Reader.for_logdir(str(tmp_path))
-    names = [layer.name.split("/")[-1] for layer in reader.layer_table("train").layers]
-    column = names.index("leaky")
-    assert reader.layer_table("train").layers[column].activation_capture == "in-step"
-    series = {s: reader.activation_series("train", s) for s in metadata.ACTIVATION_STATISTICS}
-    assert series["activation_mean"].steps.tolist() == list(range(1, steps + 1))
-    for i in range(steps):
-        xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
-        kernel, bias = (np.asarray(w, np.float64) for w in reference_model.get_layer("pre").get_weights())
-        z = xb.astype(np.float64) @ kernel + bias
-        a = np.where(z > 0, z, slope * z)
-        d = np.where(z > 0, 1.0, slope)
-        threshold = rules.DEFAULT_THRESHOLDS.saturation_derivative  # the peak |f'| is 1
-        np.testing.assert_allclose(series["activation_mean"].values[i, column], a.mean(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(series["activation_std"].values[i, column], a.std(), rtol=1e-5, atol=1e-6)
-        assert series["saturated_fraction"].values[i, column] == pytest.approx(np.mean(d < threshold), abs=1e-7)
-        assert series["dead_fraction"].values[i, column] == pytest.approx(np.mean(np.all(d == 0, axis=0)), abs=1e-7)
-        reference_model.fit(xb, yb, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
 
 def histograms_plugin_tensors(result):
