@@ -689,7 +689,9 @@ def multi_activation_statistics(tensors, thresholds, unit_axes, op_type=None, fu
     """`activation_statistics` (or `..._from_output` with `op_type`) and the
     histogram (`finite_range`, `equal_width_counts`) of k activation tensors
     of one kind (one function or output op), in a few ops whatever their
-    number, shapes and unit counts (for XLA, as `multi_tensor_statistics`).
+    number, shapes and unit counts (for XLA, as `multi_tensor_statistics`;
+    with `outputs`, f'(z) of up to `DERIVATIVES_PER_TENSOR_MAX` tensors is
+    a derivative each).
 
     Each tensor is flattened with its unit axis last and cut into rows of one
     width, its last row padded (padding is masked out, not counted); the rows
