@@ -524,7 +524,8 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
       n_layers: rows of the histogram arrays; a layer without tensors gets
         zeros, as `GradientRecorder` writes for it.
       scale: a float32 scalar the tensors are divided by.
-      histograms: compute the per-layer histograms too.
+      histograms: compute the per-layer histograms too; a scalar bool
+        tensor computes them where it holds (zeros else), in a branch.
       by_dot: sum along the rows by dot products (`sum_rows`; XLA on a CPU).
 
     Returns:
@@ -567,9 +568,25 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
         tf.cast(padded_sizes - tensor_counts[:, 0], tf.float32),
         tf.cast(np.asarray(sizes, np.int32) - tensor_counts[:, 1], tf.float32),
     ], axis=1)
-    if not histograms:
+    if not isinstance(histograms, tf.Tensor) and not histograms:
         return moments, None
     row_layer = np.asarray(layer_of_tensor, np.int32)[owner]
+
+    def layer_histograms_of_rows():
+        return _row_histograms(x, finite, finite_in_row, row_layer, n_layers)
+
+    if not isinstance(histograms, tf.Tensor):
+        return moments, layer_histograms_of_rows()
+    # A bool tensor: the histograms in a branch that reads the rows above
+    # (one set of rows for both; a branch each with its own rows would
+    # compile the moments twice).
+    return moments, tf.cond(histograms, layer_histograms_of_rows, lambda: _skipped_histograms(n_layers))
+
+
+def _row_histograms(x, finite, finite_in_row, row_layer, n_layers):
+    """`multi_tensor_statistics`' per-layer (range, equal-width counts, log10
+    counts) of its rows `x` (float32 [chunks, width]), their finite mask and
+    finite count per row, and the layer of each row (numpy int32)."""
     low = tf.math.unsorted_segment_min(tf.reduce_min(tf.where(finite, x, float("inf")), axis=1), row_layer, n_layers)
     high = tf.math.unsorted_segment_max(tf.reduce_max(tf.where(finite, x, float("-inf")), axis=1), row_layer, n_layers)
     # Layers without a finite element (or without tensors: the segment ops
@@ -580,22 +597,34 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     safe_width = tf.where(width_of_bucket > 0, width_of_bucket, 1.0)
     index = _bucket_index(x, tf.gather(low, row_layer)[:, None], tf.gather(safe_width, row_layer)[:, None])
     counts, log_counts = histogram_counts(x, finite, index, row_layer[:, None], n_layers)
-    return moments, (tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width_of_bucket), log_counts)
+    return tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width_of_bucket), log_counts
+
+
+def _skipped_histograms(n_layers):
+    """Zeros in the shapes of `multi_tensor_statistics`' histograms."""
+    return (tf.zeros([n_layers, 2]), tf.zeros([n_layers, HISTOGRAM_BUCKETS], tf.int32),
+            tf.zeros([n_layers, LOG10_BUCKETS], tf.int32))
 
 
 def _per_layer_statistics(tensors, layer_of_tensor, n_layers, scale, histograms):
     """`multi_tensor_statistics`' results from the one-tensor and one-layer
     functions (for tensors of unknown static size)."""
     moments = tf.stack([gradient_moments(tf.cast(t, tf.float32) / scale) for t in tensors])
-    if not histograms:
+    if not isinstance(histograms, tf.Tensor) and not histograms:
         return moments, None
     empty = (tf.zeros([2]), tf.zeros([HISTOGRAM_BUCKETS], tf.int32), tf.zeros([LOG10_BUCKETS], tf.int32))
-    per_layer = [
-        layer_histograms([t for t, layer in zip(tensors, layer_of_tensor) if layer == li], scale)
-        if li in layer_of_tensor else empty
-        for li in range(n_layers)
-    ]
-    return moments, tuple(tf.stack([histograms_of[k] for histograms_of in per_layer]) for k in range(3))
+
+    def per_layer_histograms():
+        per_layer = [
+            layer_histograms([t for t, layer in zip(tensors, layer_of_tensor) if layer == li], scale)
+            if li in layer_of_tensor else empty
+            for li in range(n_layers)
+        ]
+        return tuple(tf.stack([histograms_of[k] for histograms_of in per_layer]) for k in range(3))
+
+    if not isinstance(histograms, tf.Tensor):
+        return moments, per_layer_histograms()
+    return moments, tf.cond(histograms, per_layer_histograms, lambda: _skipped_histograms(n_layers))
 
 
 def layer_histograms(tensors, scale):
