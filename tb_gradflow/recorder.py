@@ -25,6 +25,7 @@ identical on every replica, so the first replica's copy is the global value.
 import contextlib
 import functools
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -37,6 +38,12 @@ from tb_gradflow import stats
 
 
 _POWERS_OF_TWO = [1 << k for k in range(62)]
+
+# Without XLA, a row's statistics of models up to this many trainable
+# elements are computed by two XLA-compiled calls over every gradient and
+# weight at once (see `GradientRecorder.track_gradients`); larger models keep
+# the per-layer calls, which need no copy of the gradients.
+FUSED_MAX_ELEMENTS = 1 << 25
 
 
 def due_in_graph(step, period, dense_start=schedule.DENSE_START, unit=1):
@@ -174,6 +181,15 @@ class GradientRecorder:
         )
         self.weight_snapshots = None
         self.weights_tracked = False
+        # A copy of each gradient, for the fused statistics (`track_gradients`),
+        # and the thread that compiles their calls before the first row
+        # needs them (`warm_up`).
+        self.gradient_copies = None
+        self._warm_up_threads = []
+        self._warm_up_error = None
+        # (graph, thread) -> what `record_gradients` left for `record_weights`
+        # to finish, where the gradients are copied (`_finish_gradients`).
+        self._pending_gradients = {}
         # (variable, shape, dtype, initial value) of every state variable, for `restart`.
         self._initial_state = []
 
@@ -292,7 +308,10 @@ class GradientRecorder:
         until one joint `tf.cond`, or made gradient-sized temporaries, moved
         that peak and changed the summation order of the training step
         (ResNet50V2 with oneDNN parted from its unhooked run at the second
-        batch). See docs/event_contract.md, "Exactness".
+        batch). See docs/event_contract.md, "Exactness". Where the gradients
+        have copies (`track_gradients`: `fit` without XLA) the ops here copy
+        each layer's gradients, and `record_weights`, which must follow in
+        the same step, computes their statistics from the copies.
         """
         step = tf.cast(step, tf.int64)
         present = [g is not None for g in grads]
@@ -307,8 +326,40 @@ class GradientRecorder:
             moments = tf.stack(self._gated_moments(grads, write, scale, divisor))
         elif self._inline:
             moments, layer_histograms = self._inline_statistics(grads, divisor, with_histograms)
+        elif self.gradient_copies is not None:
+            # Copied now; the statistics of the copies are taken by
+            # `record_weights` (`_finish_gradients`), later in the trace, so
+            # that the warm-up's compile has until then (see `warm_up`).
+            self._copy_gradients(grads)
+            self._pending_gradients[_graph_key()] = (step, grads, divisor, hist, write, present, with_histograms)
+            return
         else:
             moments, histograms_of = self._layer_moments(grads, divisor, hist)
+        self._keep_gradient_statistics(step, grads, divisor, hist, write, present, with_histograms, moments,
+                                       histograms_of, layer_histograms)
+
+    def _finish_gradients(self):
+        """In-step, in `record_weights`: the statistics of the gradients
+        `record_gradients` copied in this step's trace, if it did: from the
+        copies by the compiled call (`_fused_statistics`), or, if its warm-up
+        failed, per layer from the gradients themselves."""
+        pending = self._pending_gradients.pop(_graph_key(), None)
+        if pending is None:
+            return
+        step, grads, divisor, hist, write, present, with_histograms = pending
+        histograms_of, layer_histograms = {}, None
+        if self._fused():
+            moments, layer_histograms = self._fused_statistics(grads, divisor, hist)
+        else:
+            moments, histograms_of = self._layer_moments(grads, divisor, hist)
+        self._keep_gradient_statistics(step, grads, divisor, hist, write, present, with_histograms, moments,
+                                       histograms_of, layer_histograms)
+
+    def _keep_gradient_statistics(self, step, grads, divisor, hist, write, present, with_histograms, moments,
+                                  histograms_of, layer_histograms):
+        """In-step: a step's gradient `moments` and histograms (per layer
+        from `histograms_of` or stacked in `layer_histograms`) into the
+        state variables, with the interval's extremes."""
         var_sq = moments[:, aggregate.SUM_SQUARES]
         layer_sq = tf.math.unsorted_segment_sum(var_sq, self.layer_of_variable, self.n_layers)
         # The interval starts on the first step recorded after a write (and
@@ -428,6 +479,221 @@ class GradientRecorder:
                 for k, full in enumerate(layer_histograms)
             )
         return moments, layer_histograms
+
+    def _fused_statistics(self, grads, divisor, hist):
+        """(moments [n_gradients, NUM_MOMENTS], (range, counts, log10 counts)
+        per layer or None): a row step's statistics without XLA, where the
+        gradients have copies (`track_gradients`).
+
+        `record_gradients` copied each layer's gradients into their
+        variables (`_copy_gradients`: one isolated call per layer, a few ops;
+        the training graph sees what it saw with the per-layer statistics,
+        each layer's gradients read once as its backward ops make them);
+        here, later in the trace (`record_weights`), one XLA-compiled call
+        reads every copy and computes the statistics over rows of all of them
+        (`stats.multi_tensor_statistics`, as inline under XLA), the
+        histograms in a branch taken on histogram steps (`hist`). The call
+        reads all the copies whichever gradients the step has, so that the
+        one `warm_up` compiled is the one the step runs; the rows of a
+        gradient that is None or does not fit its copy (sparse
+        IndexedSlices, another dtype) are then replaced by its own
+        statistics, and its layer's histograms computed apart from its
+        present gradients, as `_inline_statistics` does.
+        """
+        copies = self.gradient_copies
+        fused = self._fits_copies(grads)
+        outputs = self._fused_call(tuple(range(len(copies))), hist is not None)(
+            divisor, hist if hist is not None else tf.constant(False)
+        )
+        moments = outputs[0]
+        unfused = [i for i in range(len(grads)) if not fused[i]]
+        if unfused:
+            rows = [
+                tf.zeros([aggregate.NUM_MOMENTS]) if grads[i] is None
+                else self._statistic(_moments, grads[i])(grads[i], divisor)
+                for i in unfused
+            ]
+            moments = tf.tensor_scatter_nd_update(moments, tf.constant([[i] for i in unfused]), tf.stack(rows))
+        if hist is None:
+            return moments, None
+        layer_histograms = tuple(outputs[1:])
+        apart = sorted({int(self.layer_of_variable[i]) for i in unfused})
+        if apart:
+            empty = (tf.zeros([2]), tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32),
+                     tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+            rows = []
+            for li in apart:
+                present = [grads[i] for i in self._variables_of_layer[li] if grads[i] is not None]
+                rows.append(self._layer_histograms(divisor, present) if present else empty)
+            indices = tf.constant([[li] for li in apart])
+            layer_histograms = tuple(
+                tf.tensor_scatter_nd_update(full, indices, tf.stack([row[k] for row in rows]))
+                for k, full in enumerate(layer_histograms)
+            )
+        return moments, layer_histograms
+
+    def _fits_copies(self, grads):
+        """Per gradient: whether it goes into its copy (a dense tensor of the
+        copy's dtype and shape)."""
+        copies = self.gradient_copies
+        return [
+            isinstance(g, tf.Tensor) and g.dtype == copies[i].dtype and g.shape == copies[i].shape
+            for i, g in enumerate(grads)
+        ]
+
+    def _copy_gradients(self, grads):
+        """In-step: each layer's gradients into their copies, one isolated
+        call per layer (see `_fused_statistics`)."""
+        fused = self._fits_copies(grads)
+        for members in self._variables_of_layer:
+            kept = [i for i in members if fused[i]]
+            if kept:
+                tensors = [grads[i] for i in kept]
+                copy = self._layer_call(_assign_by_handle, tensors, leading=(tf.resource,) * len(kept))
+                copy(*[self.gradient_copies[i].handle for i in kept], *tensors)
+
+    def _fused_call(self, indices, histograms):
+        """The XLA-compiled call of `_fused_statistics`: (divisor, bool
+        histogram gate) -> moments of the copies of the gradients
+        `indices` (and, with `histograms`, the per-layer histograms of
+        those copies), traced and compiled once per model."""
+        key = ("fused statistics", indices, histograms)
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            copies = [self.gradient_copies[i] for i in indices]
+            layers = [int(self.layer_of_variable[i]) for i in indices]
+            n_layers = self.n_layers
+
+            def fused_statistics(divisor, hist):
+                moments, layer_histograms = stats.multi_tensor_statistics(
+                    [c.value() for c in copies], layers, n_layers, divisor, hist if histograms else False,
+                    by_dot=_cpu_only(),
+                )
+                return (moments,) + (tuple(layer_histograms) if histograms else ())
+
+            cached = self._isolated_functions[key] = compiled(
+                fused_statistics, [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
+            )
+        return cached
+
+    def _fused_update_sums(self, gate, variables, snapshots):
+        """[n_weights, 3] (`_handle_update_sums`) of every weight and its
+        snapshot where the bool `gate` holds, NaN else, in one XLA-compiled
+        call (rows of all weights, `stats.multi_tensor_update_sums`); None
+        where the statistics are not fused or `snapshots` is None (the
+        weight norms alone: `_fused_sum_squares`)."""
+        if snapshots is None or not variables or not self._fused():
+            return None
+        return self._fused_update_sums_call(variables, snapshots)(gate)
+
+    def _fused_update_sums_call(self, variables, snapshots):
+        key = ("fused update sums", tuple(id(v) for v in variables))
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            pairs = list(zip(variables, snapshots))
+
+            def fused_update_sums(gate):
+                return tf.cond(
+                    gate,
+                    lambda: stats.multi_tensor_update_sums(
+                        [v.value() for v, _ in pairs], [b.value() for _, b in pairs], _cpu_only()
+                    ),
+                    lambda: tf.fill([len(pairs), 3], float("nan")),
+                )
+
+            cached = self._isolated_functions[key] = compiled(fused_update_sums, [tf.TensorSpec([], tf.bool)])
+        return cached
+
+    def _fused_sum_squares(self, variables):
+        """[n_weights]: the weight norms' sums of squares (no update ratio)
+        in one XLA-compiled call; None where the statistics are not fused."""
+        if not variables or not self._fused():
+            return None
+        return self._fused_sum_squares_call(variables)()
+
+    def _fused_sum_squares_call(self, variables):
+        key = ("fused sum squares", tuple(id(v) for v in variables))
+        cached = self._isolated_functions.get(key)
+        if cached is None:
+            cached = self._isolated_functions[key] = compiled(
+                lambda: stats.multi_tensor_sum_squares([v.value() for v in variables], _cpu_only()), []
+            )
+        return cached
+
+    def warm_up(self, variables):
+        """Host, after `track_gradients` and `track_weights`: trace and
+        compile the fused calls (`_fused_statistics`, the weights' sums) on
+        a thread of their own, while the train step is traced.
+
+        XLA compiles a call on its first execution, so the first row step
+        would wait for it (statistics and weight sums: seed003_mlp ~0.5 s and
+        0.2 s, MobileNetV3Small ~1.3 s and 1.2 s on 2 CPU cores). Traced
+        here, then run once each on a thread of its own, from a graph as the
+        train step calls them (an eager call is compiled apart), on the zero
+        copies, their results discarded, they are compiled while the train
+        step is being traced, and the step finds them in XLA's cache; the
+        step takes the statistics of its gradient copies at the end of its
+        trace (`_finish_gradients`), which is where it waits for the
+        threads. The warm-up also proves the calls: if it fails, the trace
+        falls back to the per-layer calls (`_fused`), with a warning, instead
+        of a train step that fails.
+        """
+        if self.gradient_copies is None:
+            return
+        variables = list(variables)
+        fused = self._fused_call(tuple(range(len(variables))), self.histogram_freq > 0)
+        if self.weight_snapshots is not None:
+            weights = self._fused_update_sums_call(variables, self.weight_snapshots)
+            calls = [lambda: fused(tf.constant(1.0), tf.constant(True)), lambda: weights(tf.constant(True))]
+        else:
+            weights = self._fused_sum_squares_call(variables)
+            calls = [lambda: fused(tf.constant(1.0), tf.constant(True)), weights]
+
+        try:
+            # Traced here, on this thread: tracing is Python, which a thread
+            # of its own would run under the GIL against the train step's
+            # trace; the step's trace then finds them traced.
+            concrete = [tf.function(call, autograph=False).get_concrete_function() for call in calls]
+        except Exception as error:  # noqa: BLE001  (any failure: fall back, see `_fused`)
+            self._warm_up_error = error
+            return
+
+        def run(function):
+            try:
+                function()
+            except Exception as error:  # noqa: BLE001
+                self._warm_up_error = error
+
+        # One thread per call: XLA compiles them (outside the GIL) in
+        # parallel with the train step's trace.
+        self._warm_up_threads = [
+            threading.Thread(target=run, args=(function,), name="tb_gradflow_compile", daemon=True)
+            for function in concrete
+        ]
+        for thread in self._warm_up_threads:
+            thread.start()
+
+    def _fused(self):
+        """Whether a row's statistics go through the fused calls: there are
+        gradient copies, and their warm-up (if any) succeeded. Waits for the
+        warm-up to end (at trace time, or at the end of training)."""
+        threads, self._warm_up_threads = self._warm_up_threads, []
+        for thread in threads:
+            thread.join()
+        if self.gradient_copies is not None and self._warm_up_error is not None:
+            warnings.warn(
+                "tb_gradflow: the compiled statistics failed to build "
+                f"({type(self._warm_up_error).__name__}: {self._warm_up_error}); "
+                "computing them per layer instead",
+                stacklevel=2,
+            )
+            self.gradient_copies = None
+        return self.gradient_copies is not None
+
+    def finish_warm_up(self):
+        """Host: wait for `warm_up`'s thread, if it still runs (a fit that
+        ended before its first row step was traced)."""
+        self._fused()
 
     def _gated_moments(self, grads, write, scale, divisor):
         """Per variable: the detailed moments on write steps and on steps with
@@ -601,6 +867,44 @@ class GradientRecorder:
                 for i, v in enumerate(variables)
             ]
 
+    def track_gradients(self, variables):
+        """Host, once before the first step (`fit`, without XLA, one
+        replica): a copy of each gradient in a variable, so that a row's
+        statistics run as one XLA-compiled call over all of them.
+
+            >>> import tensorflow as tf
+            >>> rec = GradientRecorder(sizes=[2], layer_of_variable=[0], n_layers=1, update_freq=1,
+            ...                        histogram_freq=1, gated=False)
+            >>> rec.track_gradients([tf.Variable([1.0, 2.0])])
+            >>> [c.shape.as_list() for c in rec.gradient_copies]
+            [[2]]
+
+        Without XLA every op of the per-layer statistics is a kernel of its
+        own, and on the small tensors of a real model their fixed cost, not
+        their arithmetic, was the time: MobileNetV3Small's row with
+        histograms took 28 ms over its 41 ms step in ~40 ops per layer and
+        weight; compiled, the same statistics are a few fused loops over
+        rows of all the gradients. The gradients cannot go to that call as
+        tensors: a consumer of every gradient would keep each alive until
+        the last one is made, and grappler's memory heuristics, which see
+        the whole training graph, would see another peak (see
+        `record_gradients`). So each layer's gradients are copied, as its
+        backward ops make them, and the compiled call reads the copies. It
+        costs one copy of the trainable weights' size in memory; models of
+        more than `FUSED_MAX_ELEMENTS` elements keep the per-layer calls.
+        Under XLA, a multi-replica strategy or in a custom loop (gated)
+        nothing is copied.
+        """
+        sizes = [v.shape.num_elements() for v in variables]
+        if self._inline or self.gated or None in sizes or sum(sizes) > FUSED_MAX_ELEMENTS:
+            return
+        scope = self._strategy.scope() if self._strategy is not None else contextlib.nullcontext()
+        with scope:
+            self.gradient_copies = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"tb_gradflow_gradient_{i}")
+                for i, v in enumerate(variables)
+            ]
+
     def snapshot_weights(self, step, variables):
         """In-step, before the update (ungated recorders): on a write step,
         the weights the update ratio compares with.
@@ -611,7 +915,7 @@ class GradientRecorder:
         "copy, then update" on each weight.
         """
         if self._rows_before is not None and self.weights_tracked:
-            self._rows_before[(tf.compat.v1.get_default_graph(), threading.get_ident())] = stats.weight_rows(variables)
+            self._rows_before[_graph_key()] = stats.weight_rows(variables)
             return
         if self.weight_snapshots is None or self.gated:
             return
@@ -650,12 +954,13 @@ class GradientRecorder:
         Args:
           variables: the updated variables, aligned with `sizes`.
         """
+        self._finish_gradients()
         step = tf.cast(step, tf.int64)
         write = self.is_write_step(step)
         snapshots = self.weight_snapshots
         rows_before = None
         if self._rows_before is not None:
-            rows_before = self._rows_before.pop((tf.compat.v1.get_default_graph(), threading.get_ident()), None)
+            rows_before = self._rows_before.pop(_graph_key(), None)
         kept = (
             self.weight_sum_squares.read_value(),
             self.update_sum_squares.read_value(),
@@ -666,7 +971,9 @@ class GradientRecorder:
         # training graph (a tf.cond here and the snapshot's captured two
         # handles per weight: a hooked Dense layer traced 28 ops, now 12;
         # tests/test_traced_ops.py).
-        sums = self._per_weight(_handle_update_sums_if, write, variables, snapshots) if snapshots else None
+        sums = self._fused_update_sums(write, variables, snapshots)
+        if sums is None and snapshots:
+            sums = self._per_weight(_handle_update_sums_if, write, variables, snapshots)
         if sums is not None:
             weight, update, weight_before = tf.unstack(tf.where(write, sums, tf.stack(kept, axis=1)), axis=1)
         else:
@@ -684,7 +991,9 @@ class GradientRecorder:
                     nan = tf.fill([len(variables)], float("nan"))
                     return stats.multi_tensor_sum_squares(variables, self._sums_by_dot), nan, nan
                 if snapshots is None:
-                    weight = self._isolated(_sum_squares_of)(variables)
+                    weight = self._fused_sum_squares(variables)
+                    if weight is None:
+                        weight = self._isolated(_sum_squares_of)(variables)
                     nan = tf.fill([len(variables)], float("nan"))
                     return weight, nan, nan
                 return self._isolated(_update_sums)(variables, snapshots)
@@ -789,6 +1098,12 @@ class GradientRecorder:
         return raw
 
 
+def _graph_key():
+    """(graph, thread) of the trace in progress: what one call of a
+    recorder method leaves for a later one of the same trace."""
+    return tf.compat.v1.get_default_graph(), threading.get_ident()
+
+
 def noinline(function, input_signature=None):
     """`function` as a tf.function that grappler optimizes on its own, not
     inlined into the train step (see GradientRecorder.record_gradients).
@@ -803,6 +1118,21 @@ def noinline(function, input_signature=None):
         function, input_signature=input_signature, experimental_attributes={"_noinline": True},
         reduce_retracing=False, autograph=False,
     )
+
+
+def compiled(function, input_signature):
+    """`function` as a tf.function that XLA compiles on its first call
+    (`jit_compile=True`), traced once for `input_signature`: inside a train
+    step that is not compiled, one call op, run by XLA as one computation."""
+    return tf.function(function, input_signature=input_signature, jit_compile=True, reduce_retracing=False,
+                       autograph=False)
+
+
+def _assign_by_handle(*handles_and_values):
+    """Each of k variables (resource handles, then k values) := its value."""
+    k = len(handles_and_values) // 2
+    for handle, value in zip(handles_and_values[:k], handles_and_values[k:]):
+        tf.raw_ops.AssignVariableOp(resource=handle, value=value)
 
 
 def _sum_squares_of(variables):

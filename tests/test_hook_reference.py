@@ -26,11 +26,13 @@ trains and computes the reference there and pickles it; the comparison runs
 here with the same code as the other configurations.
 """
 
+import contextlib
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,6 +49,7 @@ from tensorboard.plugins.histogram import summary_v2 as histogram_summary  # noq
 from tensorboard.util import tensor_util  # noqa: E402
 
 from tb_gradflow import metadata  # noqa: E402
+from tb_gradflow import recorder  # noqa: E402
 from tb_gradflow import schedule  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
 from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
@@ -207,12 +210,48 @@ CONFIGS = {
     # Without the update ratio the weight norms are measured alone (under
     # XLA in rows of all weights, stats.multi_tensor_sum_squares).
     "jit_compile_no_update_ratio": (sequential_model, adam, {"jit_compile": True}, 1, 2, 4, ["s_a", "s_b", "s_out"]),
+    # Without XLA a row's statistics are computed by compiled calls over
+    # copies of every gradient (recorder.GradientRecorder.track_gradients):
+    # the Embedding's sparse gradient apart, the weight norms alone without
+    # the update ratio. Models above recorder.FUSED_MAX_ELEMENTS keep the
+    # per-layer calls (forced here on the tiny models), and so does a fit
+    # whose compiled calls fail to build (test_failed_compiled_statistics_fall_back).
+    "shared_sizes": (shared_sizes_model, adam, {}, 1, 1, 4, ["j_embed", "j_a", "j_b", "j_c", "j_out"]),
+    "no_update_ratio": (sequential_model, adam, {}, 1, 2, 4, ["s_a", "s_b", "s_out"]),
+    "per_layer": (sequential_model, adam, {}, 1, 2, 4, ["s_a", "s_b", "s_out"]),
+    "per_layer_shared_sizes": (shared_sizes_model, adam, {}, 1, 1, 4, ["j_embed", "j_a", "j_b", "j_c", "j_out"]),
+    "per_layer_write_every_3": (sequential_model, adam, {}, 3, 6, 6, ["s_a", "s_b", "s_out"]),
+    "failed_compile": (sequential_model, adam, {}, 1, 2, 4, ["s_a", "s_b", "s_out"]),
 }
 # GradFlow arguments beyond update_freq, histogram_freq and dense_start.
-GRADFLOW_KWARGS = {"jit_compile_no_update_ratio": {"update_ratio": False}}
+GRADFLOW_KWARGS = {"jit_compile_no_update_ratio": {"update_ratio": False}, "no_update_ratio": {"update_ratio": False}}
+
+
+@contextlib.contextmanager
+def _setting(module, name, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+def _failing(*args, **kwargs):
+    raise ValueError("a statistic XLA cannot compile")
+
+
+# The recorder settings a configuration trains under.
+SETTINGS = {
+    "per_layer": lambda: _setting(recorder, "FUSED_MAX_ELEMENTS", 0),
+    "per_layer_shared_sizes": lambda: _setting(recorder, "FUSED_MAX_ELEMENTS", 0),
+    "per_layer_write_every_3": lambda: _setting(recorder, "FUSED_MAX_ELEMENTS", 0),
+    # The compiled calls' first trace raises (in the warm-up thread).
+    "failed_compile": lambda: _setting(recorder.stats, "multi_tensor_statistics", _failing),
+}
 # The write_every_3 configurations turn the dense start off, so that their
 # intervals span several steps; the others log with the default schedule.
-DENSE_START = {"write_every_3": 0, "write_every_3_jit": 0}
+DENSE_START = {"write_every_3": 0, "write_every_3_jit": 0, "per_layer_write_every_3": 0}
 BATCH = 8
 
 
@@ -314,10 +353,12 @@ def run_config(name, log_root):
     model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, _ = CONFIGS[name]
     log_dir = os.path.join(log_root, name)
     dense_start = DENSE_START.get(name, schedule.DENSE_START)
-    initial, model, callback = train_hooked(
-        model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir,
-        dense_start=dense_start, gradflow_kwargs=GRADFLOW_KWARGS.get(name),
-    )
+    with SETTINGS.get(name, contextlib.nullcontext)(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        initial, model, callback = train_hooked(
+            model_fn, optimizer_fn, compile_kwargs, update_freq, histogram_freq, batches, log_dir,
+            dense_start=dense_start, gradflow_kwargs=GRADFLOW_KWARGS.get(name),
+        )
     # The reference: no hook, same weights, same optimizer, one batch per fit.
     # steps_per_execution and XLA change how steps are dispatched, not the
     # math: the reference keeps jit_compile (same compiler) but runs one step
@@ -330,7 +371,8 @@ def run_config(name, log_root):
     reference = reference_run(ref, ref.optimizer, x, y, BATCH, batches)
     return {"log_dir": log_dir, "reference": reference, "update_freq": update_freq, "batches": batches,
             "dense_start": dense_start, "unit": compile_kwargs.get("steps_per_execution", 1),
-            "update_ratio": GRADFLOW_KWARGS.get(name, {}).get("update_ratio", True)}
+            "update_ratio": GRADFLOW_KWARGS.get(name, {}).get("update_ratio", True),
+            "warnings": [str(w.message) for w in caught], "fused": callback._recorder.gradient_copies is not None}
 
 
 # -------------------------------------------------------------- comparison
@@ -543,15 +585,31 @@ def log_root():
         yield d
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c != "mixed_float16"])
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c not in ("mixed_float16", "failed_compile")])
 def test_matches_gradient_tape(config, log_root):
     result = run_config(config, log_root)
     table = compare(config, result, CONFIGS[config][-1])
+    assert not [w for w in result["warnings"] if "tb_gradflow" in w], result["warnings"]
+    # Without XLA the statistics went through the compiled calls unless the
+    # configuration keeps them per layer.
+    expected_fused = "jit_compile" not in CONFIGS[config][2] and not config.startswith("per_layer")
+    assert result["fused"] == expected_fused, config
     if CONFIGS[config][0] is functional_model:
         # Functional models run their operations by decreasing depth: the
         # skip branch (depth 2, like f_b) may come before or after f_b.
         names = [layer.name for layer in table.layers]
         assert names[0] == "f_a" and names[-1] == "f_out" and set(names[1:3]) == {"f_b", "f_skip"}, names
+
+
+def test_failed_compiled_statistics_fall_back(log_root):
+    """A fit whose compiled statistics fail to build (traced in the warm-up
+    thread) warns once, trains, and logs the per-layer statistics, which
+    match the reference."""
+    result = run_config("failed_compile", log_root)
+    ours = [w for w in result["warnings"] if "tb_gradflow" in w]
+    assert len(ours) == 1 and "a statistic XLA cannot compile" in ours[0] and "per layer" in ours[0], ours
+    assert not result["fused"]
+    compare("failed_compile", result, CONFIGS["failed_compile"][-1])
 
 
 def test_mixed_float16(log_root):

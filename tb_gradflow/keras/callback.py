@@ -382,8 +382,10 @@ class GradFlow(keras.callbacks.Callback):
             # _make_train_functions), so every recorded step holds a row.
             gated=False,
         )
+        self._recorder.track_gradients([_raw(v) for v in variables])
         if self.update_ratio:
             self._recorder.track_weights([_raw(v) for v in variables])
+        self._recorder.warm_up([_raw(v) for v in variables])
         self._has_gradient = None
         if self._capture is not None and self._capture.units:
             self._activation_recorder = ActivationRecorder(
@@ -885,6 +887,8 @@ class GradFlow(keras.callbacks.Callback):
         except Exception as e:
             self._warn_once("gave-up", f"GradFlow: writing the last statistics failed ({type(e).__name__}: {e}).")
         finally:
+            if getattr(self, "_recorder", None) is not None:
+                self._recorder.finish_warm_up()
             self._kept = self._keepable()
             self._discard()
             # The model keeps its last callback with kept functions, for a
