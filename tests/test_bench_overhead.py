@@ -108,3 +108,13 @@ def test_refit_benchmark_reports_every_fit(tmp_path):
         assert 0 < row["first_batch_s"] < row["fit_s"][0] and row["first_batch_ratio"] > 0
     assert report["rows"][0]["fit_ratios"] == [1.0, 1.0, 1.0] and report["rows"][0]["later_fits_ratio"] == 1.0
     assert report["rows"][0]["first_batch_ratio"] == 1.0
+
+
+def test_statistics_path_benchmark_compares_both_paths(tmp_path):
+    """The compiled-vs-per-layer benchmark in its tiny configuration: one row
+    with each path's ratio to its plain fit and their quotient."""
+    report = run_benchmark(tmp_path, "bench_statistics_path.py", "--tiny", "--json")
+    (row,) = report["rows"]
+    assert row["model"] == "tiny" and row["configuration"] == "histograms every step"
+    assert row["compiled_ratio"] > 0 and row["per_layer_ratio"] > 0 and row["compiled_over_per_layer"] > 0
+    assert row["compiled_plain_ms_per_step"] > 0 and row["per_layer_plain_ms_per_step"] > 0
