@@ -44,6 +44,12 @@ _POWERS_OF_TWO = [1 << k for k in range(62)]
 # weight at once (see `GradientRecorder.track_gradients`); larger models keep
 # the per-layer calls, which need no copy of the gradients.
 FUSED_MAX_ELEMENTS = 1 << 25
+# ... where rows come at least every this many steps: compiling the calls
+# costs start-up (seed003_mlp's first batch +0.35-0.4 s, mlp50's +0.7 s on
+# 2 CPU cores) that a row saves back in some hundred rows (~4-18 ms each on
+# the benchmark's models); at the defaults (a row every 100 steps) the
+# per-layer calls cost under 1% of a step either way.
+FUSED_MAX_UPDATE_FREQ = 10
 
 
 def due_in_graph(step, period, dense_start=schedule.DENSE_START, unit=1):
@@ -890,13 +896,17 @@ class GradientRecorder:
         the whole training graph, would see another peak (see
         `record_gradients`). So each layer's gradients are copied, as its
         backward ops make them, and the compiled call reads the copies. It
-        costs one copy of the trainable weights' size in memory; models of
-        more than `FUSED_MAX_ELEMENTS` elements keep the per-layer calls.
-        Under XLA, a multi-replica strategy or in a custom loop (gated)
-        nothing is copied.
+        costs one copy of the trainable weights' size in memory and the
+        calls' compile at start-up (`warm_up`), so models of more than
+        `FUSED_MAX_ELEMENTS` elements, and rows rarer than every
+        `FUSED_MAX_UPDATE_FREQ` steps (the defaults), keep the per-layer
+        calls. Under XLA, a multi-replica strategy or in a custom loop
+        (gated) nothing is copied.
         """
         sizes = [v.shape.num_elements() for v in variables]
         if self._inline or self.gated or None in sizes or sum(sizes) > FUSED_MAX_ELEMENTS:
+            return
+        if self.update_freq > FUSED_MAX_UPDATE_FREQ:
             return
         scope = self._strategy.scope() if self._strategy is not None else contextlib.nullcontext()
         with scope:

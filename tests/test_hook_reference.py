@@ -601,6 +601,16 @@ def test_matches_gradient_tape(config, log_root):
         assert names[0] == "f_a" and names[-1] == "f_out" and set(names[1:3]) == {"f_b", "f_skip"}, names
 
 
+@pytest.mark.parametrize("update_freq, compiled", [(recorder.FUSED_MAX_UPDATE_FREQ, True), (100, False)])
+def test_compiled_statistics_where_rows_are_frequent(update_freq, compiled, log_root):
+    """Without XLA the statistics are compiled where rows come at least
+    every FUSED_MAX_UPDATE_FREQ steps; at the defaults (every 100) their
+    compile would cost more start-up than the rows save."""
+    _, _, callback = train_hooked(sequential_model, sgd, {}, update_freq, 0, 2,
+                                  os.path.join(log_root, f"frequency_{update_freq}"))
+    assert (callback._recorder.gradient_copies is not None) == compiled
+
+
 def test_failed_compiled_statistics_fall_back(log_root):
     """A fit whose compiled statistics fail to build (traced in the warm-up
     thread) warns once, trains, and logs the per-layer statistics, which
