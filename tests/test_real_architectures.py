@@ -46,6 +46,11 @@ CI_CASES = [
     "keras_hub_transformer_layers", "keras_hub_bert_backbone",
 ]
 SLOW_CASES = ["mobilenetv3small", "efficientnetb0", "densenet121", "convnexttiny"]
+# Every case writes a row every step, where GradFlow compiles the statistics
+# without XLA (recorder.GradientRecorder.track_gradients); a case named
+# "<case>_per_layer" trains <case> with the per-layer statistics that rows
+# every 100 steps (the defaults) and models above FUSED_MAX_ELEMENTS keep.
+PER_LAYER = "_per_layer"
 
 
 # ------------------------------------------------------------ subprocess side
@@ -248,9 +253,13 @@ def _run_case(name, out_dir):
     from tb_gradflow.keras.callback import GradFlow
     from tb_gradflow.reader import Reader
 
-    build, kind, optimizer, with_reference = _cases()[name]
+    from tb_gradflow import recorder
+
+    per_layer = name.endswith(PER_LAYER)
+    base = name[: -len(PER_LAYER)] if per_layer else name
+    build, kind, optimizer, with_reference = _cases()[base]
     x, y = _data(kind)
-    mixed = name.endswith("mixed_float16")
+    mixed = base.endswith("mixed_float16")
 
     def make():
         keras.utils.set_random_seed(7)
@@ -283,7 +292,16 @@ def _run_case(name, out_dir):
         log_dir = os.path.join(out_dir, name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model, with_hook = train([GradFlow(log_dir, update_freq=1, histogram_freq=1, activation_freq=1)])
+            callback = GradFlow(log_dir, update_freq=1, histogram_freq=1, activation_freq=1)
+            saved = recorder.FUSED_MAX_ELEMENTS
+            if per_layer:
+                recorder.FUSED_MAX_ELEMENTS = -1
+            try:
+                model, with_hook = train([callback])
+            finally:
+                recorder.FUSED_MAX_ELEMENTS = saved
+        if getattr(callback, "_recorder", None) is not None:
+            result["compiled"] = callback._recorder.gradient_copies is not None
         result["seconds"] = round(time.time() - started, 1)
         result["warnings"] = sorted({str(w.message) for w in caught if "GradFlow" in str(w.message)})
         result["identical"] = len(without) == len(with_hook) and all(
@@ -399,8 +417,16 @@ def _collect(proc, onednn):
 # well under 15 minutes on 2 cores.
 ONEDNN_OFF_CI_CASES = ["lstm", "gru_bidirectional", "transformer_block", "custom_train_step", "bn_cnn_clipnorm",
                        "bn_cnn_mixed_float16", "keras_hub_bert_backbone"]
-CI_RUNS = {"1": CI_CASES, "0": ONEDNN_OFF_CI_CASES}
-SLOW_RUNS = {"1": SLOW_CASES, "0": SLOW_CASES + [c for c in CI_CASES if c not in ONEDNN_OFF_CI_CASES]}
+# The per-layer statistics (GradFlow's defaults) on a few graphs in CI: with
+# oneDNN on ResNet50V2 (where exactness broke before) and a convolution with
+# clipping, with it off the Transformer block and mixed precision.
+PER_LAYER_CI = {"1": ["resnet50v2", "bn_cnn_clipnorm"], "0": ["transformer_block", "bn_cnn_mixed_float16"]}
+PER_LAYER_SLOW = ["lstm", "custom_train_step", "mobilenetv3small"]
+CI_RUNS = {"1": CI_CASES + [c + PER_LAYER for c in PER_LAYER_CI["1"]],
+           "0": ONEDNN_OFF_CI_CASES + [c + PER_LAYER for c in PER_LAYER_CI["0"]]}
+SLOW_RUNS = {"1": SLOW_CASES + [c + PER_LAYER for c in PER_LAYER_SLOW],
+             "0": SLOW_CASES + [c for c in CI_CASES if c not in ONEDNN_OFF_CI_CASES]
+             + [c + PER_LAYER for c in PER_LAYER_SLOW]}
 
 
 @pytest.fixture(scope="module")
@@ -429,6 +455,9 @@ def _pairs(runs):
 def check(result):
     assert "error" not in result, result.get("traceback", result.get("error"))
     assert result["identical"], f"{result['case']}: weights differ from the unhooked run"
+    if "compiled" in result:
+        # The statistics went the way the case asked for.
+        assert result["compiled"] != result["case"].endswith(PER_LAYER), result["case"]
     if "max_relative_error" in result:
         assert result["max_relative_error"] < 1e-4, result
     if "table" in result:
@@ -442,6 +471,7 @@ def check(result):
 def test_real_architecture(results, onednn, case):
     result = results(onednn, "ci")[case]
     check(result)
+    case = case[: -len(PER_LAYER)] if case.endswith(PER_LAYER) else case
     table = result.get("table", [])
     names = [name for name, has, _ in table if has]
     if case == "resnet50v2":
