@@ -269,6 +269,40 @@ def test_multi_tensor_statistics_match_independent_references(jit, static_sizes,
                                       err_msg=f"layer {li}")
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per layer"])
+def test_multi_tensor_statistics_histograms_gated_by_a_tensor(jit, static_sizes):
+    """`histograms` as a bool tensor (the recorder's compiled call, which
+    serves rows with and without histograms): where it holds, the same
+    moments and histograms as with `histograms=True`; where it does not, the
+    same moments and zero histograms."""
+    tensors = [_shared_size_layer(i)[0] for i in range(5)] + [rng.normal(size=(3, 4)).astype("float32")]
+    layer_of_tensor = [0, 0, 1, 2, 2, 3]
+    signature = [tf.TensorSpec(a.shape if static_sizes else [None] * a.ndim, tf.float32) for a in tensors]
+
+    @tf.function(jit_compile=jit, input_signature=[tf.TensorSpec([], tf.bool)] + signature)
+    def gated(hist, *arrays):
+        return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, 5, tf.constant(2.0), histograms=hist)
+
+    @tf.function(jit_compile=jit, input_signature=signature)
+    def always(*arrays):
+        return stats.multi_tensor_statistics(list(arrays), layer_of_tensor, 5, tf.constant(2.0))
+
+    inputs = [tf.constant(a) for a in tensors]
+    expected_moments, expected_histograms = always(*inputs)
+    moments, histograms = gated(tf.constant(True), *inputs)
+    # Sums may be fused (and so rounded) differently in the two functions;
+    # extremes and counts are exact.
+    np.testing.assert_allclose(moments, expected_moments, rtol=1e-6)
+    for got, expected in zip(histograms, expected_histograms):
+        np.testing.assert_array_equal(got, expected)
+    moments, histograms = gated(tf.constant(False), *inputs)
+    np.testing.assert_allclose(moments, expected_moments, rtol=1e-6)
+    assert all(not np.any(h.numpy()) for h in histograms)
+    assert [h.shape.as_list() for h in histograms] == [[5, 2], [5, metadata.HISTOGRAM_BUCKETS],
+                                                        [5, metadata.LOG10_BUCKETS]]
+
+
 @pytest.mark.parametrize("by_dot", [False, True], ids=["reduce", "dot"])
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("static_sizes", [True, False], ids=["chunked", "unknown size, per tensor"])
