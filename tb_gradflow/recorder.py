@@ -336,8 +336,9 @@ class GradientRecorder:
             # Copied now; the statistics of the copies are taken by
             # `record_weights` (`_finish_gradients`), later in the trace, so
             # that the warm-up's compile has until then (see `warm_up`).
-            self._copy_gradients(grads)
-            self._pending_gradients[_graph_key()] = (step, grads, divisor, hist, write, present, with_histograms)
+            fused = self._copy_gradients(grads)
+            self._pending_gradients[_graph_key()] = (step, grads, fused, divisor, hist, write, present,
+                                                     with_histograms)
             return
         else:
             moments, histograms_of = self._layer_moments(grads, divisor, hist)
@@ -352,10 +353,10 @@ class GradientRecorder:
         pending = self._pending_gradients.pop(_graph_key(), None)
         if pending is None:
             return
-        step, grads, divisor, hist, write, present, with_histograms = pending
+        step, grads, fused, divisor, hist, write, present, with_histograms = pending
         histograms_of, layer_histograms = {}, None
         if self._fused():
-            moments, layer_histograms = self._fused_statistics(grads, divisor, hist)
+            moments, layer_histograms = self._fused_statistics(grads, fused, divisor, hist)
         else:
             moments, histograms_of = self._layer_moments(grads, divisor, hist)
         self._keep_gradient_statistics(step, grads, divisor, hist, write, present, with_histograms, moments,
@@ -468,25 +469,30 @@ class GradientRecorder:
         if not histograms:
             return moments, None
         if layer_histograms is None:
-            layer_histograms = (
-                tf.zeros([self.n_layers, 2]),
-                tf.zeros([self.n_layers, metadata.HISTOGRAM_BUCKETS], tf.int32),
-                tf.zeros([self.n_layers, metadata.LOG10_BUCKETS], tf.int32),
-            )
-        sparse_layers = sorted({int(self.layer_of_variable[i]) for i in sparse})
-        if sparse_layers:
-            rows = [
-                _layer_histograms(divisor, *[grads[i] for i in self._variables_of_layer[li] if grads[i] is not None])
-                for li in sparse_layers
-            ]
-            indices = tf.constant([[li] for li in sparse_layers])
-            layer_histograms = tuple(
-                tf.tensor_scatter_nd_update(full, indices, tf.stack([row[k] for row in rows]))
-                for k, full in enumerate(layer_histograms)
-            )
-        return moments, layer_histograms
+            layer_histograms = stats.empty_histograms(self.n_layers)
+        return moments, self._with_layers_apart(layer_histograms, sparse, grads, divisor)
 
-    def _fused_statistics(self, grads, divisor, hist):
+    def _with_layers_apart(self, layer_histograms, gradients, grads, divisor):
+        """`layer_histograms` (stacked per layer) with the rows of the layers
+        of `gradients` (indices the row statistics left out: sparse, None,
+        not fitting their copy) replaced by each such layer's histograms of
+        its present gradients, computed apart (zeros for a layer with none)."""
+        layers = sorted({int(self.layer_of_variable[i]) for i in gradients})
+        if not layers:
+            return layer_histograms
+        empty = (tf.zeros([2]), tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32),
+                 tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
+        rows = []
+        for li in layers:
+            present = [grads[i] for i in self._variables_of_layer[li] if grads[i] is not None]
+            rows.append(self._layer_histograms(divisor, present) if present else empty)
+        indices = tf.constant([[li] for li in layers])
+        return tuple(
+            tf.tensor_scatter_nd_update(full, indices, tf.stack([row[k] for row in rows]))
+            for k, full in enumerate(layer_histograms)
+        )
+
+    def _fused_statistics(self, grads, fused, divisor, hist):
         """(moments [n_gradients, NUM_MOMENTS], (range, counts, log10 counts)
         per layer or None): a row step's statistics without XLA, where the
         gradients have copies (`track_gradients`).
@@ -504,10 +510,10 @@ class GradientRecorder:
         gradient that is None or does not fit its copy (sparse
         IndexedSlices, another dtype) are then replaced by its own
         statistics, and its layer's histograms computed apart from its
-        present gradients, as `_inline_statistics` does.
+        present gradients, as `_inline_statistics` does. `fused`: per
+        gradient, whether `_copy_gradients` copied it.
         """
         copies = self.gradient_copies
-        fused = self._fits_copies(grads)
         outputs = self._fused_call(tuple(range(len(copies))), hist is not None)(
             divisor, hist if hist is not None else tf.constant(False)
         )
@@ -522,41 +528,24 @@ class GradientRecorder:
             moments = tf.tensor_scatter_nd_update(moments, tf.constant([[i] for i in unfused]), tf.stack(rows))
         if hist is None:
             return moments, None
-        layer_histograms = tuple(outputs[1:])
-        apart = sorted({int(self.layer_of_variable[i]) for i in unfused})
-        if apart:
-            empty = (tf.zeros([2]), tf.zeros([metadata.HISTOGRAM_BUCKETS], tf.int32),
-                     tf.zeros([metadata.LOG10_BUCKETS], tf.int32))
-            rows = []
-            for li in apart:
-                present = [grads[i] for i in self._variables_of_layer[li] if grads[i] is not None]
-                rows.append(self._layer_histograms(divisor, present) if present else empty)
-            indices = tf.constant([[li] for li in apart])
-            layer_histograms = tuple(
-                tf.tensor_scatter_nd_update(full, indices, tf.stack([row[k] for row in rows]))
-                for k, full in enumerate(layer_histograms)
-            )
-        return moments, layer_histograms
-
-    def _fits_copies(self, grads):
-        """Per gradient: whether it goes into its copy (a dense tensor of the
-        copy's dtype and shape)."""
-        copies = self.gradient_copies
-        return [
-            isinstance(g, tf.Tensor) and g.dtype == copies[i].dtype and g.shape == copies[i].shape
-            for i, g in enumerate(grads)
-        ]
+        return moments, self._with_layers_apart(tuple(outputs[1:]), unfused, grads, divisor)
 
     def _copy_gradients(self, grads):
         """In-step: each layer's gradients into their copies, one isolated
-        call per layer (see `_fused_statistics`)."""
-        fused = self._fits_copies(grads)
+        call per layer (see `_fused_statistics`); per gradient, whether it
+        was copied (a dense tensor of its copy's dtype and shape)."""
+        copies = self.gradient_copies
+        fused = [
+            isinstance(g, tf.Tensor) and g.dtype == copies[i].dtype and g.shape == copies[i].shape
+            for i, g in enumerate(grads)
+        ]
         for members in self._variables_of_layer:
             kept = [i for i in members if fused[i]]
             if kept:
                 tensors = [grads[i] for i in kept]
                 copy = self._layer_call(_assign_by_handle, tensors, leading=(tf.resource,) * len(kept))
-                copy(*[self.gradient_copies[i].handle for i in kept], *tensors)
+                copy(*[copies[i].handle for i in kept], *tensors)
+        return fused
 
     def _fused_call(self, indices, histograms):
         """The XLA-compiled call of `_fused_statistics`: (divisor, bool
@@ -904,9 +893,8 @@ class GradientRecorder:
         (gated) nothing is copied.
         """
         sizes = [v.shape.num_elements() for v in variables]
-        if self._inline or self.gated or None in sizes or sum(sizes) > FUSED_MAX_ELEMENTS:
-            return
-        if self.update_freq > FUSED_MAX_UPDATE_FREQ:
+        if (self._inline or self.gated or None in sizes or sum(sizes) > FUSED_MAX_ELEMENTS
+                or self.update_freq > FUSED_MAX_UPDATE_FREQ):
             return
         scope = self._strategy.scope() if self._strategy is not None else contextlib.nullcontext()
         with scope:

@@ -580,7 +580,7 @@ def multi_tensor_statistics(tensors, layer_of_tensor, n_layers, scale, histogram
     # A bool tensor: the histograms in a branch that reads the rows above
     # (one set of rows for both; a branch each with its own rows would
     # compile the moments twice).
-    return moments, tf.cond(histograms, layer_histograms_of_rows, lambda: _skipped_histograms(n_layers))
+    return moments, tf.cond(histograms, layer_histograms_of_rows, lambda: empty_histograms(n_layers))
 
 
 def _row_histograms(x, finite, finite_in_row, row_layer, n_layers):
@@ -600,8 +600,9 @@ def _row_histograms(x, finite, finite_in_row, row_layer, n_layers):
     return tf.stack([low, high], axis=1), _zero_width_to_last_bucket(counts, width_of_bucket), log_counts
 
 
-def _skipped_histograms(n_layers):
-    """Zeros in the shapes of `multi_tensor_statistics`' histograms."""
+def empty_histograms(n_layers):
+    """Zeros in the shapes of `multi_tensor_statistics`' histograms
+    (range, equal-width counts, log10 counts of `n_layers` layers)."""
     return (tf.zeros([n_layers, 2]), tf.zeros([n_layers, HISTOGRAM_BUCKETS], tf.int32),
             tf.zeros([n_layers, LOG10_BUCKETS], tf.int32))
 
@@ -624,7 +625,7 @@ def _per_layer_statistics(tensors, layer_of_tensor, n_layers, scale, histograms)
 
     if not isinstance(histograms, tf.Tensor):
         return moments, per_layer_histograms()
-    return moments, tf.cond(histograms, per_layer_histograms, lambda: _skipped_histograms(n_layers))
+    return moments, tf.cond(histograms, per_layer_histograms, lambda: empty_histograms(n_layers))
 
 
 def layer_histograms(tensors, scale):
