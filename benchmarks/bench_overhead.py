@@ -441,9 +441,15 @@ def main(argv=None):
             for model_name in models:
                 for jit in settings:
                     report["rows"] += measure(model_name, jit, configs, rounds, block, logdir, log)
-    if args.json:
-        print(json.dumps(report, indent=1))
     output = args.output or (None if (args.tiny or args.models or args.configs or args.memory) else RESULTS / "overhead.json")
+    return emit_report(report, output, args.json)
+
+
+def emit_report(report, output, print_json=True):
+    """What every benchmark here ends with: the report as JSON on stdout
+    (with `print_json`) and in the file `output` (if any); returns it."""
+    if print_json:
+        print(json.dumps(report, indent=1))
     if output:
         write_report(report, output)
     return report

@@ -142,11 +142,7 @@ def main(argv=None):
     report = {**bench_overhead.report_header("refit"), "fits": args.fits, "steps_per_fit": args.steps, "rows": []}
     for model_name in args.models:
         report["rows"] += measure(model_name, not args.no_xla, args.fits, args.steps, configs, args.metrics)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    if args.output:
-        bench_overhead.write_report(report, args.output)
-    return report
+    return bench_overhead.emit_report(report, args.output, args.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import functools
 import importlib.util
 import inspect
-import json
 import os
 import pathlib
 import sys
@@ -141,10 +140,7 @@ def main(argv=None):
     report = {**bench_overhead.report_header("statistics_ab"), "before": str(before), "calls": args.calls, "rows": []}
     for model_name in args.models:
         report["rows"] += measure(model_name, versions, not args.no_xla, args.calls)
-    print(json.dumps(report, indent=1))
-    if args.output:
-        bench_overhead.write_report(report, args.output)
-    return report
+    return bench_overhead.emit_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ compile samples move by a second on a shared 2-core machine).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -152,10 +151,7 @@ def main(argv=None):
             report["rows"] += measure(model_name, args.calls)
         if args.only != "gradients":
             report["rows"] += measure_activations(model_name, args.calls)
-    print(json.dumps(report, indent=1))
-    if args.output:
-        bench_overhead.write_report(report, args.output)
-    return report
+    return bench_overhead.emit_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ and docs/cost_history.md with the date and machine.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -144,11 +143,7 @@ def main(argv=None):
         for model_name in models:
             for config in configs:
                 report["rows"].append(measure(model_name, config, rounds, steps, logdir, log))
-    if args.json:
-        print(json.dumps(report, indent=1))
-    if args.output:
-        bench_overhead.write_report(report, args.output)
-    return report
+    return bench_overhead.emit_report(report, args.output, args.json)
 
 
 if __name__ == "__main__":

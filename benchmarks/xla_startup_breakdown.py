@@ -14,7 +14,6 @@ read differences under a few seconds as noise.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -48,10 +47,7 @@ def main(argv=None):
                                           log=lambda *a, **k: print(*a, file=sys.stderr, **k))
             report["rows"] += [{k: row[k] for k in ("model", "configuration", "startup_s", "on_train_begin_s",
                                                     "startup_ratio", "startup_block_excess_s")} for row in rows]
-    print(json.dumps(report, indent=1))
-    if args.output:
-        bench_overhead.write_report(report, args.output)
-    return report
+    return bench_overhead.emit_report(report, args.output)
 
 
 if __name__ == "__main__":
