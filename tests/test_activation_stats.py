@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tb_gradflow import metadata  # noqa: E402
+from tb_gradflow import recorder as recorder_module  # noqa: E402
 from tb_gradflow import rules  # noqa: E402
 from tb_gradflow.keras.callback import GradFlow  # noqa: E402
 from tb_gradflow.reader import Reader, logdir_data_provider  # noqa: E402
@@ -155,14 +156,14 @@ def reference_statistics(model, x, thresholds):
 
 
 def run_case(name, log_root, steps=STEPS, activation_freq=1, steps_per_execution=1, callbacks=(), dense_start=8,
-             jit_compile=False):
+             jit_compile=False, samples=None):
     model_fn, scale = CASES[name]
     keras.utils.set_random_seed(11)
     model = model_fn()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution,
                   jit_compile=jit_compile)
     initial = model.get_weights()
-    x, y = data(scale, BATCH * steps)
+    x, y = data(scale, samples or BATCH * steps)
     xv, yv = data(scale * 3, BATCH)
     log_dir = os.path.join(log_root, name)
     callback = GradFlow(log_dir, update_freq=steps_per_execution, activation_freq=activation_freq, histogram_freq=0,
@@ -197,10 +198,25 @@ def reference_run(model_fn, initial, x, y, batch, steps, replica_share=None, jit
     return reference
 
 
+class CompiledAfterFirstBatch(keras.callbacks.Callback):
+    """Waits, after the first batch, for the compile of the activation
+    statistics that GradFlow's first read started on a thread
+    (ActivationRecorder.warm_up), so that the steps after it run compiled."""
+
+    def __init__(self, gradflow):
+        super().__init__()
+        self.gradflow = gradflow
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.gradflow._activation_recorder.finish_warm_up()
+
+
 @pytest.fixture(scope="module")
 def runs():
     with tempfile.TemporaryDirectory(prefix="tb_gradflow_act_") as root:
-        yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS)) for name in CASES} | {"root": root}
+        yield {name: run_case(name, root, steps=CASE_STEPS.get(name, STEPS), callbacks=[CompiledAfterFirstBatch])
+               for name in CASES} | {"root": root}
 
 
 def compare(result, sample_steps=tuple(range(1, STEPS + 1))):
@@ -261,6 +277,73 @@ def test_statistics_under_xla_match_reference(xla_runs, name):
         for layer_name, ref in expected.items():
             np.testing.assert_allclose(ranges[layer_name][step], ref[read], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{layer_name} step {step}")
+
+
+def test_graph_runs_measure_copies_in_one_compiled_call(runs):
+    """Without XLA, at activation rows every step, each activation is copied
+    as the step makes it and measured at the step's end
+    (recorder.ActivationRecorder._record_copied): the first step one copy at
+    a time, the steps after it by the call compiled meanwhile for BATCH
+    rows (the cases' statistics, compared with the reference in the tests
+    above, come from both), without a warning."""
+    for name in CASES:
+        recorder = runs[name]["callback"]._activation_recorder
+        assert recorder.copies is not None, name
+        assert recorder._copies_warning is None, name
+        assert recorder._compiled_rows.numpy().tolist() == [BATCH] * len(recorder.units), name
+        assert int(recorder.compiled_steps.numpy()) == CASE_STEPS.get(name, STEPS) - 1, name
+        # Emptied after the step: between steps the copies hold nothing.
+        assert all(copy.value().shape[0] == 0 for copy in recorder.copies), name
+
+
+@pytest.mark.parametrize("name", ["relu_negative_bias", "gelu_glorot"])
+def test_per_activation_calls_match_reference(tmp_path, monkeypatch, name):
+    """Models above recorder.FUSED_MAX_ELEMENTS keep one isolated call per
+    activation, no copy: the same statistics as the reference."""
+    monkeypatch.setattr(recorder_module, "FUSED_MAX_ELEMENTS", -1)
+    result = run_case(name, str(tmp_path), steps=CASE_STEPS.get(name, STEPS))
+    assert result["callback"]._activation_recorder.copies is None
+    compare(result, sample_steps=tuple(range(1, CASE_STEPS.get(name, STEPS) + 1)))
+
+
+def test_a_smaller_last_batch_is_measured_uncompiled(tmp_path):
+    """A step of other row counts than the compiled ones (here the last,
+    smaller batch of a fit) takes the uncompiled branch, not a second XLA
+    compile: its statistics still match the reference, and the compiled row
+    counts stay those of the full batches."""
+    result = run_case("gelu_glorot", str(tmp_path), steps=3, samples=2 * BATCH + 5,
+                      callbacks=[CompiledAfterFirstBatch])
+    compare(result, sample_steps=(1, 2, 3))
+    recorder = result["callback"]._activation_recorder
+    assert recorder._compiled_rows.numpy().tolist() == [BATCH] * len(recorder.units)
+    assert int(recorder.compiled_steps.numpy()) == 1  # the second step only
+
+
+def test_statistics_xla_cannot_compile_fall_back_with_one_warning(tmp_path, monkeypatch):
+    """An activation statistic with an op XLA has no kernel for (here a
+    `tf.numpy_function` identity slipped into them) cannot be compiled: the
+    compile on its thread fails, the step never runs the call, one warning
+    names it, and the statistics are computed uncompiled, still equal to the
+    reference."""
+    import tensorflow as tf
+
+    from tb_gradflow import stats
+
+    measured = stats.multi_activation_statistics
+
+    def with_host_identity(*args, **kwargs):
+        moments, *rest = measured(*args, **kwargs)
+        moments = tf.reshape(tf.numpy_function(lambda m: m, [moments], tf.float32), tf.shape(moments))
+        return (moments, *rest)
+
+    monkeypatch.setattr(stats, "multi_activation_statistics", with_host_identity)
+    with pytest.warns(UserWarning, match="compiled activation statistics failed to build") as caught:
+        result = run_case("gelu_glorot", str(tmp_path), callbacks=[CompiledAfterFirstBatch])
+    assert sum("tb_gradflow" in str(w.message) for w in caught) == 1
+    recorder = result["callback"]._activation_recorder
+    assert recorder._copies_warning is not None and recorder._compiled_rows.numpy().tolist() == [-1, -1]
+    assert int(recorder.compiled_steps.numpy()) == 0
+    compare(result)
 
 
 @pytest.mark.parametrize("name", READ_AT_INPUT)

@@ -302,6 +302,10 @@ def _run_case(name, out_dir):
                 recorder.FUSED_MAX_ELEMENTS = saved
         if getattr(callback, "_recorder", None) is not None:
             result["compiled"] = callback._recorder.gradient_copies is not None
+        activations = getattr(callback, "_activation_recorder", None)
+        if activations is not None:
+            # Copied and measured by the compiled call, its XLA build not failed.
+            result["activations_compiled"] = activations.copies is not None and activations._copies_warning is None
         result["seconds"] = round(time.time() - started, 1)
         result["warnings"] = sorted({str(w.message) for w in caught if "GradFlow" in str(w.message)})
         result["identical"] = len(without) == len(with_hook) and all(
@@ -458,6 +462,8 @@ def check(result):
     if "compiled" in result:
         # The statistics went the way the case asked for.
         assert result["compiled"] != result["case"].endswith(PER_LAYER), result["case"]
+    if "activations_compiled" in result:
+        assert result["activations_compiled"] != result["case"].endswith(PER_LAYER), result["case"]
     if "max_relative_error" in result:
         assert result["max_relative_error"] < 1e-4, result
     if "table" in result:

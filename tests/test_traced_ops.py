@@ -31,18 +31,24 @@ SHALLOW, DEEP = 3, 6
 STEPS = 24  # past the dense start (15): the light function is traced too
 
 # What a hooked Dense layer (kernel, bias, activation) may add to the step
-# graph of an execution that records everything. Measured at 19 (2026-12-05):
-# a call each for the copy of its gradients, the weight snapshot and the
-# activation statistics, the handles they take, and six variable reads (two
-# gradient copies, two weights, two snapshots) in the bodies of the two
-# XLA-compiled calls that compute every layer's statistics at once
-# (recorder.GradientRecorder.track_gradients), which TensorFlow's executor
-# does not run. The per-layer statistics of models above
-# recorder.FUSED_MAX_ELEMENTS measured 12 (a call each for the moments and
-# histograms, the weight snapshot, the weight and update sums and the
-# activation statistics, and their handles).
+# graph of an execution that records everything, in the ops TensorFlow's
+# executor runs (the step and the functions it calls). Measured at 19
+# (2026-12-05): a call each for the copy of its gradients, the weight
+# snapshot and the copy of its activation, the handles they take, and, in
+# the call that measures the activation copies, its copy's shape, its
+# emptying and its row of the uncompiled branch. The per-layer statistics of
+# models above recorder.FUSED_MAX_ELEMENTS measured 12 (a call each for the
+# moments and histograms, the weight snapshot, the weight and update sums and
+# the activation statistics, and their handles).
 RECORDING_OPS_PER_LAYER = 20
 PER_LAYER_RECORDING_OPS_PER_LAYER = 14
+# ... and in the bodies of the XLA-compiled calls that compute every layer's
+# statistics at once (recorder.GradientRecorder.track_gradients, and
+# ActivationRecorder._record_copied), which XLA compiles as one computation
+# each and the executor does not run op by op. Measured at 21 (2026-12-05):
+# six variable reads for the gradients' (two gradient copies, two weights, two
+# snapshots) and the activation copy's read, flattening and row count.
+COMPILED_OPS_PER_LAYER = 24
 
 
 class Probe(keras.Sequential):
@@ -60,15 +66,22 @@ class Probe(keras.Sequential):
 
 
 def graph_ops(graph):
-    """Nodes of `graph` and of every function in its library."""
+    """(nodes of `graph` and of the functions of its library the executor
+    runs, nodes of those XLA compiles)."""
     graph_def = graph.as_graph_def()
-    return len(graph_def.node) + sum(len(function.node_def) for function in graph_def.library.function)
+    run, compiled = len(graph_def.node), 0
+    for function in graph_def.library.function:
+        if function.attr["_XlaMustCompile"].b:
+            compiled += len(function.node_def)
+        else:
+            run += len(function.node_def)
+    return run, compiled
 
 
 def traced_ops(depth, callback_kwargs):
-    """Op counts of each one-step graph traced while `fit` trains `STEPS`
-    steps of a `depth`-layer MLP (with GradFlow(**callback_kwargs) unless
-    None), in tracing order."""
+    """Op counts (`graph_ops`) of each one-step graph traced while `fit`
+    trains `STEPS` steps of a `depth`-layer MLP (with
+    GradFlow(**callback_kwargs) unless None), in tracing order."""
     keras.utils.set_random_seed(0)
     layers = [keras.layers.Dense(8, activation="relu") for _ in range(depth)]
     model = Probe([keras.Input((4,))] + layers + [keras.layers.Dense(1)])
@@ -83,28 +96,35 @@ def traced_ops(depth, callback_kwargs):
 
 @pytest.fixture(scope="module")
 def plain_ops_per_layer():
-    (shallow,), (deep,) = traced_ops(SHALLOW, None), traced_ops(DEEP, None)
+    ((shallow, none),), ((deep, _),) = traced_ops(SHALLOW, None), traced_ops(DEEP, None)
+    assert none == 0
     return (deep - shallow) / (DEEP - SHALLOW)
 
 
 def added_per_layer(callback_kwargs, plain_ops_per_layer):
-    """Per traced function: the ops the hook adds per layer."""
+    """Per traced function: (the ops the hook adds per layer that the
+    executor runs, those it adds per layer in XLA-compiled calls)."""
     shallow, deep = traced_ops(SHALLOW, callback_kwargs), traced_ops(DEEP, callback_kwargs)
     assert len(shallow) == len(deep)
-    return [(d - s) / (DEEP - SHALLOW) - plain_ops_per_layer for s, d in zip(shallow, deep)]
+    return [((d[0] - s[0]) / (DEEP - SHALLOW) - plain_ops_per_layer, (d[1] - s[1]) / (DEEP - SHALLOW))
+            for s, d in zip(shallow, deep)]
 
 
 def test_recording_everything_adds_a_few_ops_per_layer(plain_ops_per_layer):
     added = added_per_layer(dict(update_freq=1, histogram_freq=1, activation_freq=1), plain_ops_per_layer)
     assert len(added) == 1  # one function serves every step
-    assert 0 < added[0] <= RECORDING_OPS_PER_LAYER, added
+    run, compiled = added[0]
+    assert 0 < run <= RECORDING_OPS_PER_LAYER, added
+    assert 0 < compiled <= COMPILED_OPS_PER_LAYER, added
 
 
 def test_per_layer_statistics_add_a_few_ops_per_layer(plain_ops_per_layer, monkeypatch):
     monkeypatch.setattr(recorder, "FUSED_MAX_ELEMENTS", 0)
     added = added_per_layer(dict(update_freq=1, histogram_freq=1, activation_freq=1), plain_ops_per_layer)
     assert len(added) == 1
-    assert 0 < added[0] <= PER_LAYER_RECORDING_OPS_PER_LAYER, added
+    run, compiled = added[0]
+    assert 0 < run <= PER_LAYER_RECORDING_OPS_PER_LAYER, added
+    assert compiled == 0, added  # nothing copied, nothing compiled
 
 
 def test_steps_between_rows_trace_the_plain_graph(plain_ops_per_layer):
@@ -113,6 +133,7 @@ def test_steps_between_rows_trace_the_plain_graph(plain_ops_per_layer):
     # loss's few scalar ops, nothing per layer.
     added = added_per_layer({}, plain_ops_per_layer)
     assert len(added) == 2, added
-    sampling, light = added
+    (sampling, sampling_compiled), (light, light_compiled) = added
     assert 0 < sampling <= RECORDING_OPS_PER_LAYER
-    assert light == 0
+    # At the defaults nothing is compiled (recorder.statistics_compiled).
+    assert sampling_compiled == light_compiled == light == 0

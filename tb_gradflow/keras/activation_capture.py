@@ -366,6 +366,9 @@ class ActivationCapture:
             self.captured.append(entry)
         self.units = [c.units for c in self.captured if c.index >= 0]
         self.thresholds = [saturation_derivative * c.probe.peak for c in self.captured if c.index >= 0]
+        # The dtype the step computes each activation in (its copy's, see
+        # ActivationRecorder); a tensor of another dtype is measured apart.
+        self.dtypes = [getattr(c.layer, "compute_dtype", None) or "float32" for c in self.captured if c.index >= 0]
         self._installed = False
 
     def by_layer(self):

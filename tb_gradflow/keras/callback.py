@@ -396,6 +396,8 @@ class GradFlow(keras.callbacks.Callback):
                 xla=bool(model.jit_compile),
                 dense_start=self.dense_start,
                 unit=self._steps_per_execution,
+                dtypes=self._capture.dtypes,
+                model_elements=sum(int(np.prod(v.shape)) for v in variables),
             )
             self._install_capture()
         self._call_order = model_layers.CallOrderRecorder(self._owners)
@@ -889,6 +891,9 @@ class GradFlow(keras.callbacks.Callback):
         finally:
             if getattr(self, "_recorder", None) is not None:
                 self._recorder.finish_warm_up()
+            if getattr(self, "_activation_recorder", None) is not None:
+                # Its compile, if still running, goes on after the fit.
+                self._activation_recorder.finish_warm_up(wait=False)
             self._kept = self._keepable()
             self._discard()
             # The model keeps its last callback with kept functions, for a
