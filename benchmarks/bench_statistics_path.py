@@ -5,9 +5,11 @@
     python benchmarks/bench_statistics_path.py --tiny --json          # seconds; what tests/test_bench_overhead.py runs
 
 Without XLA, `GradFlow` computes a row's statistics by two XLA-compiled
-calls over copies of every gradient (`recorder.GradientRecorder.track_gradients`)
-on models up to `recorder.FUSED_MAX_ELEMENTS` trainable elements, and by
-per-layer calls of TensorFlow ops above that. Separate runs of
+calls over copies of every gradient (`recorder.GradientRecorder.track_gradients`),
+and an activation row's by one over copies of the activations
+(`recorder.ActivationRecorder._record_copied`), on models up to
+`recorder.FUSED_MAX_ELEMENTS` trainable elements (`recorder.statistics_compiled`),
+and by per-layer (per-activation) calls of TensorFlow ops above that. Separate runs of
 `bench_overhead.py` on this shared VM move by more than the difference
 (one configuration's ratio 1.39x in one run and 1.82x in the same
 process here), so both paths are measured in one process: two copies of
@@ -87,8 +89,14 @@ def measure(model_name, config, rounds, steps, logdir, log):
         finally:
             recorder.FUSED_MAX_ELEMENTS = saved
         compiled = callback._recorder.gradient_copies is not None
-        if compiled != (path == "compiled"):
+        activations = callback._activation_recorder
+        copied = activations is not None and activations.copies is not None
+        if compiled != (path == "compiled") or (activations is not None and copied != compiled):
             raise RuntimeError(f"{model_name}: the {path} model's statistics went the other way")
+        if copied:
+            # Their call compiles on a thread after the first sampled step:
+            # timed once it is in place.
+            activations.finish_warm_up()
         model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # its plain train function, traced
         models[path], callbacks[path] = model, callback
     fits = [(path, hooked) for path in PATHS for hooked in (False, True)]
