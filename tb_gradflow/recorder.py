@@ -1133,6 +1133,12 @@ def compiled(function, input_signature):
                        autograph=False)
 
 
+def _join_blocks(blocks):
+    """Blocks of k parallel tensors each (rows of some activations) joined
+    part by part along their rows: k tensors."""
+    return [tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
+
+
 def _graph_call(function, arguments):
     """A tf.function calling `function(*arguments)` from its graph."""
     return tf.function(lambda: function(*arguments), autograph=False)
@@ -1305,11 +1311,9 @@ class ActivationRecorder:
         self.copies = None
         self._copies_warning = None
         self._copies_warned = False
-        # The compiled calls traced so far, (function, the activations whose
-        # copies are its arguments), and the ids of those `warm_up` compiled
-        # or is compiling.
+        # The compiled calls traced and not yet given to `warm_up`:
+        # (function, the activations whose copies are its arguments).
         self._compiled_calls = []
-        self._warmed_up = set()
         self._warm_up_thread = None
 
         # (variable, shape, dtype, initial value) of every state variable, for `restart`.
@@ -1531,7 +1535,7 @@ class ActivationRecorder:
             indices += [e[0] for e in entries]
             blocks.append((moments, active, low_high, counts))
         # One read, select and assign per variable for all the step's activations.
-        joined = [tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
+        joined = _join_blocks(blocks)
         self._keep_rows_if_sampled(sample, indices, joined)
 
     def _copy_or_measure(self, pending, index, tensor, step, unit_axis, function, output_op):
@@ -1561,11 +1565,11 @@ class ActivationRecorder:
             values = measure(tensor)
             entry = (index, values, None, None)
         if pending is None:  # Outside a sampling step's `stacked` block (a direct call).
-            self._record_copied([entry], step)
+            self._record_copied([entry + (step,)])
         else:
             pending.append(entry + (step,))
 
-    def _record_copied(self, pending, step=None):
+    def _record_copied(self, pending):
         """Without XLA, at the end of a sampling step: the statistics of the
         activations copied in it (`_copy_or_measure`) from one call, kept on
         sample steps, with the rows of those measured apart.
@@ -1587,8 +1591,7 @@ class ActivationRecorder:
         """
         if not pending:
             return
-        step = pending[0][-1] if step is None else step
-        sample = self.sample_gate(step)
+        sample = self.sample_gate(pending[0][-1])
         # A layer called twice in the step keeps its last call (its copy
         # holds the last one too).
         pending = list({entry[0]: entry for entry in pending}.values())
@@ -1603,7 +1606,7 @@ class ActivationRecorder:
                 moments, active, low_high, counts = entry[1]
                 blocks.append((moments[None], active, low_high[None], counts[None]))
                 indices.append(entry[0])
-        joined = [tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
+        joined = _join_blocks(blocks)
         self._keep_rows_if_sampled(sample, indices, joined)
 
     def _copies_call(self, copied):
@@ -1632,7 +1635,7 @@ class ActivationRecorder:
                     [value_of[i] for i in members], [self.thresholds[i] for i in members], [-1] * len(members),
                     op_type=output_op, function=None if output_op else function,
                 ))
-            return tuple(tf.concat(parts, axis=0) if len(parts) > 1 else parts[0] for parts in zip(*blocks))
+            return tuple(_join_blocks(blocks))
 
         signature = [tf.TensorSpec([None, self.units[i]], copies[i].dtype) for i in order]
         jit = compiled(statistics, signature)
@@ -1640,14 +1643,16 @@ class ActivationRecorder:
         jit.get_concrete_function()
         self._compiled_calls.append((jit, order))
 
+        kind_of = {index: (output_op, function) for index, output_op, function in copied}
+
         def one_at_a_time():
             # Each copy by the per-activation statistics (one trace per kind).
             rows = []
-            for index, output_op, function in copied:
+            for index in order:
                 copy = copies[index].value()
-                rows.append(self._measure_function(copy, self.thresholds[index], -1, function,
-                                                   output_op or None, values=True)(copy))
-            rows = [rows[[entry[0] for entry in copied].index(index)] for index in order]
+                output_op, function = kind_of[index]
+                rows.append(self._measure_function(copy, self.thresholds[index], -1, function, output_op,
+                                                   values=True)(copy))
             moments, active, low_high, counts = zip(*rows)
             return tf.stack(moments), tf.concat(active, axis=0), tf.stack(low_high), tf.stack(counts)
 
@@ -1703,13 +1708,12 @@ class ActivationRecorder:
         never run: its steps stay uncompiled, with one warning (`_warn`)."""
         if self._warm_up_thread is not None and self._warm_up_thread.is_alive():
             return
-        todo = [(jit, order) for jit, order in self._compiled_calls
-                if id(jit) not in self._warmed_up and all(observed_rows[i] >= 0 for i in order)]
+        todo = [(jit, order) for jit, order in self._compiled_calls if all(observed_rows[i] >= 0 for i in order)]
         if not todo:
             return
+        self._compiled_calls = [call for call in self._compiled_calls if call not in todo]
         calls = []
         for jit, order in todo:
-            self._warmed_up.add(id(jit))
             rows = [int(observed_rows[i]) for i in order]
             zeros = [tf.zeros([r, self.units[i]], self.copies[i].dtype) for r, i in zip(rows, order)]
             try:
