@@ -346,6 +346,13 @@ def write_corrupt_table_run(run_dir, n_steps=20):
     writer._emit(n_steps + 1, [writer._summary_value(metadata.LAYER_TABLE_TAG, garbage,
                                                       metadata.create_layer_table_metadata())])
     writer.close()
+    # TensorBoard reads a run's files in name order, and a name holds the
+    # process' file counter: "...10.gradflow.corrupt" sorts before
+    # "...9.gradflow" (as it did when other tests had opened files first).
+    # The good file's name with a suffix sorts after it whatever the counter.
+    [good] = [name for name in os.listdir(run_dir) if name.endswith(".gradflow")]
+    [corrupt] = [name for name in os.listdir(run_dir) if name.endswith(".gradflow.corrupt")]
+    os.rename(os.path.join(run_dir, corrupt), os.path.join(run_dir, good + ".corrupt"))
 
 
 def write_newer_version_run(run_dir, version=None):
