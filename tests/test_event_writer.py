@@ -77,12 +77,14 @@ def test_activation_statistics_rows_equal_the_one_layer_formula():
 
 
 def test_values_are_those_tensorboard_builds(tmp_path):
-    """Each value the writer writes (its tensor copied from a per-tag header,
-    the values set) is the Summary.Value TensorBoard's own
-    `make_tensor_proto` gives, read back by TensorBoard's event loader; over
+    """Each value the writer writes (a float value of a known tag as kept
+    bytes and its raw values; others as a tensor copied from a per-tag
+    header, the values set) is the Summary.Value TensorBoard's own
+    `make_tensor_proto` gives, read back by TensorBoard's event loader, and
+    each record is the library's serialization of its Event; over
     two rows per tag (the header is reused), each written dtype and shape
-    (scalars, vectors, matrices, an empty vector) and one it converts
-    generically (uint8); metadata on a tag's first value only."""
+    (scalars, vectors, matrices, an empty vector, a large one) and one it
+    converts generically (uint8); metadata on a tag's first value only."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.util import tensor_util
@@ -100,19 +102,28 @@ def test_values_are_those_tensorboard_builds(tmp_path):
         "i32 matrix": lambda: rng.integers(-9, 9, (2, 5)).astype(np.int32),
         "i64 vector": lambda: rng.integers(-9, 9, 4),
         "empty f32": lambda: np.zeros(0, np.float32),
+        "large f32": lambda: rng.normal(size=40_000).astype(np.float32),  # 3-byte lengths
         "uint8 vector": lambda: rng.integers(0, 255, 6).astype(np.uint8),
     }
     written = {}
     writer = EventWriter(str(tmp_path))
-    for step in (1, 2):
+    for step in (1, 2 ** 40):  # a step of 6 varint bytes
         row = {tag: make() for tag, make in arrays.items()}
         written[step] = row
         metadata_of = {tag: summary_pb2.SummaryMetadata(summary_description=tag) for tag in row}
         writer._emit(step, [writer._summary_value(tag, a, metadata_of[tag]) for tag, a in row.items()])
     writer.close()
     [path] = tmp_path.glob("events.out.tfevents.*")
+    # Each record, joined from kept bytes, is the library's own serialization of its Event.
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    records = list(RawEventFileLoader(str(path)).Load())
+    assert len(records) == 3  # file version, two rows
+    for record in records:
+        assert event_pb2.Event.FromString(record).SerializeToString() == record
     events = [e for e in EventFileLoader(str(path)).Load() if e.summary.value]
-    assert [e.step for e in events] == [1, 2]
+    assert [e.step for e in events] == [1, 2 ** 40]
     for event in events:
         assert [v.tag for v in event.summary.value] == list(arrays)
         for value in event.summary.value:
