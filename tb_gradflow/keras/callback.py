@@ -807,10 +807,20 @@ class GradFlow(keras.callbacks.Callback):
         previous, self._host_step = self._host_step, self._host_step + steps
         if not self._table_written:
             self._write_layer_table()
-        if self._due(previous + 1, self._host_step, self._update_freq):
-            self._log(self._recorder.read())
-        if self._activation_recorder is not None and self._due(previous + 1, self._host_step, self._activation_freq):
-            self._logger.log_activations(self._activation_recorder.read())
+        # Both reads before either row goes to the logger: its thread starts
+        # on a row at once and holds the GIL while it works, and a read
+        # behind it waited for the GIL (the activation read of mlp50 with
+        # rows every step: 1.6 ms, 0.5 ms alone).
+        raw = self._recorder.read() if self._due(previous + 1, self._host_step, self._update_freq) else None
+        snapshot = (
+            self._activation_recorder.read()
+            if self._activation_recorder is not None and self._due(previous + 1, self._host_step, self._activation_freq)
+            else None
+        )
+        if raw is not None:
+            self._log(raw)
+        if snapshot is not None:
+            self._logger.log_activations(snapshot)
 
     def _due(self, first, last, period):
         """Whether the device wrote (or will write) a row at a step in [first, last].
