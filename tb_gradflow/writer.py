@@ -16,6 +16,7 @@ is recreated with a new event file that starts with the layer table again
 deleted file).
 """
 
+import functools
 import os
 import time
 import warnings
@@ -149,6 +150,20 @@ def _scalar_metadata(tag, description):
     return md
 
 
+class _Rows:
+    """Values for `EventWriter._emit`: row i of the float32 `array` under
+    `tags[i]`, `metadata(i)` its metadata (on a tag's first value only)."""
+
+    def __init__(self, tags, array, metadata):
+        self.tags, self.array, self.metadata = tags, np.asarray(array, np.float32), metadata
+
+
+@functools.lru_cache(maxsize=64)
+def _histogram_tags(layers, kind):
+    """The histogram tags of `layers` (a tuple of (depth, name)) for `kind`, made once per model."""
+    return tuple(metadata.histogram_tag(depth, name, kind) for depth, name in layers)
+
+
 class EventWriter:
     """Writes tb_gradflow summaries for one run directory.
 
@@ -229,8 +244,27 @@ class EventWriter:
             self._tags_with_metadata.add(tag)
         return summary_pb2.Summary(value=[value]).SerializeToString()
 
+    def _rows_bytes(self, rows):
+        """A serialized Summary of one value per row of `rows` (a `_Rows`):
+        each row whose tag has a kept prefix is that prefix and its slice of
+        one `tobytes` of the whole array (a row of histograms writes a value
+        per layer and kind: ~400 on MobileNetV3Small)."""
+        array = np.ascontiguousarray(rows.array, rows.array.dtype.newbyteorder("<"))
+        if not len(rows.tags):
+            return b""
+        raw, size = array.tobytes(), array[0].nbytes
+        key_tail = (array.dtype, array.shape[1:])
+        parts = []
+        for i, tag in enumerate(rows.tags):
+            prefix = self._summary_prefixes.get((tag, *key_tail)) if tag in self._tags_with_metadata else None
+            if prefix:
+                parts += (prefix, raw[i * size : (i + 1) * size])
+            else:
+                parts.append(self._value_bytes(tag, array[i], functools.partial(rows.metadata, i)))
+        return b"".join(parts)
+
     def _emit(self, step, values):
-        """One event at `step` of `values`: `_summary_value`s or Summary.Value protos."""
+        """One event at `step` of `values`: `_summary_value`s, `_Rows` or Summary.Value protos."""
         if self._failed is not None or not values:
             return
         try:
@@ -251,7 +285,8 @@ class EventWriter:
         # them all (a repeated field is its entries' encodings in order);
         # the event is its step and wall time, then that Summary as field 5.
         summary = b"".join(
-            summary_pb2.Summary(value=[value]).SerializeToString()
+            self._rows_bytes(value) if isinstance(value, _Rows)
+            else summary_pb2.Summary(value=[value]).SerializeToString()
             if isinstance(value, summary_pb2.Summary.Value) else self._value_bytes(*value)
             for value in values
         )
@@ -341,18 +376,14 @@ class EventWriter:
         magnitude = _compact(histogram_bucket_rows(
             np.full(n, float(metadata.LOG10_LOW)), np.full(n, float(metadata.LOG10_HIGH)), log10_counts
         ))
-        values = []
-        for i, (depth, name) in enumerate(layers):
-            for kind, buckets in (
-                (metadata.HISTOGRAM_KIND_GRADIENT, gradient[i]),
-                (metadata.HISTOGRAM_KIND_LOG10_MAGNITUDE, magnitude[i]),
-            ):
-                values.append(self._summary_value(
-                    metadata.histogram_tag(depth, name, kind), buckets,
-                    lambda name=name, kind=kind: _histogram_metadata(
-                        f"{name} {kind}", f"tb_gradflow {kind.replace('_', ' ')} histogram of layer {name}"),
-                ))
-        self._emit(step, values)
+        layers = tuple(map(tuple, layers))
+
+        def rows(kind, buckets):
+            return _Rows(_histogram_tags(layers, kind), buckets, lambda i: _histogram_metadata(
+                f"{layers[i][1]} {kind}", f"tb_gradflow {kind.replace('_', ' ')} histogram of layer {layers[i][1]}"))
+
+        self._emit(step, [rows(metadata.HISTOGRAM_KIND_GRADIENT, gradient),
+                          rows(metadata.HISTOGRAM_KIND_LOG10_MAGNITUDE, magnitude)])
 
     def write_activation_statistics(self, step, stats):
         """{activation statistic: float32 [n_layers]} under gradflow/activation/<statistic>."""
@@ -380,15 +411,9 @@ class EventWriter:
             return
         ranges = np.asarray(ranges, np.float64).reshape(len(layers), 2)
         buckets = _compact(histogram_bucket_rows(ranges[:, 0], ranges[:, 1], np.asarray(counts)))
-        values = [
-            self._summary_value(
-                metadata.histogram_tag(depth, name, kind), buckets[i],
-                lambda name=name: _histogram_metadata(
-                    f"{name} {kind}", f"tb_gradflow pre-activation histogram of layer {name}"),
-            )
-            for i, (depth, name) in enumerate(layers)
-        ]
-        self._emit(step, values)
+        layers = tuple(map(tuple, layers))
+        self._emit(step, [_Rows(_histogram_tags(layers, kind), buckets, lambda i: _histogram_metadata(
+            f"{layers[i][1]} {kind}", f"tb_gradflow pre-activation histogram of layer {layers[i][1]}"))])
 
     def write_scalars(self, step, scalars, description="tb_gradflow alert"):
         """{tag: float} as float32 scalars of the standard scalars plugin."""
