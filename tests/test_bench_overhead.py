@@ -118,3 +118,21 @@ def test_statistics_path_benchmark_compares_both_paths(tmp_path):
     assert row["model"] == "tiny" and row["configuration"] == "histograms every step"
     assert row["compiled_ratio"] > 0 and row["per_layer_ratio"] > 0 and row["compiled_over_per_layer"] > 0
     assert row["compiled_plain_ms_per_step"] > 0 and row["per_layer_plain_ms_per_step"] > 0
+
+
+def test_logger_benchmark_replays_a_fits_rows(tmp_path):
+    """The logger-CPU benchmark in its tiny configuration, this checkout as
+    both versions: the rows of a real fit replayed in fresh processes, a row
+    with both figures and their quotient; a clear error for a --before path
+    that holds no tb_gradflow."""
+    report = run_benchmark(tmp_path, "bench_logger.py", "--tiny", "--before", str(ROOT), "--json")
+    (row,) = report["rows"]
+    assert row["model"] == "tiny" and row["layers"] == 3 and row["rows"] == 6 and row["repeats"] == 2
+    assert row["gradflow"]["update_freq"] == row["gradflow"]["activation_freq"] == 1
+    assert 0 < row["ms_per_row_range"][0] <= row["ms_per_row"] <= row["ms_per_row_range"][1]
+    assert row["before_ms_per_row"] > 0 and row["after_over_before"] > 0
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_logger.py"), "--before", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert missing.returncode == 2 and "no tb_gradflow/run_logger.py there" in missing.stderr
