@@ -151,3 +151,62 @@ def test_a_value_that_cannot_be_built_raises_to_the_caller_and_the_writer_goes_o
     writer.close()
     [path] = tmp_path.glob("events.out.tfevents.*")
     assert [(e.step, v.tag) for e in EventFileLoader(str(path)).Load() for v in e.summary.value] == [(2, "good")]
+
+
+def test_histogram_rows_are_those_tensorboard_builds(tmp_path):
+    """A row of histograms is written as groups (one byte string of the whole
+    bucket array, sliced per layer after the tag's kept bytes): each value is
+    the Summary.Value TensorBoard's `make_tensor_proto` gives for that
+    layer's buckets, under its tag, with the histogram metadata on a tag's
+    first value only, read back by TensorBoard's event loader; over three
+    rows, gradient, log10-magnitude and pre-activation histograms, and a
+    layer whose histogram is empty."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.histogram import metadata as histogram_metadata
+    from tensorboard.util import tensor_util
+
+    from tb_gradflow import metadata
+    from tb_gradflow.writer import EventWriter
+
+    rng = np.random.default_rng(2)
+    layers = [(0, "dense"), (1, "conv/block"), (4, "head")]
+    n, k = len(layers), metadata.HISTOGRAM_BUCKETS
+    expected = {}  # (step, tag) -> buckets
+    writer = EventWriter(str(tmp_path))
+    for step in (5, 6, 7):
+        low = rng.normal(size=n).astype(np.float32)
+        high = low + np.abs(rng.normal(size=n)).astype(np.float32)
+        counts, log10_counts = rng.integers(0, 9, (n, k)), rng.integers(0, 9, (n, metadata.LOG10_BUCKETS))
+        counts[1] = 0  # an empty histogram
+        writer.write_histograms(step, layers, low, high, counts, log10_counts)
+        ranges = np.stack([low, high], axis=1)
+        writer.write_preactivation_histograms(step, layers[::2], ranges[::2], counts[::2])
+        for i, (depth, name) in enumerate(layers):
+            expected[(step, metadata.histogram_tag(depth, name, metadata.HISTOGRAM_KIND_GRADIENT))] = (
+                histogram_bucket_rows(low[i:i + 1], high[i:i + 1], counts[i:i + 1])[0])
+            expected[(step, metadata.histogram_tag(depth, name, metadata.HISTOGRAM_KIND_LOG10_MAGNITUDE))] = (
+                histogram_bucket_rows([metadata.LOG10_LOW], [metadata.LOG10_HIGH], log10_counts[i:i + 1])[0])
+        for i in (0, 2):
+            depth, name = layers[i]
+            # (pre-activation ranges are taken as float64, as the recorder's are)
+            expected[(step, metadata.histogram_tag(depth, name, metadata.HISTOGRAM_KIND_PREACTIVATION))] = (
+                histogram_bucket_rows(ranges[i:i + 1, 0].astype(np.float64), ranges[i:i + 1, 1].astype(np.float64),
+                                      counts[i:i + 1])[0])
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    seen = {}
+    for event in EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            seen[(event.step, value.tag)] = value
+    assert set(seen) == set(expected)
+    for (step, tag), buckets in expected.items():
+        value = seen[(step, tag)]
+        want = summary_pb2.Summary.Value(tag=tag, tensor=tensor_util.make_tensor_proto(buckets.astype(np.float32)))
+        got = summary_pb2.Summary.Value()
+        got.CopyFrom(value)
+        got.ClearField("metadata")
+        assert got.SerializeToString() == want.SerializeToString(), (step, tag)
+        assert value.HasField("metadata") == (step == 5), (step, tag)
+        if step == 5:
+            assert value.metadata.plugin_data.plugin_name == histogram_metadata.PLUGIN_NAME
