@@ -296,6 +296,26 @@ def test_graph_runs_measure_copies_in_one_compiled_call(runs):
         assert all(copy.value().shape[0] == 0 for copy in recorder.copies), name
 
 
+def test_one_read_of_both_recorders_is_their_two_reads(runs):
+    """Rows of both kinds due at one step are read by one call
+    (GradientRecorder.read_with; the cases' rows above came through it): the
+    snapshots of the two reads, field by field."""
+    callback = runs["relu_negative_bias"]["callback"]
+    gradients, activations = callback._recorder.read_with(callback._activation_recorder)
+    alone = (callback._recorder.read(), callback._activation_recorder.read())
+    assert gradients.step == alone[0].step == activations.step == alone[1].step == CASE_STEPS.get(
+        "relu_negative_bias", STEPS)
+    for joint, single in zip((gradients, activations), alone):
+        assert vars(joint).keys() == vars(single).keys()
+        for field, value in vars(joint).items():
+            if isinstance(value, list):
+                assert len(value) == len(vars(single)[field]), field
+                for a, b in zip(value, vars(single)[field]):
+                    np.testing.assert_array_equal(a, b, err_msg=field)
+            else:
+                np.testing.assert_array_equal(value, vars(single)[field], err_msg=field)
+
+
 @pytest.mark.parametrize("name", ["relu_negative_bias", "gelu_glorot"])
 def test_per_activation_calls_match_reference(tmp_path, monkeypatch, name):
     """Models above recorder.FUSED_MAX_ELEMENTS keep one isolated call per

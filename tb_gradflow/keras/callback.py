@@ -810,13 +810,15 @@ class GradFlow(keras.callbacks.Callback):
         # Both reads before either row goes to the logger: its thread starts
         # on a row at once and holds the GIL while it works, and a read
         # behind it waited for the GIL (the activation read of mlp50 with
-        # rows every step: 1.6 ms, 0.5 ms alone).
-        raw = self._recorder.read() if self._due(previous + 1, self._host_step, self._update_freq) else None
-        snapshot = (
-            self._activation_recorder.read()
-            if self._activation_recorder is not None and self._due(previous + 1, self._host_step, self._activation_freq)
-            else None
-        )
+        # rows every step: 1.6 ms, 0.5 ms alone). Both due: one call.
+        gradients_due = self._due(previous + 1, self._host_step, self._update_freq)
+        activations_due = self._activation_recorder is not None and self._due(
+            previous + 1, self._host_step, self._activation_freq)
+        if gradients_due and activations_due:
+            raw, snapshot = self._recorder.read_with(self._activation_recorder)
+        else:
+            raw = self._recorder.read() if gradients_due else None
+            snapshot = self._activation_recorder.read() if activations_due else None
         if raw is not None:
             self._log(raw)
         if snapshot is not None:
