@@ -474,7 +474,7 @@ class FunctionProbe(keras.callbacks.Callback):
         self.gradflow, self.sampling = gradflow, []
 
     def on_train_batch_begin(self, batch, logs=None):
-        kind = self.gradflow._current_kind()  # what GradFlow's on_train_batch_begin selected
+        [kind] = self.gradflow._train_functions.kinds()  # what GradFlow's on_train_batch_begin selected
         assert self.model.train_function is self.gradflow._train_functions.functions[(kind,)]
         self.sampling.append((batch, "sampling" in kind))
 

@@ -886,6 +886,31 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     assert {d.step for series in histograms.values() for d in series} == {8}
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_last_execution_runs_the_sampling_function_where_rows_need_no_other(tmp_path, steps_per_execution):
+    """Where every row holds an activation sample (the defaults: both
+    periods 100), the sampling function runs every row, the light one the
+    rest; a fit's last execution, recorded for the final, partial row, runs
+    the sampling function too instead of tracing a recording function for
+    that one execution (a trace of the whole step at the end of the fit).
+    The final row is written at the last step, with no activation sample
+    there."""
+    x, y = data(9 * BATCH)  # step 9 holds no row, alone in its execution
+    model = sequential()
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution)
+    period = 2 * steps_per_execution
+    callback = GradFlow(str(tmp_path), update_freq=period, activation_freq=period, histogram_freq=0, dense_start=0)
+    seen = _TrainFunctionSeen()
+    train(model, x, y, [callback, seen])
+    functions = callback._kept[1]
+    assert set(functions) == {("sampling",), ("light",)}
+    assert seen.seen[-1] is functions[("sampling",)]
+    reader = Reader.for_logdir(str(tmp_path))
+    rows = list(range(period, 9, period))
+    assert reader.layer_series("train", "grad_norm").steps.tolist() == rows + [9]
+    assert reader.activation_series("train", "dead_fraction").steps.tolist() == rows
+
+
 def _xla_determinism_main(out_dir):
     """Under XLA, without op determinism (with it Keras would compile no XLA
     at all): each model must train with XLA (checked), its unhooked run must
