@@ -886,8 +886,8 @@ def test_steps_per_execution_rounds_histogram_freq(tmp_path):
     assert {d.step for series in histograms.values() for d in series} == {8}
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 2])
-def test_last_execution_runs_the_sampling_function_where_rows_need_no_other(tmp_path, steps_per_execution):
+@pytest.mark.parametrize("steps_per_execution, jit", [(1, False), (2, False), (1, True)], ids=["graph", "spe2", "xla"])
+def test_last_execution_runs_the_sampling_function_where_rows_need_no_other(tmp_path, steps_per_execution, jit):
     """Where every row holds an activation sample (the defaults: both
     periods 100), the sampling function runs every row, the light one the
     rest; a fit's last execution, recorded for the final, partial row, runs
@@ -897,11 +897,12 @@ def test_last_execution_runs_the_sampling_function_where_rows_need_no_other(tmp_
     there."""
     x, y = data(9 * BATCH)  # step 9 holds no row, alone in its execution
     model = sequential()
-    model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution)
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution, jit_compile=jit)
     period = 2 * steps_per_execution
     callback = GradFlow(str(tmp_path), update_freq=period, activation_freq=period, histogram_freq=0, dense_start=0)
     seen = _TrainFunctionSeen()
     train(model, x, y, [callback, seen])
+    assert model.jit_compile is jit
     functions = callback._kept[1]
     assert set(functions) == {("sampling",), ("light",)}
     assert seen.seen[-1] is functions[("sampling",)]
