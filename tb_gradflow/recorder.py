@@ -210,7 +210,7 @@ class GradientRecorder:
         # (graph, thread) -> what `record_gradients` left for `record_weights`
         # to finish, where the gradients are copied (`_finish_gradients`).
         self._pending_gradients = {}
-        # (variable, shape, dtype, initial value) of every state variable, for `restart`.
+        # (variable, initial value) of every state variable, for `restart`.
         self._initial_state = []
 
         def state(name, shape, dtype=tf.float32, init=0):
@@ -1336,7 +1336,7 @@ class ActivationRecorder:
         self._compiled_calls = []
         self._warm_up_thread = None
 
-        # (variable, shape, dtype, initial value) of every state variable, for `restart`.
+        # (variable, initial value) of every state variable, for `restart`.
         self._initial_state = []
 
         def state(name, shape, dtype=tf.float32, init=0, aggregation=tf.VariableAggregation.SUM):

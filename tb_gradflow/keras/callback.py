@@ -644,9 +644,10 @@ class GradFlow(keras.callbacks.Callback):
         the first 15 steps and every row after them (every 1000th step with
         histograms), the light function the rest, and the recording function
         never (the fit's last execution, recorded for its final row, runs the
-        sampling function: `_TrainFunctions.kinds`). No training graph holds a branch: what a function computes is
-        decided by which function runs, and whether a row's histograms are
-        computed by a branch inside the recorder's isolated calls.
+        sampling function: `_TrainFunctions.kinds`). No training graph holds
+        a branch: what a function computes is decided by which function
+        runs, and whether a row's histograms are computed by a branch inside
+        the recorder's isolated calls.
         """
         self._tracing = {RECORDING: 0}
         self._lock = threading.Lock()
