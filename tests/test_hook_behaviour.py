@@ -908,8 +908,20 @@ def test_last_execution_runs_the_sampling_function_where_rows_need_no_other(tmp_
     assert seen.seen[-1] is functions[("sampling",)]
     reader = Reader.for_logdir(str(tmp_path))
     rows = list(range(period, 9, period))
-    assert reader.layer_series("train", "grad_norm").steps.tolist() == rows + [9]
+    grad_norm = reader.layer_series("train", "grad_norm")
+    assert grad_norm.steps.tolist() == rows + [9]
     assert reader.activation_series("train", "dead_fraction").steps.tolist() == rows
+    # The same fit without activation statistics runs the recording
+    # function last: its rows, the final one included, are the same.
+    model = sequential()
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution, jit_compile=jit)
+    recording = GradFlow(str(tmp_path / "recording"), update_freq=period, activation_freq=0, histogram_freq=0,
+                         dense_start=0)
+    train(model, x, y, [recording])
+    assert set(recording._kept[1]) == {("recording",), ("light",)}
+    expected = Reader.for_logdir(str(tmp_path / "recording")).layer_series("train", "grad_norm")
+    assert expected.steps.tolist() == rows + [9]
+    np.testing.assert_allclose(grad_norm.values, expected.values, rtol=1e-6, atol=0)
 
 
 def _xla_determinism_main(out_dir):
