@@ -218,13 +218,9 @@ class EventWriter:
         header kept per (tag, dtype, shape) with the values set, as
         `tensor_util.make_tensor_proto` writes them."""
         array = np.asarray(array)
-        if tag in self._tags_with_metadata and array.dtype in _RAW_TAIL_DTYPES:
-            key = (tag, array.dtype, array.shape)
-            prefix = self._summary_prefixes.get(key)
-            if prefix is None:
-                prefix = self._summary_prefixes[key] = _summary_prefix(tag, array.dtype, array.shape) or b""
-            if prefix:
-                return prefix + np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+        prefix = self._kept_prefix(tag, array.dtype, array.shape)
+        if prefix:
+            return prefix + np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
         dtype = _DTYPES.get(array.dtype)
         if dtype is None:
             value = summary_pb2.Summary.Value(tag=tag, tensor=tensor_util.make_tensor_proto(array))
@@ -244,6 +240,19 @@ class EventWriter:
             self._tags_with_metadata.add(tag)
         return summary_pb2.Summary(value=[value]).SerializeToString()
 
+    def _kept_prefix(self, tag, dtype, shape):
+        """The `_summary_prefix` of a value of `tag`, numpy `dtype` and
+        `shape`, found on first use and kept; b"" where the value is built
+        as a proto (the tag's first value, which carries the metadata;
+        another dtype; a serialization that does not end with the values)."""
+        if tag not in self._tags_with_metadata or dtype not in _RAW_TAIL_DTYPES:
+            return b""
+        key = (tag, dtype, shape)
+        prefix = self._summary_prefixes.get(key)
+        if prefix is None:
+            prefix = self._summary_prefixes[key] = _summary_prefix(tag, dtype, shape) or b""
+        return prefix
+
     def _rows_bytes(self, rows):
         """A serialized Summary of one value per row of `rows` (a `_Rows`):
         each row whose tag has a kept prefix is that prefix and its slice of
@@ -253,10 +262,9 @@ class EventWriter:
         if not len(rows.tags):
             return b""
         raw, size = array.tobytes(), array[0].nbytes
-        key_tail = (array.dtype, array.shape[1:])
         parts = []
         for i, tag in enumerate(rows.tags):
-            prefix = self._summary_prefixes.get((tag, *key_tail)) if tag in self._tags_with_metadata else None
+            prefix = self._kept_prefix(tag, array.dtype, array.shape[1:])
             if prefix:
                 parts += (prefix, raw[i * size : (i + 1) * size])
             else:
