@@ -164,34 +164,65 @@ def test_a_nonfinite_loss_between_rows_alerts_every_layer_with_a_gradient():
     assert verdict.fired.tolist() == [True, False, True]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_step_and_series_agree(seed):
     """The vectorised series evaluation is exactly the hook's row-by-row one,
-    NaN/Inf rows, layers without gradient and long histories included."""
+    in both value modes (every value; fired values only, as the logger asks),
+    NaN/Inf rows, layers without gradient or parameters, a backward signal
+    apart from grad_rms, a loss scale, non-finite loss steps and long
+    histories included. The row-by-row one evaluates each rule at the last
+    row only (`evaluate_step`), so this is what keeps the two equal."""
     rng = np.random.default_rng(seed)
     n_layers = 6
     has = np.array([True, True, False, True, True, True])
+    has_parameters = np.array([True, True, True, True, False, True]) if seed % 2 else None
     rows = []
     for i in range(300):
         rms = 10 ** rng.uniform(-4, 0, n_layers)
+        if i > 150 and seed >= 2:
+            # A long fade at the input side: the vanishing rule fires on runs of rows.
+            rms[:3] = [1e-8, 1e-7, 1e-6]
         norm = rms * 10
         if rng.random() < 0.05:
             norm[rng.integers(n_layers)] = np.nan
-        rows.append(row(rms, norm=norm, interval_max=norm * 10 ** rng.uniform(0, 3, n_layers),
-                        nonfinite=(rng.random(n_layers) < 0.02) * 3.0,
-                        mean_abs=np.where(rng.random(n_layers) < 0.1, 1e-9, rms)))
-    t = rules.Thresholds(exploding_window=int(rng.integers(5, 30)), exploding_min_history=3,
-                         vanishing_patience=int(rng.integers(1, 5)))
-    whole = rules.evaluate_series(series(rows), has_gradient=has, thresholds=t)
+        if rng.random() < 0.02:
+            norm[rng.integers(n_layers)] = 0.0
+        r = row(rms, norm=norm, interval_max=norm * 10 ** rng.uniform(0, 3, n_layers),
+                nonfinite=(rng.random(n_layers) < 0.02) * 3.0,
+                mean_abs=np.where(rng.random(n_layers) < 0.1, 1e-9, rms))
+        if seed >= 1:
+            signal = rms * 10 ** rng.uniform(-0.5, 0.5, n_layers)
+            if i > 150 and seed >= 2:
+                signal[:3] = rms[:3]
+            signal[rng.random(n_layers) < 0.1] = np.nan
+            r[rules.BACKWARD_SIGNAL] = signal
+            r[rules.NONFINITE_LOSS_STEPS] = float(rng.random() < 0.03)
+        if seed == 3:
+            r[rules.LOSS_SCALE] = float(2.0 ** rng.integers(-1, 3))
+        rows.append(r)
+    t = rules.Thresholds(exploding_window=(5, 20, 12, 29)[seed], exploding_min_history=3,
+                         vanishing_patience=(1, 3, 2, 4)[seed], vanishing_min_layers=(1, 2, 2, 1)[seed])
+    whole = {
+        True: rules.evaluate_series(series(rows), has_gradient=has, thresholds=t, has_parameters=has_parameters),
+        False: rules.evaluate_series_fired(series(rows), has_gradient=has, thresholds=t,
+                                           has_parameters=has_parameters),
+    }
     history = []
     for i, r in enumerate(rows):
-        verdicts = rules.evaluate_step(r, has_gradient=has, history=history, thresholds=t)
-        for kind in rules.GRADIENT_KINDS:
-            np.testing.assert_array_equal(verdicts[kind].fired, whole[kind][0][i], err_msg=f"{kind} row {i}")
-            np.testing.assert_allclose(verdicts[kind].value, whole[kind][1][i], rtol=1e-12, err_msg=f"{kind} row {i}")
+        for all_values, expected in whole.items():
+            verdicts = rules.evaluate_step(r, has_gradient=has, history=history, thresholds=t,
+                                           has_parameters=has_parameters, all_values=all_values)
+            assert set(verdicts) == set(rules.KINDS)
+            for kind in rules.KINDS:
+                at = f"{kind} row {i} all_values={all_values}"
+                np.testing.assert_array_equal(verdicts[kind].fired, expected[kind][0][i], err_msg=at)
+                np.testing.assert_allclose(verdicts[kind].value, expected[kind][1][i], rtol=1e-12, err_msg=at)
         history.append(r)
         del history[: -t.history_length]
-    assert whole[rules.VANISHING][0].any() and whole[rules.EXPLODING][0].any() and whole[rules.NONFINITE][0].any()
+    for kind in rules.GRADIENT_KINDS:
+        assert whole[True][kind][0].any(), kind
+    if seed >= 2:
+        assert whole[True][rules.VANISHING][0][200:, :2].mean() > 0.5
 
 
 def test_activation_step_and_series_agree():
