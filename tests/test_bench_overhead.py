@@ -136,3 +136,17 @@ def test_logger_benchmark_replays_a_fits_rows(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert missing.returncode == 2 and "no tb_gradflow/run_logger.py there" in missing.stderr
+
+
+def test_paired_benchmark_runs_both_arms_on_one_model(tmp_path):
+    """The one-model benchmark in its tiny configuration: a row with the
+    configuration's ratio, the between-rows ratio and the plain-vs-plain
+    control, each inside its interval, and the hooked arm's events written."""
+    report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--json")
+    (row,) = report["rows"]
+    assert row["model"] == "tiny" and row["configuration"] == "defaults" and row["jit_compile"] is False
+    assert row["rounds"] == 2 and row["block"] == 10 and row["event_bytes"] > 0
+    for name in ("ratio", "median_step_ratio", "aa_ratio"):
+        low, high = row[f"{name}_interval"]
+        assert 0 < low <= row[name] <= high, name
+    assert row["plain_ms_per_step"] > 0 and row["hooked_ms_per_step"] > 0
