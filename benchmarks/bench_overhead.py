@@ -36,6 +36,11 @@ Method, per model and XLA setting:
   time includes everything the callback costs, amortized. Consecutive blocks
   of a round see the same machine; `ratio` is the median of the per-round
   paired ratios of block means, with a bootstrap 95% interval.
+  Each configuration has a model object of its own, and on this VM the
+  ratio moves by ~5% with the object, not the code (MobileNetV3Small's
+  defaults read 0.81x in two runs; see `bench_paired.py`): configurations
+  within a few percent of plain fit, the defaults above all, are measured
+  on one model object by `bench_paired.py`.
 - bytes: event-file bytes the configuration wrote during the blocks, per
   logged row.
 - `--memory`: one subprocess per configuration, which builds the model,

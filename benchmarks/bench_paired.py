@@ -7,12 +7,14 @@
 
 `bench_overhead.py` trains one model per configuration, side by side in
 one process. On this project's shared 2-core VM that design cannot resolve
-the defaults' target (1.03x): two plain models of the same seed, same
-data, called in alternating 100-step blocks, differ by 5-6% from one run to
-the next (seed003_mlp under XLA, 2026-12-05: 0.974x, then 1.059x with the
-roles of the two objects swapped), a difference of memory placement, not
-of the code. Here both arms run on one model object, so that difference is
-gone:
+the defaults' target (1.03x). Seed003_mlp under XLA, 2026-12-05, models of
+the same seed and data called in alternating 100-step blocks, no
+callbacks: a hooked model's light function (the user's step and the loss
+watch) against a plain model read 1.059x in one run and 0.974x in the
+next, a second plain model against the first 1.005x [0.944, 1.071]; and
+in `bench_overhead.py` MobileNetV3Small's defaults read 0.81x in two runs.
+The difference follows the model object, not the code. Here both arms
+run on one model object:
 
 - the plain arm is Keras' own train function of the model, traced before
   the callback is set up, called as `bench_overhead.py`'s plain fit calls
