@@ -805,14 +805,16 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
     `all_values=False`: the vanishing and exploding values only where they fired (as
     `evaluate_series_fired`; the same verdicts).
 
-    Each rule is evaluated at that last row only, by the functions
-    `evaluate_series` (`evaluate_series_fired`) runs on every row, over the
-    rows its verdict there depends on: the vanishing condition is row-local,
-    so the last `vanishing_patience` rows; the exploding baseline, the window
-    before the row; the non-finite rule, the row itself. The hook evaluates
-    every row it logs: with rows every step, the whole window's vanishing
-    rule was ~30% of the logger's CPU on a 50-layer MLP.
-    tests/test_rules.py's `test_step_and_series_agree` keeps the two equal.
+    Each rule is evaluated at that last row only, by the rule functions of
+    `evaluate_series`, over the rows its verdict there depends on: the
+    vanishing condition is row-local, so the last `vanishing_patience` rows;
+    the exploding baseline, the window before the row (with
+    `all_values=False` computed only where the bound of
+    `evaluate_series_fired` lets the row fire); the non-finite rule, the row
+    itself. The hook evaluates every row it logs: with rows every step, the
+    whole window's vanishing rule was ~30% of the logger's CPU on a 50-layer
+    MLP. tests/test_rules.py's `test_step_and_series_agree` keeps the two
+    equal.
 
     >>> healthy = {"grad_rms": np.array([0.5, 1.0]), "grad_norm": np.array([5.0, 10.0]),
     ...            "grad_norm_interval_max": np.array([5.0, 10.0]), "nonfinite_count": np.zeros(2)}
@@ -843,8 +845,7 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
     vanishing, relative = _held_for(condition, thresholds.vanishing_patience)[-1], relative[-1]
     exploding_rows = [n_rows - 1]
     if not all_values:
-        # Values where fired only: a row the cheap bound rules out gets no median.
-        relative = np.where(vanishing, relative, np.nan)
+        # A row the cheap bound rules out gets no median (its values are not asked for).
         candidates = _exploding_candidates(interval_max, norm, has_gradient, thresholds)
         exploding_rows = candidates[candidates == n_rows - 1]
     kept, fired_at, growth_at = _exploding_rows(interval_max, norm, has_gradient, thresholds, exploding_rows)
@@ -857,6 +858,7 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
         series[NONFINITE_LOSS_STEPS][last] if NONFINITE_LOSS_STEPS in series else None,
     )
     if not all_values:
+        relative = np.where(vanishing, relative, np.nan)
         growth = np.where(exploding, growth, np.nan)
     verdicts = {
         VANISHING: StepVerdict(fired=vanishing, value=relative),
