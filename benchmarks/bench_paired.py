@@ -58,27 +58,23 @@ class PairedModel:
 
     def __init__(self, model_name, config, jit, logdir):
         data, probe = bench_overhead.dataset(model_name)
-        self.model = model = bench_overhead.build(model_name, jit)
-        x, y = probe
-        model.fit(x, y, batch_size=len(x), verbose=0)  # builds the optimizer, like a resumed fit
-        model.optimizer.iterations.assign(bench_overhead.JUMP_TO_STEP)
-        self.iterator = iter(data)
-        model.make_train_function(force=True)
-        # Keras' own function, made before GradFlow wraps anything: it holds
-        # the unwrapped train step (were it to retrace, GradFlow's optimizer
-        # wrapper would pass through: it records only in GradFlow's functions).
-        self.plain = model.train_function
-        self.callback = bench_overhead.make_callback(config, logdir, probe)
-        self.callback.set_model(model)
-        self.callback.on_train_begin()
-        self.batch = self.epoch = 0
+        # bench_overhead's plain fit: the model after a one-batch fit, the step
+        # counter moved on, Keras' own train function made afresh.
+        self.trainer = trainer = bench_overhead.Trainer(model_name, "plain fit", jit, data, probe, logdir)
+        # Kept before GradFlow wraps anything: it holds the unwrapped train
+        # step (were it to retrace, GradFlow's optimizer wrapper would pass
+        # through: it records only in GradFlow's own functions).
+        self.plain = trainer.model.train_function
+        trainer.callback = bench_overhead.make_callback(config, logdir, probe)
+        trainer.callback.set_model(trainer.model)
+        trainer.callback.on_train_begin()
 
     def run_plain(self, steps):
         """Seconds of each of `steps` plain steps (Keras' function, no callbacks)."""
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            logs = self.plain(self.iterator)
+            logs = self.plain(self.trainer.iterator)
             times.append(time.perf_counter() - start)
         start = time.perf_counter()
         float(logs["loss"])
@@ -86,25 +82,11 @@ class PairedModel:
         return times
 
     def run_hooked(self, steps):
-        """Seconds of each of `steps` steps as `fit` runs them with the callback; the steps are one epoch."""
-        callback, times = self.callback, []
-        callback.on_epoch_begin(self.epoch)
-        for _ in range(steps):
-            start = time.perf_counter()
-            callback.on_train_batch_begin(self.batch)
-            logs = self.model.train_function(self.iterator)
-            callback.on_train_batch_end(self.batch, logs)
-            times.append(time.perf_counter() - start)
-            self.batch += 1
-        start = time.perf_counter()
-        float(logs["loss"])
-        callback.on_epoch_end(self.epoch, {k: float(v) for k, v in logs.items()})
-        times[-1] += time.perf_counter() - start
-        self.epoch += 1
-        return times
+        """Seconds of each of `steps` steps as `fit` runs them with the callback (`Trainer.run`)."""
+        return self.trainer.run(steps)
 
     def close(self):
-        self.callback.on_train_end()
+        self.trainer.close()
 
 
 def measure(model_name, config, jit, rounds, block, logdir, log=print):
