@@ -959,11 +959,9 @@ class _TrainFunctions:
         wanted = tuple(callback._current_kind() for callback in self.callbacks)
         if FINAL not in wanted:
             return wanted
-        for stand_in in (RECORDING, SAMPLING):
-            kinds = tuple(stand_in if kind == FINAL else kind for kind in wanted)
-            if kinds in self.functions:
-                return kinds
-        return tuple(RECORDING if kind == FINAL else kind for kind in wanted)
+        stand_ins = [tuple(stand_in if kind == FINAL else kind for kind in wanted)
+                     for stand_in in (RECORDING, SAMPLING)]
+        return next((kinds for kinds in stand_ins if kinds in self.functions), stand_ins[0])
 
     def select(self):
         """Sets `model.train_function` for the next execution."""
