@@ -3,6 +3,7 @@
     python benchmarks/bench_paired.py                                   # defaults; seed003_mlp, mlp50, Transformer; both XLA settings
     python benchmarks/bench_paired.py --models mlp50 --no-xla --rounds 30 --json
     python benchmarks/bench_paired.py --configs "gradient statistics only"
+    python benchmarks/bench_paired.py --configs "every statistic every step" --split   # device, read, logger
     python benchmarks/bench_paired.py --tiny                            # seconds; what tests/test_bench_overhead.py runs
 
 `bench_overhead.py` trains one model per configuration, side by side in
@@ -31,6 +32,20 @@ run on one model object:
   median steps (the steps between rows); `aa_ratio`: a second plain arm,
   the same function in blocks of its own, over the first: what this method
   reads where nothing differs (its interval is the resolution).
+
+With `--split`, two more hooked arms run in each round, to say where a
+configuration's extra time per step goes (the callback's host work left
+out by replacing its methods on the one callback object):
+
+- `device_only`: the hooked train functions with the callback's reads
+  skipped (no row leaves the device, nothing reaches the logger): the
+  statistics computed in the step, the callback's per-step bookkeeping;
+- `no_logging`: rows read to the host, not handed to the logger;
+
+and the row gets `split_ms_per_step`: device (device_only - plain), read
+(no_logging - device_only) and logger (hooked - no_logging), each a
+difference of medians over rounds (not an interval: on this project's
+2-core VM read differences under ~0.5 ms as noise).
 
 Both arms train the one model, so its weights move on through the
 rounds; the step's arithmetic does not depend on their values. Not a test:
@@ -85,12 +100,35 @@ class PairedModel:
         """Seconds of each of `steps` steps as `fit` runs them with the callback (`Trainer.run`)."""
         return self.trainer.run(steps)
 
+    def run_hooked_without(self, part, steps):
+        """`run_hooked` with the callback's `part` of a row's host work left
+        out: "reads" (nothing read or logged) or "logging" (read, not logged).
+        The callback's methods are replaced on the object for the block, then
+        restored; the device keeps recording, so the next full block reads
+        and logs its rows as before."""
+        callback = self.trainer.callback
+        if part == "reads":
+            stubs = [(callback, "_read_and_log", lambda **kwargs: None)]
+        elif part == "logging":
+            stubs = [(callback, "_log", lambda raw: None),
+                     (callback._logger, "log_activations", lambda snapshot: None)]
+        else:
+            raise ValueError(f"part must be 'reads' or 'logging', not {part!r}")
+        for owner, name, stub in stubs:
+            setattr(owner, name, stub)
+        try:
+            return self.run_hooked(steps)
+        finally:
+            for owner, name, _ in stubs:
+                delattr(owner, name)  # the class's method again
+
     def close(self):
         self.trainer.close()
 
 
-def measure(model_name, config, jit, rounds, block, logdir, log=print):
-    """One report row: `config` against plain fit on one model."""
+def measure(model_name, config, jit, rounds, block, logdir, log=print, split=False):
+    """One report row: `config` against plain fit on one model (with
+    `split`, also the device-only and no-logging arms)."""
     import numpy as np
 
     pair = PairedModel(model_name, config, jit, logdir)
@@ -100,6 +138,9 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print):
         pair.run_plain(block)
         pair.run_hooked(block)
         arms = {"plain": pair.run_plain, "hooked": pair.run_hooked, "plain again": pair.run_plain}
+        if split:
+            arms["device only"] = lambda steps: pair.run_hooked_without("reads", steps)
+            arms["no logging"] = lambda steps: pair.run_hooked_without("logging", steps)
         blocks = {name: [] for name in arms}
         for r in range(rounds):
             order = list(arms) if r % 2 == 0 else list(arms)[::-1]
@@ -132,9 +173,24 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print):
         "aa_ratio_interval": [round(aa_low, 4), round(aa_high, 4)],
         "event_bytes": bench_overhead.directory_bytes(logdir),  # what the hooked arm wrote
     }
+    if split:
+        ms = {name: 1e3 * float(np.median([b.mean() for b in blocks[name]])) for name in blocks}
+        for name, key in (("device only", "device_only"), ("no logging", "no_logging")):
+            value, value_low, value_high = paired(name, np.mean)
+            row[f"{key}_ms_per_step"] = round(ms[name], 3)
+            row[f"{key}_ratio"] = round(value, 4)
+            row[f"{key}_ratio_interval"] = [round(value_low, 4), round(value_high, 4)]
+        row["split_ms_per_step"] = {
+            "device": round(ms["device only"] - ms["plain"], 3),
+            "read": round(ms["no logging"] - ms["device only"], 3),
+            "logger": round(ms["hooked"] - ms["no logging"], 3),
+        }
     log(f"{model_name:18s} jit={jit!s:5s} {config:28s} {row['hooked_ms_per_step']:8.2f} vs {row['plain_ms_per_step']:8.2f} "
         f"ms/step  ratio {ratio:.3f} [{low:.3f}, {high:.3f}]  between rows {median_ratio:.3f}  "
         f"plain vs plain {aa:.3f} [{aa_low:.3f}, {aa_high:.3f}]", flush=True)
+    if split:
+        log(f"{'':18s} extra ms/step: " + ", ".join(f"{k} {v:.2f}" for k, v in row["split_ms_per_step"].items()),
+            flush=True)
     return row
 
 
@@ -147,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--no-xla", action="store_true", help="without XLA only")
     parser.add_argument("--xla-only", action="store_true", help="with XLA only")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
+    parser.add_argument("--split", action="store_true",
+                        help="also time the hook without its reads and without its logging (see the docstring)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (the harness test)")
     parser.add_argument("--output", default=None, help="also write the report here")
     args = parser.parse_args(argv)
@@ -158,8 +216,10 @@ def main(argv=None):
         **bench_overhead.report_header("paired"),
         "models": {name: bench_overhead.MODELS[name][3] for name in models},
         "method": (f"one model per row; {rounds} rounds of one {block}-step block each of plain fit, the "
-                   f"configuration and plain fit again, alternating order; steps counted from "
-                   f"{bench_overhead.JUMP_TO_STEP}. See the module docstring."),
+                   f"configuration and plain fit again"
+                   + (", the configuration without its reads and without its logging" if args.split else "")
+                   + f", alternating order; steps counted from {bench_overhead.JUMP_TO_STEP}. See the module "
+                   f"docstring."),
         "rows": [],
     }
     with tempfile.TemporaryDirectory() as logdir:
@@ -167,7 +227,8 @@ def main(argv=None):
             for jit in settings:
                 for i, config in enumerate(args.configs):
                     directory = os.path.join(logdir, f"{model_name}-jit{int(jit)}-{i}")
-                    report["rows"].append(measure(model_name, config, jit, rounds, block, directory, log))
+                    report["rows"].append(measure(model_name, config, jit, rounds, block, directory, log,
+                                                 split=args.split))
     return bench_overhead.emit_report(report, args.output, args.json)
 
 

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -139,14 +141,21 @@ def test_logger_benchmark_replays_a_fits_rows(tmp_path):
 
 
 def test_paired_benchmark_runs_both_arms_on_one_model(tmp_path):
-    """The one-model benchmark in its tiny configuration: a row with the
-    configuration's ratio, the between-rows ratio and the plain-vs-plain
-    control, each inside its interval, and the hooked arm's events written."""
-    report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--json")
+    """The one-model benchmark in its tiny configuration, with `--split`: a
+    row with the configuration's ratio, the between-rows ratio, the
+    plain-vs-plain control and the device-only and no-logging arms, each
+    inside its interval, the extra time split three ways (the differences
+    of the arms' medians), and the hooked arm's events written."""
+    report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--split", "--json")
     (row,) = report["rows"]
     assert row["model"] == "tiny" and row["configuration"] == "defaults" and row["jit_compile"] is False
     assert row["rounds"] == 2 and row["block"] == 10 and row["event_bytes"] > 0
-    for name in ("ratio", "median_step_ratio", "aa_ratio"):
+    for name in ("ratio", "median_step_ratio", "aa_ratio", "device_only_ratio", "no_logging_ratio"):
         low, high = row[f"{name}_interval"]
         assert 0 < low <= row[name] <= high, name
     assert row["plain_ms_per_step"] > 0 and row["hooked_ms_per_step"] > 0
+    assert row["device_only_ms_per_step"] > 0 and row["no_logging_ms_per_step"] > 0
+    split = row["split_ms_per_step"]
+    assert set(split) == {"device", "read", "logger"}
+    assert sum(split.values()) == pytest.approx(row["hooked_ms_per_step"] - row["plain_ms_per_step"], abs=2e-3)
+    assert "without its reads and without its logging" in report["method"]
