@@ -156,6 +156,8 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
         return bench_overhead.paired_ratio([statistic(b) for b in blocks[name]],
                                            [statistic(b) for b in blocks["plain"]], rng)
 
+    # Each arm's median over rounds of its blocks' mean step, in ms.
+    ms = {name: 1e3 * float(np.median([b.mean() for b in blocks[name]])) for name in blocks}
     ratio, low, high = paired("hooked", np.mean)
     median_ratio, median_low, median_high = paired("hooked", np.median)
     aa, aa_low, aa_high = paired("plain again", np.mean)
@@ -165,8 +167,8 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
         "jit_compile": jit,
         "rounds": rounds,
         "block": block,
-        "plain_ms_per_step": round(1e3 * float(np.median([b.mean() for b in blocks["plain"]])), 3),
-        "hooked_ms_per_step": round(1e3 * float(np.median([b.mean() for b in blocks["hooked"]])), 3),
+        "plain_ms_per_step": round(ms["plain"], 3),
+        "hooked_ms_per_step": round(ms["hooked"], 3),
         "ratio": round(ratio, 4),
         "ratio_interval": [round(low, 4), round(high, 4)],
         "median_step_ratio": round(median_ratio, 4),
@@ -176,7 +178,6 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
         "event_bytes": bench_overhead.directory_bytes(logdir),  # what the hooked arm wrote
     }
     if split:
-        ms = {name: 1e3 * float(np.median([b.mean() for b in blocks[name]])) for name in blocks}
         for name, key in (("device only", "device_only"), ("no logging", "no_logging")):
             value, value_low, value_high = paired(name, np.mean)
             row[f"{key}_ms_per_step"] = round(ms[name], 3)

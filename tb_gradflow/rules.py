@@ -516,6 +516,17 @@ def _vanishing_fired(signal, grad_norm, nonfinite_count, has_gradient, has_param
     return fired, FiredValues.at(signal.shape, fired_rows, fired_layers, value)
 
 
+def _layer_masks(has_gradient, has_parameters, n_layers):
+    """(has_gradient, has_parameters) as bool arrays of the layers; no
+    `has_parameters` means every layer has variables.
+
+    >>> _layer_masks([1, 0], None, 2)[1].tolist()
+    [True, True]
+    """
+    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    return np.asarray(has_gradient, dtype=bool), has_parameters
+
+
 def vanishing_relative(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, has_parameters=None):
     """float [n_steps, n_layers]: the vanishing rule's value at every row (each
     layer's backward signal over the largest of the layers after it; 0 where
@@ -524,9 +535,9 @@ def vanishing_relative(series, *, has_gradient, thresholds=DEFAULT_THRESHOLDS, h
     stats = {name: np.asarray(series[name], dtype=np.float64) for name in ("grad_norm", "nonfinite_count")}
     n_layers = stats["grad_norm"].shape[1]
     signal = np.asarray(series[BACKWARD_SIGNAL] if BACKWARD_SIGNAL in series else series["grad_rms"], np.float64)
-    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    has_gradient, has_parameters = _layer_masks(has_gradient, has_parameters, n_layers)
     _, relative = _vanishing_rows(signal, stats["grad_norm"], stats["nonfinite_count"],
-                                  np.asarray(has_gradient, bool), has_parameters, thresholds)
+                                  has_gradient, has_parameters, thresholds)
     return relative
 
 
@@ -760,8 +771,7 @@ def _evaluate_series(series, has_gradient, thresholds, has_parameters, all_growt
     stats = {name: as_float(series[name]) for name in REQUIRED_STATISTICS
              if name != "grad_rms" or BACKWARD_SIGNAL not in series}
     n_steps, n_layers = stats["grad_norm"].shape
-    has_gradient = np.asarray(has_gradient, dtype=bool)
-    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    has_gradient, has_parameters = _layer_masks(has_gradient, has_parameters, n_layers)
     signal = as_float(series[BACKWARD_SIGNAL]) if BACKWARD_SIGNAL in series else stats["grad_rms"]
     interval_max, norm = stats["grad_norm_interval_max"], stats["grad_norm"]
     if all_growth:
@@ -830,18 +840,16 @@ def evaluate_step(stats, *, has_gradient, history, thresholds=DEFAULT_THRESHOLDS
     # One np.array per statistic: stacking after an asarray per row was ~4x its time.
     series = {name: np.array([r[name] for r in rows], np.float64) for name in names}
     n_rows, n_layers = series["grad_norm"].shape
-    has_gradient = np.asarray(has_gradient, dtype=bool)
-    has_parameters = np.ones(n_layers, bool) if has_parameters is None else np.asarray(has_parameters, bool)
+    has_gradient, has_parameters = _layer_masks(has_gradient, has_parameters, n_layers)
     # grad_rms stands in for the backward signal only where that is unknown (as in _evaluate_series).
     signal = series[BACKWARD_SIGNAL] if BACKWARD_SIGNAL in series else series["grad_rms"]
     recent = slice(max(n_rows - thresholds.vanishing_patience, 0), None)
-    vanishing_inputs = (signal[recent], series["grad_norm"][recent], series["nonfinite_count"][recent],
-                        has_gradient, has_parameters, thresholds)
     interval_max, norm = series["grad_norm_interval_max"], series["grad_norm"]
     # `_vanishing_rows`, not `_faded_cells`: over a few rows its fixed two
     # dozen array passes cost less than the faded prefix's per-layer loop
     # on a deep fade.
-    condition, relative = _vanishing_rows(*vanishing_inputs)
+    condition, relative = _vanishing_rows(signal[recent], norm[recent], series["nonfinite_count"][recent],
+                                          has_gradient, has_parameters, thresholds)
     vanishing, relative = _held_for(condition, thresholds.vanishing_patience)[-1], relative[-1]
     exploding_rows = [n_rows - 1]
     if not all_values:
