@@ -4,6 +4,8 @@
     python benchmarks/bench_paired.py --models mlp50 --no-xla --rounds 30 --json
     python benchmarks/bench_paired.py --configs "gradient statistics only"
     python benchmarks/bench_paired.py --configs "every statistic every step" --split   # device, read, logger
+    python benchmarks/bench_paired.py --no-xla --split --configs "gradient moments every step" \
+        "gradient statistics every step" "histograms every step" "activation statistics every step"   # its parts
     python benchmarks/bench_paired.py --tiny                            # seconds; what tests/test_bench_overhead.py runs
 
 `bench_overhead.py` trains one model per configuration, side by side in
@@ -164,6 +166,7 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
     row = {
         "model": model_name,
         "configuration": config,
+        "gradflow": bench_overhead.CONFIGS[config][1],  # the callback's arguments: names change, these say it
         "jit_compile": jit,
         "rounds": rounds,
         "block": block,

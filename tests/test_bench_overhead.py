@@ -149,6 +149,7 @@ def test_paired_benchmark_runs_both_arms_on_one_model(tmp_path):
     report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--split", "--json")
     (row,) = report["rows"]
     assert row["model"] == "tiny" and row["configuration"] == "defaults" and row["jit_compile"] is False
+    assert row["gradflow"] == {}
     assert row["rounds"] == 2 and row["block"] == 10 and row["event_bytes"] > 0
     for name in ("ratio", "median_step_ratio", "aa_ratio", "device_only_ratio", "no_logging_ratio"):
         low, high = row[f"{name}_interval"]
