@@ -80,20 +80,21 @@ CONFIGS = {
     "peer: keras TensorBoard(histogram_freq=1)": ("keras_tensorboard", {"histogram_freq": 1}),
     "peer: seeds' GradientTape every step": ("tape", 1),
     "peer: seeds' GradientTape every 10 steps": ("tape", 10),
-    # "every statistic every step" in parts (`EVERY_STEP_PARTS`), for
-    # `bench_paired.py --split`: which family of statistics spends a 1.25x
-    # budget. A row every step has the gradient moments at least; the update
-    # ratio, histograms and activation statistics come on top. Not in the
-    # default run (`ISSUE_CONFIGS`).
+}
+# What a run without --configs measures: issue 10's configurations and peers.
+ISSUE_CONFIGS = list(CONFIGS)
+# "every statistic every step" in parts, for `bench_paired.py --split`: which
+# family of statistics spends a 1.25x budget. A row every step has the
+# gradient moments at least; the update ratio, histograms and activation
+# statistics come on top. In CONFIGS, not in the default run.
+EVERY_STEP_PARTS = {
     "gradient moments every step": ("gradflow", {"update_freq": 1, "histogram_freq": 0, "activation_freq": 0,
                                                  "update_ratio": False}),
     "gradient statistics every step": ("gradflow", {"update_freq": 1, "histogram_freq": 0, "activation_freq": 0}),
     "activation statistics every step": ("gradflow", {"update_freq": 1, "histogram_freq": 0, "activation_freq": 1,
                                                       "update_ratio": False}),
 }
-EVERY_STEP_PARTS = ("gradient moments every step", "gradient statistics every step", "activation statistics every step")
-# What a run without --configs measures: issue 10's configurations and peers.
-ISSUE_CONFIGS = [name for name in CONFIGS if name not in EVERY_STEP_PARTS]
+CONFIGS.update(EVERY_STEP_PARTS)
 TINY_CONFIGS = ["plain fit", "defaults", "every statistic every step", "peer: seeds' GradientTape every 10 steps"]
 
 
