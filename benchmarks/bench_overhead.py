@@ -269,26 +269,42 @@ class Trainer:
 
     def run(self, steps):
         """Seconds of each of `steps` train steps, run as `fit` runs them; the steps are one epoch."""
-        model, callback = self.model, self.callback
-        times = []
-        if callback is not None:
-            callback.on_epoch_begin(self.epoch)
-        for _ in range(steps):
-            start = time.perf_counter()
-            if callback is not None:
-                callback.on_train_batch_begin(self.batch)
-            logs = model.train_function(self.iterator)
-            if callback is not None:
-                callback.on_train_batch_end(self.batch, logs)
-            times.append(time.perf_counter() - start)
-            self.batch += 1
-        start = time.perf_counter()
-        float(logs["loss"])  # The last step has finished (it has: eager calls block).
-        if callback is not None:
-            callback.on_epoch_end(self.epoch, {k: float(v) for k, v in logs.items()})
-        times[-1] += time.perf_counter() - start
-        self.epoch += 1
+        self.begin_epoch()
+        times = [self.step() for _ in range(steps)]
+        times[-1] += self.end_epoch()
         return times
+
+    def begin_epoch(self):
+        if self.callback is not None:
+            self.callback.on_epoch_begin(self.epoch)
+
+    def step(self, drain=False):
+        """Seconds of one train step as `fit` runs it (the callback's batch
+        hooks and the train function it selects). With `drain`, the wait
+        for the callback's background logger to write what the step handed
+        it is counted in the step too (see bench_paired's `--interleave`)."""
+        callback = self.callback
+        start = time.perf_counter()
+        if callback is not None:
+            callback.on_train_batch_begin(self.batch)
+        self.logs = self.model.train_function(self.iterator)
+        if callback is not None:
+            callback.on_train_batch_end(self.batch, self.logs)
+            wait = getattr(getattr(callback, "_logger", None), "wait", None)
+            if drain and wait is not None:
+                wait()
+        self.batch += 1
+        return time.perf_counter() - start
+
+    def end_epoch(self):
+        """Seconds to end the epoch: the last step's loss read, the callback's `on_epoch_end`."""
+        start = time.perf_counter()
+        logs = self.logs
+        float(logs["loss"])  # The last step has finished (it has: eager calls block).
+        if self.callback is not None:
+            self.callback.on_epoch_end(self.epoch, {k: float(v) for k, v in logs.items()})
+        self.epoch += 1
+        return time.perf_counter() - start
 
     def close(self):
         if self.callback is not None:

@@ -6,6 +6,7 @@
     python benchmarks/bench_paired.py --configs "every statistic every step" --split   # device, read, logger
     python benchmarks/bench_paired.py --no-xla --split --configs "gradient moments every step" \
         "gradient statistics every step" "histograms every step" "activation statistics every step"   # its parts
+    python benchmarks/bench_paired.py --models resnet50v2 --no-xla --interleave steps --rounds 8   # a step at a time
     python benchmarks/bench_paired.py --tiny                            # seconds; what tests/test_bench_overhead.py runs
 
 `bench_overhead.py` trains one model per configuration, side by side in
@@ -50,6 +51,18 @@ difference of medians over rounds, with no interval: on this project's
 2-core VM read a few percent of the plain step as noise (MobileNetV3Small,
 gradient statistics every step, 2026-12-05: 1.26x with the two extra arms
 in its rounds, 1.19x without them; a part came out at -1.2 ms).
+
+With `--interleave steps`, a round's arms take turns a step at a time
+(plain, hooked, plain again, then the reverse), each round one epoch of
+the hooked arm. Blocks of 100 steps each in turn leave the ratio to the
+VM's drift over the block's seconds: ResNet50V2's defaults without XLA
+(a 0.2 s step) read 1.042x [1.003, 1.065] in 16 rounds, the control
+1.000x [0.962, 1.056]. A step at a time both arms see the same machine.
+What a row hands the background logger would then run during the next
+steps of any arm, so each hooked step also waits for the logger to
+finish: the row's host work is counted in full in its own step, none of
+it overlapped with training as in `fit` (an upper bound). `--split` needs
+blocks (its arms are one callback with methods replaced for a block).
 
 Both arms train the one model, so its weights move on through the
 rounds; the step's arithmetic does not depend on their values. Not a test:
@@ -104,6 +117,28 @@ class PairedModel:
         """Seconds of each of `steps` steps as `fit` runs them with the callback (`Trainer.run`)."""
         return self.trainer.run(steps)
 
+    def plain_step(self):
+        """Seconds of one plain step (an eager call returns once the step has run)."""
+        start = time.perf_counter()
+        self.plain(self.trainer.iterator)
+        return time.perf_counter() - start
+
+    def run_interleaved(self, arms, steps, flip=0):
+        """Seconds of each arm's `steps` steps, the arms called one step at a
+        time in turn (the order reversed every other step, starting reversed
+        where `flip` is odd). The arm named "hooked" is this model's hooked
+        step (its function in `arms` is not called): its steps are one epoch,
+        each with the wait for the background logger in it, and the epoch's
+        end in its last step."""
+        names = list(arms)
+        times = {name: [] for name in names}
+        self.trainer.begin_epoch()
+        for i in range(steps):
+            for name in names if (i + flip) % 2 == 0 else names[::-1]:
+                times[name].append(self.trainer.step(drain=True) if name == "hooked" else arms[name]())
+        times["hooked"][-1] += self.trainer.end_epoch()
+        return times
+
     def run_hooked_without(self, part, steps):
         """`run_hooked` with the callback's `part` of a row's host work left
         out: "reads" (nothing read or logged) or "logging" (read, not logged).
@@ -130,11 +165,19 @@ class PairedModel:
         self.trainer.close()
 
 
-def measure(model_name, config, jit, rounds, block, logdir, log=print, split=False):
+def measure(model_name, config, jit, rounds, block, logdir, log=print, split=False, interleave="blocks"):
     """One report row: `config` against plain fit on one model (with
-    `split`, also the device-only and no-logging arms)."""
+    `split`, also the device-only and no-logging arms). `interleave`:
+    "blocks" (each arm runs a whole block in turn) or "steps" (each arm one
+    step in turn; see the module docstring)."""
     import numpy as np
 
+    if interleave not in ("blocks", "steps"):
+        raise ValueError(f"interleave must be 'blocks' or 'steps', not {interleave!r}")
+    if split and interleave == "steps":
+        # The split's arms are the one callback with methods replaced for a
+        # block; one step each in turn, a row would fall in whichever arm.
+        raise ValueError("split needs interleave='blocks'")
     pair = PairedModel(model_name, config, jit, logdir)
     try:
         pair.run_plain(block)  # every trace and compile, then a steady block of each
@@ -147,6 +190,12 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
             arms["no logging"] = lambda steps: pair.run_hooked_without("logging", steps)
         blocks = {name: [] for name in arms}
         for r in range(rounds):
+            if interleave == "steps":
+                times = pair.run_interleaved({"plain": pair.plain_step, "hooked": None,
+                                              "plain again": pair.plain_step}, block, flip=r)
+                for name in arms:
+                    blocks[name].append(np.asarray(times[name]))
+                continue
             order = list(arms) if r % 2 == 0 else list(arms)[::-1]
             for name in order:
                 blocks[name].append(np.asarray(arms[name](block)))
@@ -168,6 +217,7 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
         "configuration": config,
         "gradflow": bench_overhead.CONFIGS[config][1],  # the callback's arguments: names change, these say it
         "jit_compile": jit,
+        "interleave": interleave,
         "rounds": rounds,
         "block": block,
         "plain_ms_per_step": round(ms["plain"], 3),
@@ -211,9 +261,13 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
     parser.add_argument("--split", action="store_true",
                         help="also time the hook without its reads and without its logging (see the docstring)")
+    parser.add_argument("--interleave", choices=["blocks", "steps"], default="blocks",
+                        help="the arms take turns a block at a time (default) or a step at a time (see the docstring)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (the harness test)")
     parser.add_argument("--output", default=None, help="also write the report here")
     args = parser.parse_args(argv)
+    if args.split and args.interleave == "steps":
+        parser.error("--split needs --interleave blocks: its arms share one callback, a row would fall in any of them")
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     models = args.models or (["tiny"] if args.tiny else DEFAULT_MODELS)
     rounds, block = (2, 10) if args.tiny else (args.rounds, args.block)
@@ -224,6 +278,8 @@ def main(argv=None):
         "method": (f"one model per row; {rounds} rounds of one {block}-step block each of plain fit, the "
                    f"configuration and plain fit again"
                    + (", the configuration without its reads and without its logging" if args.split else "")
+                   + (", the arms taking turns a step at a time (the configuration's steps with the wait for its "
+                      "logger)" if args.interleave == "steps" else ", the arms taking turns a block at a time")
                    + f", alternating order; steps counted from {bench_overhead.JUMP_TO_STEP}. See the module "
                    f"docstring."),
         "rows": [],
@@ -234,7 +290,7 @@ def main(argv=None):
                 for i, config in enumerate(args.configs):
                     directory = os.path.join(logdir, f"{model_name}-jit{int(jit)}-{i}")
                     report["rows"].append(measure(model_name, config, jit, rounds, block, directory, log,
-                                                 split=args.split))
+                                                 split=args.split, interleave=args.interleave))
     return bench_overhead.emit_report(report, args.output, args.json)
 
 
