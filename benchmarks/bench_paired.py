@@ -33,8 +33,10 @@ run on one model object:
 - `ratio`: the median over rounds of hooked / plain mean step, with a
   bootstrap 95% interval; `median_step_ratio`: the same of the blocks'
   median steps (the steps between rows); `aa_ratio`: a second plain arm,
-  the same function in blocks of its own, over the first: what this method
-  reads where nothing differs (its interval is the resolution).
+  Keras' plain step traced a second time (a function of its own, like the
+  hooked arm's), over the first: what this method reads where nothing
+  differs but the trace (its interval is the resolution). Before 2026-12-05
+  (8cb2d39) the control arm called the first plain function again.
 
 With `--split`, two more hooked arms run in each round, to say where a
 configuration's extra time per step goes (the callback's host work left
@@ -52,17 +54,20 @@ difference of medians over rounds, with no interval: on this project's
 gradient statistics every step, 2026-12-05: 1.26x with the two extra arms
 in its rounds, 1.19x without them; a part came out at -1.2 ms).
 
-With `--interleave steps`, a round's arms take turns a step at a time
-(plain, hooked, plain again, then the reverse), each round one epoch of
-the hooked arm. Blocks of 100 steps each in turn leave the ratio to the
+With `--interleave steps`, a round's arms take turns a step at a time,
+in a random order each step, each round one epoch of the hooked arm. Blocks of 100 steps each in turn leave the ratio to the
 VM's drift over the block's seconds: ResNet50V2's defaults without XLA
 (a 0.2 s step) read 1.042x [1.003, 1.065] in 16 rounds, the control
 1.000x [0.962, 1.056]. A step at a time both arms see the same machine.
 What a row hands the background logger would then run during the next
 steps of any arm, so each hooked step also waits for the logger to
 finish: the row's host work is counted in full in its own step, none of
-it overlapped with training as in `fit` (an upper bound). `--split` needs
-blocks (its arms are one callback with methods replaced for a block).
+it overlapped with training as in `fit` (an upper bound). A call right
+after a call of the same function is faster (mlp50, 3.4 ms steps: the
+order plain, hooked, plain again, then the reverse, read its light steps
+1.069x, a random order 1.026x), hence the random order and the control's
+own trace. `--split` needs blocks (its arms are one callback with methods
+replaced for a block).
 
 Both arms train the one model, so its weights move on through the
 rounds; the step's arithmetic does not depend on their values. Not a test:
@@ -97,16 +102,27 @@ class PairedModel:
         # step (were it to retrace, GradFlow's optimizer wrapper would pass
         # through: it records only in GradFlow's own functions).
         self.plain = trainer.model.train_function
+        # The control arm: Keras' plain step traced a second time, a function
+        # of its own. Two traces of one step differ by a percent or two on a
+        # dispatch-bound step (mlp50, 2026-12-05: four traces -1.6% to +1.1%
+        # of the first, a step at a time in random order), and a call right
+        # after a call of the same function is faster: the hooked arm is a
+        # function of its own, so the control must be one too.
+        trainer.model.make_train_function(force=True)
+        self.plain_again = trainer.model.train_function
+        self.plain_again(trainer.iterator)  # traced before GradFlow wraps anything
         trainer.callback = bench_overhead.make_callback(config, logdir, probe)
         trainer.callback.set_model(trainer.model)
         trainer.callback.on_train_begin()
 
-    def run_plain(self, steps):
-        """Seconds of each of `steps` plain steps (Keras' function, no callbacks)."""
+    def run_plain(self, steps, again=False):
+        """Seconds of each of `steps` plain steps (Keras' function, no
+        callbacks; with `again`, its second trace)."""
+        function = self.plain_again if again else self.plain
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            logs = self.plain(self.trainer.iterator)
+            logs = function(self.trainer.iterator)
             times.append(time.perf_counter() - start)
         start = time.perf_counter()
         float(logs["loss"])
@@ -117,25 +133,32 @@ class PairedModel:
         """Seconds of each of `steps` steps as `fit` runs them with the callback (`Trainer.run`)."""
         return self.trainer.run(steps)
 
-    def plain_step(self):
+    def plain_step(self, again=False):
         """Seconds of one plain step (an eager call returns once the step has run)."""
+        function = self.plain_again if again else self.plain
         start = time.perf_counter()
-        self.plain(self.trainer.iterator)
+        function(self.trainer.iterator)
         return time.perf_counter() - start
 
-    def run_interleaved(self, arms, steps, flip=0):
-        """Seconds of each arm's `steps` steps, the arms called one step at a
-        time in turn (the order reversed every other step, starting reversed
-        where `flip` is odd). The arm named "hooked" is this model's hooked
-        step (its function in `arms` is not called): its steps are one epoch,
-        each with the wait for the background logger in it, and the epoch's
-        end in its last step."""
+    def run_interleaved(self, steps, seed):
+        """Seconds of each arm's `steps` steps ("plain", "hooked", "plain
+        again"), the arms called one step at a time in a random order each
+        step (`seed`): each arm follows itself equally often, and a call
+        right after one of the same function is faster (mlp50: a fixed
+        order read the hooked step 4% slower than a random one). The hooked
+        steps are one epoch, each with the wait for the background logger in
+        it, and the epoch's end in its last step."""
+        import numpy as np
+
+        arms = {"plain": self.plain_step, "hooked": lambda: self.trainer.step(drain=True),
+                "plain again": lambda: self.plain_step(again=True)}
         names = list(arms)
+        rng = np.random.default_rng(seed)
         times = {name: [] for name in names}
         self.trainer.begin_epoch()
-        for i in range(steps):
-            for name in names if (i + flip) % 2 == 0 else names[::-1]:
-                times[name].append(self.trainer.step(drain=True) if name == "hooked" else arms[name]())
+        for _ in range(steps):
+            for index in rng.permutation(len(names)):
+                times[names[index]].append(arms[names[index]]())
         times["hooked"][-1] += self.trainer.end_epoch()
         return times
 
@@ -184,15 +207,15 @@ def measure(model_name, config, jit, rounds, block, logdir, log=print, split=Fal
         pair.run_hooked(block)
         pair.run_plain(block)
         pair.run_hooked(block)
-        arms = {"plain": pair.run_plain, "hooked": pair.run_hooked, "plain again": pair.run_plain}
+        arms = {"plain": pair.run_plain, "hooked": pair.run_hooked,
+                "plain again": lambda steps: pair.run_plain(steps, again=True)}
         if split:
             arms["device only"] = lambda steps: pair.run_hooked_without("reads", steps)
             arms["no logging"] = lambda steps: pair.run_hooked_without("logging", steps)
         blocks = {name: [] for name in arms}
         for r in range(rounds):
             if interleave == "steps":
-                times = pair.run_interleaved({"plain": pair.plain_step, "hooked": None,
-                                              "plain again": pair.plain_step}, block, flip=r)
+                times = pair.run_interleaved(block, seed=r)
                 for name in arms:
                     blocks[name].append(np.asarray(times[name]))
                 continue
@@ -276,12 +299,12 @@ def main(argv=None):
         **bench_overhead.report_header("paired"),
         "models": {name: bench_overhead.MODELS[name][3] for name in models},
         "method": (f"one model per row; {rounds} rounds of one {block}-step block each of plain fit, the "
-                   f"configuration and plain fit again"
+                   f"configuration and plain fit again (a second trace of the plain step)"
                    + (", the configuration without its reads and without its logging" if args.split else "")
-                   + (", the arms taking turns a step at a time (the configuration's steps with the wait for its "
-                      "logger)" if args.interleave == "steps" else ", the arms taking turns a block at a time")
-                   + f", alternating order; steps counted from {bench_overhead.JUMP_TO_STEP}. See the module "
-                   f"docstring."),
+                   + (", the arms taking turns a step at a time in a random order (the configuration's steps with "
+                      "the wait for its logger)" if args.interleave == "steps"
+                      else ", the arms taking turns a block at a time in alternating order")
+                   + f"; steps counted from {bench_overhead.JUMP_TO_STEP}. See the module docstring."),
         "rows": [],
     }
     with tempfile.TemporaryDirectory() as logdir:
