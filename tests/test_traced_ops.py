@@ -49,6 +49,13 @@ PER_LAYER_RECORDING_OPS_PER_LAYER = 14
 # six variable reads for the gradients' (two gradient copies, two weights, two
 # snapshots) and the activation copy's read, flattening and row count.
 COMPILED_OPS_PER_LAYER = 24
+# What the light function (every step between rows at the defaults) adds to
+# the plain step graph, whatever the depth: the step count and the loss
+# watch's scalar ops. On a dispatch-bound step each costs about what an op
+# of the model costs (seed003_mlp's light steps read ~2.5% over plain fit,
+# 2026-12-05). Measured at 44 nodes (2026-12-05), 72 while the light step
+# still evaluated the row schedule, which cannot fall there.
+LIGHT_OPS = 48
 
 
 class Probe(keras.Sequential):
@@ -137,3 +144,10 @@ def test_steps_between_rows_trace_the_plain_graph(plain_ops_per_layer):
     assert 0 < sampling <= RECORDING_OPS_PER_LAYER
     # At the defaults nothing is compiled (recorder.statistics_compiled).
     assert sampling_compiled == light_compiled == light == 0
+
+
+def test_steps_between_rows_add_a_fixed_few_ops():
+    ((plain, _),) = traced_ops(SHALLOW, None)
+    (_, (light, light_compiled)) = traced_ops(SHALLOW, {})
+    assert light_compiled == 0
+    assert 0 < light - plain <= LIGHT_OPS, light - plain
