@@ -160,3 +160,25 @@ def test_paired_benchmark_runs_both_arms_on_one_model(tmp_path):
     assert set(split) == {"device", "read", "logger"}
     assert sum(split.values()) == pytest.approx(row["hooked_ms_per_step"] - row["plain_ms_per_step"], abs=2e-3)
     assert "without its reads and without its logging" in report["method"]
+    assert row["interleave"] == "blocks" and "a block at a time" in report["method"]
+
+
+def test_paired_benchmark_can_take_turns_a_step_at_a_time(tmp_path):
+    """`--interleave steps`: the arms take turns a step at a time. The row
+    says so, each ratio lies inside its interval, the hooked arm's events
+    are written (each hooked step waits for its logger); `--split`, whose
+    arms are one callback with methods replaced for a block, is refused
+    with it, by a message that names both options."""
+    report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--interleave", "steps", "--json")
+    (row,) = report["rows"]
+    assert row["interleave"] == "steps" and row["rounds"] == 2 and row["block"] == 10
+    for name in ("ratio", "median_step_ratio", "aa_ratio"):
+        low, high = row[f"{name}_interval"]
+        assert 0 < low <= row[name] <= high, name
+    assert row["plain_ms_per_step"] > 0 and row["hooked_ms_per_step"] > 0 and row["event_bytes"] > 0
+    assert "a step at a time" in report["method"]
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_paired.py"), "--tiny", "--split", "--interleave", "steps"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert refused.returncode == 2 and "--split needs --interleave blocks" in refused.stderr
