@@ -6,7 +6,7 @@
     python benchmarks/bench_paired.py --configs "every statistic every step" --split   # device, read, logger
     python benchmarks/bench_paired.py --no-xla --split --configs "gradient moments every step" \
         "gradient statistics every step" "histograms every step" "activation statistics every step"   # its parts
-    python benchmarks/bench_paired.py --models resnet50v2 --no-xla --interleave steps --rounds 8   # a step at a time
+    python benchmarks/bench_paired.py --models resnet50v2 --no-xla --interleave steps --rounds 8   # step by step
     python benchmarks/bench_paired.py --tiny                            # seconds; what tests/test_bench_overhead.py runs
 
 `bench_overhead.py` trains one model per configuration, side by side in
@@ -55,18 +55,19 @@ gradient statistics every step, 2026-12-05: 1.26x with the two extra arms
 in its rounds, 1.19x without them; a part came out at -1.2 ms).
 
 With `--interleave steps`, a round's arms take turns a step at a time,
-in a random order each step, each round one epoch of the hooked arm. Blocks of 100 steps each in turn leave the ratio to the
-VM's drift over the block's seconds: ResNet50V2's defaults without XLA
-(a 0.2 s step) read 1.042x [1.003, 1.065] in 16 rounds, the control
-1.000x [0.962, 1.056]. A step at a time both arms see the same machine.
-What a row hands the background logger would then run during the next
-steps of any arm, so each hooked step also waits for the logger to
-finish: the row's host work is counted in full in its own step, none of
-it overlapped with training as in `fit` (an upper bound). A call right
-after a call of the same function is faster (mlp50, 3.4 ms steps: the
-order plain, hooked, plain again, then the reverse, read its light steps
-1.069x, a random order 1.026x), hence the random order and the control's
-own trace. `--split` needs blocks (its arms are one callback with methods
+in a random order each step, each round one epoch of the hooked arm.
+Blocks of 100 steps each in turn leave the ratio to the VM's drift over
+the block's seconds: ResNet50V2's defaults without XLA (a 0.2 s step)
+read 1.042x [1.003, 1.065] in 16 rounds, the control 1.000x [0.962,
+1.056]. A step at a time both arms see the same machine. What a row hands
+the background logger would then run during the next steps of any arm,
+so each hooked step also waits for the logger to finish: the row's host
+work is counted in full in its own step, none of it overlapped with
+training as in `fit` (an upper bound). A call right after a call of the
+same function is faster (mlp50, 3.5 ms steps: the order plain, hooked,
+plain again, then the reverse, read its steps between rows 1.069x, a
+random order 1.023x), hence the random order and the control's own
+trace. `--split` needs blocks (its arms are one callback with methods
 replaced for a block).
 
 Both arms train the one model, so its weights move on through the
@@ -145,9 +146,9 @@ class PairedModel:
         again"), the arms called one step at a time in a random order each
         step (`seed`): each arm follows itself equally often, and a call
         right after one of the same function is faster (mlp50: a fixed
-        order read the hooked step 4% slower than a random one). The hooked
-        steps are one epoch, each with the wait for the background logger in
-        it, and the epoch's end in its last step."""
+        order read its steps between rows 1.069x, a random one 1.023x).
+        The hooked steps are one epoch, each with the wait for the
+        background logger in it, and the epoch's end in its last step."""
         import numpy as np
 
         arms = {"plain": self.plain_step, "hooked": lambda: self.trainer.step(drain=True),
