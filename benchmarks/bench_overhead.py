@@ -290,8 +290,9 @@ class Trainer:
         self.logs = self.model.train_function(self.iterator)
         if callback is not None:
             callback.on_train_batch_end(self.batch, self.logs)
-            wait = getattr(getattr(callback, "_logger", None), "wait", None)
-            if drain and wait is not None:
+            # Looked up only when asked for: a fit-like step does no more than fit.
+            wait = drain and getattr(getattr(callback, "_logger", None), "wait", None)
+            if wait:
                 wait()
         self.batch += 1
         return time.perf_counter() - start

@@ -119,14 +119,9 @@ class PairedModel:
     def run_plain(self, steps, again=False):
         """Seconds of each of `steps` plain steps (Keras' function, no
         callbacks; with `again`, its second trace)."""
-        function = self.plain_again if again else self.plain
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            logs = function(self.trainer.iterator)
-            times.append(time.perf_counter() - start)
+        times = [self.plain_step(again) for _ in range(steps)]
         start = time.perf_counter()
-        float(logs["loss"])
+        float(self.plain_logs["loss"])
         times[-1] += time.perf_counter() - start
         return times
 
@@ -138,7 +133,7 @@ class PairedModel:
         """Seconds of one plain step (an eager call returns once the step has run)."""
         function = self.plain_again if again else self.plain
         start = time.perf_counter()
-        function(self.trainer.iterator)
+        self.plain_logs = function(self.trainer.iterator)
         return time.perf_counter() - start
 
     def run_interleaved(self, steps, seed):
