@@ -182,3 +182,27 @@ def test_paired_benchmark_can_take_turns_a_step_at_a_time(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert refused.returncode == 2 and "--split needs --interleave blocks" in refused.stderr
+
+
+def test_paired_benchmark_measures_a_row_across_processes(tmp_path):
+    """`--processes 2`: the row is measured in two fresh processes (each
+    arm traced anew in each); each ratio is the median of the processes'
+    own, inside an interval that spans them, and their rows are kept.
+    `--processes 0` is refused by name."""
+    report = run_benchmark(tmp_path, "bench_paired.py", "--tiny", "--interleave", "steps", "--processes", "2",
+                           "--json")
+    (row,) = report["rows"]
+    assert row["processes"] == 2 and len(row["per_process"]) == 2
+    assert "2 fresh processes" in report["method"]
+    for name in ("ratio", "median_step_ratio", "aa_ratio"):
+        values = [r[name] for r in row["per_process"]]
+        low, high = row[f"{name}_interval"]
+        assert row[name] == pytest.approx(sum(values) / 2, abs=1e-4), name  # the median of two
+        assert low == pytest.approx(min(values), abs=1e-4) and high == pytest.approx(max(values), abs=1e-4), name
+    for r in row["per_process"]:
+        assert r["interleave"] == "steps" and r["rounds"] == 2 and r["event_bytes"] > 0
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_paired.py"), "--tiny", "--processes", "0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert refused.returncode == 2 and "--processes must be at least 1" in refused.stderr
