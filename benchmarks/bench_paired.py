@@ -75,11 +75,11 @@ With `--processes N`, each row is measured in N fresh processes, one
 after another, and the row's ratios are the medians over the processes
 (intervals: bootstrap over the processes), each process's own row kept in
 `per_process`. Within a process every arm keeps one trace for all its
-rounds, and a trace's speed is a draw: on mlp50 (3.5 ms steps, Intel
-Xeon, 2026-12-05) the steps between rows read 0.984x to 1.050x plain in
-four runs of one build, the control 0.984x to 1.018x, while one process's
-bootstrap interval spans about 1%. A 1.03x target is resolved across
-processes, not within one.
+rounds, and a trace's speed is a draw: on mlp50 (3.1-3.6 ms steps, Intel
+Xeon, 2026-12-05) the steps between rows read 0.989x to 1.050x plain in
+six runs of one build, the control 0.984x to 1.015x, while one process's
+bootstrap interval spans about 1% (docs/cost_history.md). A 1.03x target
+is resolved across processes, not within one.
 
 Both arms train the one model, so its weights move on through the
 rounds; the step's arithmetic does not depend on their values. Not a test:
@@ -314,7 +314,7 @@ def measure_in_processes(model_name, config, jit, rounds, block, logdir, process
         row[name] = round(float(np.median(values)), 4)
         row[f"{name}_interval"] = [round(float(np.percentile(medians, 2.5)), 4),
                                    round(float(np.percentile(medians, 97.5)), 4)]
-    for name in ("plain_ms_per_step", "hooked_ms_per_step"):
+    for name in [key for key in rows[0] if key.endswith("_ms_per_step") and key != "split_ms_per_step"]:
         row[name] = round(float(np.median([r[name] for r in rows])), 3)
     row["event_bytes"] = int(np.median([r["event_bytes"] for r in rows]))
     if split:
