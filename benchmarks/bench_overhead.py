@@ -316,9 +316,16 @@ def paired_ratio(times, baseline, rng, resamples=2000):
     """Median of the per-round ratios, with a bootstrap 95% interval."""
     import numpy as np
 
-    ratios = np.asarray(times) / np.asarray(baseline)
-    medians = np.median(rng.choice(ratios, (resamples, ratios.size)), axis=1)
-    return float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+    return median_with_interval(np.asarray(times) / np.asarray(baseline), rng, resamples)
+
+
+def median_with_interval(values, rng, resamples=2000):
+    """(median, low, high): the median of `values` with a bootstrap 95% interval."""
+    import numpy as np
+
+    values = np.asarray(values)
+    medians = np.median(rng.choice(values, (resamples, values.size)), axis=1)
+    return float(np.median(values)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
 def measure(model_name, jit, configs, rounds, block, logdir, log=print):

@@ -309,11 +309,9 @@ def measure_in_processes(model_name, config, jit, rounds, block, logdir, process
     for name in RATIOS:
         if name not in rows[0]:
             continue
-        values = np.asarray([r[name] for r in rows])
-        medians = np.median(rng.choice(values, (2000, values.size)), axis=1)
-        row[name] = round(float(np.median(values)), 4)
-        row[f"{name}_interval"] = [round(float(np.percentile(medians, 2.5)), 4),
-                                   round(float(np.percentile(medians, 97.5)), 4)]
+        median, low, high = bench_overhead.median_with_interval([r[name] for r in rows], rng)
+        row[name] = round(median, 4)
+        row[f"{name}_interval"] = [round(low, 4), round(high, 4)]
     for name in [key for key in rows[0] if key.endswith("_ms_per_step") and key != "split_ms_per_step"]:
         row[name] = round(float(np.median([r[name] for r in rows])), 3)
     row["event_bytes"] = int(np.median([r["event_bytes"] for r in rows]))
