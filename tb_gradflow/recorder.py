@@ -945,12 +945,13 @@ class GradientRecorder:
           write: False where the caller knows no row falls on this step (the
             Keras callback's light function runs only executions that hold
             none): the schedule's dozen-odd scalar ops are left out of the
-            step. On a step that is dispatch-bound every op counts:
-            seed003_mlp's light steps read ~2% over plain fit across five
-            processes without XLA (2026-12-05), when this method and the
-            step count added 44 nodes to the traced step (32 since the
-            extremes are folded as one pair). None: the schedule decides in
-            the graph.
+            step (with the step count it adds 32 nodes to the traced step,
+            44 before the extremes were folded as one pair). Called directly
+            against plain fit in one process the light function reads
+            0.997x-1.006x on seed003_mlp and 0.94x-0.98x on mlp50 without
+            XLA (2026-12-05): what the steps between rows read across
+            processes (1.02x-1.05x) is the traces' draw, not these ops. None: the
+            schedule decides in the graph.
         """
         loss = tf.cast(loss, tf.float32)
         is_open = self.loss_interval_open.read_value()

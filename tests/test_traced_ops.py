@@ -52,11 +52,12 @@ COMPILED_OPS_PER_LAYER = 24
 # What the light function (every step between rows at the defaults) adds to
 # the plain step graph, whatever the depth: the step count and the loss
 # watch's scalar ops. On a dispatch-bound step each costs about what an op
-# of the model costs (seed003_mlp's light steps read ~2.5% over plain fit,
-# 2026-12-05). Measured at 32 nodes (2026-12-05: 19 kernels, the rest the
-# variables' handles, constants and identities), 44 while the loss's max and
-# min were folded apart, 72 while the light step still evaluated the row
-# schedule, which cannot fall there.
+# of the model costs; at 32 nodes the light function called directly reads
+# 0.997x-1.006x plain fit on seed003_mlp in one process (2026-12-05), and
+# the bound keeps it there. Measured at 32 nodes (2026-12-05: 19 kernels,
+# the rest the variables' handles, constants and identities), 44 while the
+# loss's max and min were folded apart, 72 while the light step still
+# evaluated the row schedule, which cannot fall there.
 LIGHT_OPS = 36
 
 
